@@ -1,0 +1,44 @@
+# The README's two commands: `make run` and `make test`. Everything they need is
+# installed from here (a virtualenv from PyPI, test tools from Debian's packages).
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+ARGS   ?=
+
+.PHONY: all build run test tools bench lint clean
+
+all: build
+
+$(VENV)/.stamp: pyproject.toml setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q -e '.[test,bench]'
+	touch $@
+
+# Rebuild the extension when any C source changes.
+exporter/_collector.stamp: $(VENV)/.stamp $(wildcard exporter/native/*.c exporter/native/*.h)
+	$(PY) setup.py -q build_ext --inplace
+	touch $@
+
+build: exporter/_collector.stamp
+
+run: build
+	$(VENV)/bin/procsnap $(ARGS)
+
+# Debian packages the tests run for real: prometheus + promtool, and process-exporter
+# (the compatibility peer). Installed only where missing.
+tools:
+	@command -v promtool >/dev/null && command -v prometheus-process-exporter >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    prometheus prometheus-process-exporter strace >/dev/null; }
+
+test: build tools
+	$(PY) -m pytest -q $(ARGS)
+
+bench: build tools
+	$(PY) bench/run.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info exporter/*.so exporter/_collector.stamp
