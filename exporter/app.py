@@ -1,0 +1,107 @@
+"""The exporter: owns the snapshot Collector, the Grouper and the metric families, and
+runs one scrape (snapshot -> grouper step) behind a single-flight gate.
+
+Single-flight: a scrape that arrives while a snapshot is running does not start another
+one; it waits for the running one and gets the same :class:`ScrapeResult`. So the
+grouper advances exactly once per snapshot, however many scrapers there are, and
+concurrent scrapers see identical values.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable, Optional
+
+from prometheus_client import CollectorRegistry
+
+from exporter import __version__
+from exporter.families import ProcsnapCollector, ScrapeResult, build_registry
+
+log = logging.getLogger("procsnap")
+
+
+class _Flight:
+    """One snapshot in progress; its waiters share the outcome."""
+
+    __slots__ = ("done", "result", "error")
+
+    def __init__(self):
+        self.done = threading.Event()
+        self.result: Optional[ScrapeResult] = None
+        self.error: Optional[BaseException] = None
+
+
+class Exporter:
+    """snapshot source + grouper + registry.
+
+    ``collector`` has ``snapshot() -> Snapshot`` (exporter.snapshot.Collector);
+    ``grouper_factory(config)`` returns an object with ``update(snapshot) -> [GroupStats]``.
+    """
+
+    def __init__(self, collector, config, grouper_factory: Callable, version: str = __version__):
+        self.collector = collector
+        self.config = config
+        self._grouper_factory = grouper_factory
+        self._grouper = grouper_factory(config)
+        self._read_errors: dict = {}
+        self._gate = threading.Lock()  # guards _inflight
+        self._step = threading.Lock()  # one snapshot + grouper step (or a reload) at a time
+        self._inflight: Optional[_Flight] = None
+        self.last: Optional[ScrapeResult] = None
+        self.version = version
+        self.registry: CollectorRegistry = build_registry(ProcsnapCollector(self.scrape, version))
+
+    # -- one scrape ------------------------------------------------------------------
+
+    def _run(self) -> ScrapeResult:
+        with self._step:
+            t0 = time.perf_counter()
+            snap = self.collector.snapshot()
+            groups = self._grouper.update(snap)
+            duration = time.perf_counter() - t0
+            for reason, count in snap.errors.items():
+                self._read_errors[reason] = self._read_errors.get(reason, 0) + count
+            result = ScrapeResult(list(groups), len(snap.processes), duration, dict(self._read_errors), snap.timestamp)
+            self.last = result
+            return result
+
+    def scrape(self) -> ScrapeResult:
+        """Take a snapshot and advance the grouper, or join the one in progress."""
+        with self._gate:
+            flight = self._inflight
+            leader = flight is None
+            if leader:
+                flight = self._inflight = _Flight()
+        if leader:
+            try:
+                flight.result = self._run()
+            except BaseException as e:  # noqa: BLE001 - handed to every waiter
+                flight.error = e
+            finally:
+                with self._gate:
+                    self._inflight = None
+                flight.done.set()
+        else:
+            flight.done.wait()
+        if flight.error is not None:
+            raise flight.error
+        assert flight.result is not None
+        return flight.result
+
+    # -- config reload ---------------------------------------------------------------
+
+    def reload(self, config) -> None:
+        """Use a new config from the next scrape on. The grouper re-matches every process
+        and keeps the totals of group names that survive (a grouper without ``reload``
+        is replaced, its counters restart)."""
+        with self._step:
+            if hasattr(self._grouper, "reload"):
+                self._grouper.reload(config)
+            else:
+                self._grouper = self._grouper_factory(config)
+            self.config = config
+
+    def close(self) -> None:
+        self.collector.close()

@@ -1,0 +1,442 @@
+"""The ``procsnap`` command (also ``python -m exporter``).
+
+Flags follow process-exporter's names (``--web.listen-address``, ``--config.path`` ...);
+its single-dash spellings (``-config.path x``, ``-procfs /proc``, ``-children=false``)
+are accepted too, so a process-exporter command line keeps working. Every setting flag
+has an environment twin ``PROCSNAP_<FLAG>`` (upper case, dots and dashes -> ``_``); a
+flag on the command line wins over its twin.
+
+Exit status: 0 done, 1 runtime failure (cannot read procfs, cannot listen), 2 usage or
+config error (one line on stderr, prefixed ``procsnap: ``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import resource
+import signal
+import sys
+import threading
+import time
+from typing import Callable, Optional, Sequence
+
+from exporter import __version__
+
+log = logging.getLogger("procsnap")
+
+ENV_PREFIX = "PROCSNAP_"
+LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
+
+
+def env_name(flag: str) -> str:
+    """"web.listen-address" -> "PROCSNAP_WEB_LISTEN_ADDRESS"."""
+    return ENV_PREFIX + flag.upper().replace(".", "_").replace("-", "_")
+
+
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "t", "yes", "y", "on"):
+        return True
+    if value in ("0", "false", "f", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"not a boolean: {text!r} (use true or false)")
+
+
+def parse_delay(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"delay out of range: {text!r} (0 .. 86400 seconds)")
+    return value
+
+
+def parse_path(text: str) -> str:
+    if not text.startswith("/"):
+        raise argparse.ArgumentTypeError(f"must start with '/': {text!r}")
+    return text
+
+
+def parse_choice(choices: Sequence[str]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(choices)})")
+        return value
+
+    return parse
+
+
+class _Flag:
+    """A setting: its flag name, type and default, documented with its env twin."""
+
+    def __init__(self, name, default, parse, help_text, metavar=None, boolean=False, aliases=()):
+        self.name = name
+        self.dest = name.replace(".", "_").replace("-", "_")
+        self.default = default
+        self.parse = parse
+        self.help = help_text
+        self.metavar = metavar
+        self.boolean = boolean
+        self.aliases = aliases
+        self.env = env_name(name)
+
+
+FLAGS = (
+    _Flag(
+        "web.listen-address",
+        ":9256",
+        str,
+        "Address to serve HTTP on: HOST:PORT, :PORT for all interfaces (IPv4 and IPv6), [V6ADDR]:PORT.",
+        metavar="ADDR",
+    ),
+    _Flag(
+        "web.telemetry-path",
+        "/metrics",
+        parse_path,
+        "URL path that serves the metrics. '/' shows a page linking to it, '/healthz' answers 'ok'.",
+        metavar="PATH",
+    ),
+    _Flag(
+        "config.path",
+        None,
+        str,
+        "process-exporter's YAML config (process_names: matchers and name templates), read unchanged. "
+        "Without it every user-space process is grouped by its comm. Re-read on SIGHUP.",
+        metavar="FILE",
+    ),
+    _Flag(
+        "path.procfs",
+        "/proc",
+        str,
+        "procfs mount to read processes from (a fake tree works, for tests).",
+        metavar="DIR",
+        aliases=("--procfs",),
+    ),
+    _Flag(
+        "children",
+        True,
+        parse_bool,
+        "Count the descendants of a grouped process into its group unless they match a group of their own; "
+        "--no-children or --children=false turns it off.",
+        boolean=True,
+    ),
+    _Flag(
+        "remove-empty-groups",
+        False,
+        parse_bool,
+        "Forget a group once it has no processes left, instead of reporting it with num_procs 0.",
+        boolean=True,
+    ),
+    _Flag(
+        "once",
+        False,
+        parse_bool,
+        "Print one exposition (Prometheus text format) to stdout and exit instead of serving HTTP.",
+        boolean=True,
+    ),
+    _Flag(
+        "once.delay",
+        0.0,
+        parse_delay,
+        "With --once (implied when > 0): take a first snapshot, wait this long, and print the second "
+        "scrape, so counters have moved by that interval's worth. 0 prints the first snapshot.",
+        metavar="SECONDS",
+    ),
+    _Flag(
+        "backend",
+        "native",
+        parse_choice(("native", "python")),
+        "Snapshot reader: 'native' (the C extension) or 'python' (pure Python, same results, slower). "
+        "native falls back to python with a warning when the extension is not built.",
+        metavar="{native,python}",
+    ),
+    _Flag(
+        "log.level",
+        "info",
+        parse_choice(tuple(LOG_LEVELS)),
+        "Least severe log messages written to stderr: debug, info, warn or error.",
+        metavar="{debug,info,warn,error}",
+    ),
+)
+
+_LONG_NAMES = {f.name for f in FLAGS} | {"no-children", "version", "help", "procfs"}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, "procsnap: ...", exit 2
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="procsnap",
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "procsnap: a Linux process exporter for Prometheus, a drop-in for process-exporter\n"
+            "(same config file, same namedprocess_namegroup_* metrics, same port 9256).\n"
+            "Each scrape takes one snapshot of every process; concurrent scrapes share it."
+        ),
+        epilog=(
+            "Every flag above except --version and --help can also be set in the environment:\n"
+            "PROCSNAP_ + the flag name in upper case with '.' and '-' as '_', e.g.\n"
+            "PROCSNAP_WEB_LISTEN_ADDRESS=127.0.0.1:9256, PROCSNAP_CHILDREN=false. A flag given on the\n"
+            "command line wins over its variable. process-exporter's single-dash spellings\n"
+            "(-config.path FILE, -procfs DIR, -children=false) are accepted.\n\n"
+            "Signals: SIGHUP re-reads --config.path (a bad file is logged and the old config kept);\n"
+            "SIGTERM/SIGINT stop the server.\n"
+            "Exit status: 0 ok, 1 runtime failure (procfs unreadable, address in use), 2 usage or config error."
+        ),
+    )
+    for flag in FLAGS:
+        shown_default = "" if flag.default is None else f" (default: {_show(flag.default)})"
+        help_text = f"{flag.help}{shown_default} [env {flag.env}]"
+        if flag.boolean:
+            parser.add_argument(
+                f"--{flag.name}",
+                *flag.aliases,
+                dest=flag.dest,
+                nargs="?",
+                const=True,
+                type=flag.parse,
+                metavar="BOOL",
+                help=help_text,
+            )
+        else:
+            parser.add_argument(
+                f"--{flag.name}", *flag.aliases, dest=flag.dest, type=flag.parse, metavar=flag.metavar, help=help_text
+            )
+    parser.add_argument("--no-children", dest="children", action="store_false", default=None, help="Same as --children=false.")
+    parser.add_argument("--version", action="store_true", help="Print the version and exit.")
+    return parser
+
+
+def _show(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _go_style(argv: Sequence[str]) -> list:
+    """process-exporter (Go flag) spells long flags with one dash: -config.path x."""
+    out = []
+    for i, token in enumerate(argv):
+        if token == "--":
+            out.extend(argv[i:])
+            break
+        if token.startswith("-") and not token.startswith("--") and len(token) > 2:
+            if token[1:].split("=", 1)[0] in _LONG_NAMES:
+                token = "-" + token
+        out.append(token)
+    return out
+
+
+def parse_args(argv: Optional[Sequence[str]] = None, environ=None) -> argparse.Namespace:
+    """Flags, then their env twins, then defaults. Exits 2 on a bad value."""
+    parser = build_parser()
+    environ = os.environ if environ is None else environ
+    args = parser.parse_args(_go_style(list(sys.argv[1:] if argv is None else argv)))
+    for flag in FLAGS:
+        if getattr(args, flag.dest) is not None:
+            continue
+        text = environ.get(flag.env)
+        if text is not None and text != "":
+            try:
+                value = flag.parse(text)
+            except argparse.ArgumentTypeError as e:
+                parser.error(f"{flag.env}: {e}")
+        else:
+            value = flag.default
+        setattr(args, flag.dest, value)
+    if args.once_delay > 0:
+        args.once = True
+    return args
+
+
+# -- running ---------------------------------------------------------------------------
+
+
+def raise_nofile_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit: the native collector keeps files open."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if hard == resource.RLIM_INFINITY:
+        try:
+            with open("/proc/sys/fs/nr_open") as f:
+                target = int(f.read())
+        except (OSError, ValueError):
+            return
+    if soft != resource.RLIM_INFINITY and soft >= target:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        log.debug("raised RLIMIT_NOFILE soft limit from %s to %s", soft, target)
+    except (OSError, ValueError) as e:
+        log.debug("could not raise RLIMIT_NOFILE: %s", e)
+
+
+def _die(message: str, status: int) -> int:
+    print(f"procsnap: {message}", file=sys.stderr)
+    return status
+
+
+def _load_config(path):
+    """Config or raises ConfigError / OSError."""
+    from exporter.config import load_config
+
+    return load_config(path)
+
+
+def _config_error_line(e: BaseException, path) -> str:
+    from exporter.config import ConfigError
+
+    if isinstance(e, ConfigError):
+        return str(e).splitlines()[0] if str(e) else "bad config"
+    if isinstance(e, OSError):
+        return f"cannot read config {path}: {e.strerror or e}"
+    return f"config {path}: {e}"
+
+
+def _choose_backend(requested: str) -> str:
+    from exporter.snapshot import native_available
+
+    if requested == "native" and not native_available():
+        log.warning("the native collector (exporter._collector) is not built; using the python backend")
+        return "python"
+    return requested
+
+
+def make_exporter(args, config):
+    from exporter.app import Exporter
+    from exporter.grouper import Grouper
+    from exporter.snapshot import Collector
+
+    collector = Collector(args.path_procfs, _choose_backend(args.backend))
+    return Exporter(
+        collector,
+        config,
+        lambda cfg: Grouper(cfg, children=args.children, remove_empty_groups=args.remove_empty_groups),
+    )
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    if args.version:
+        print(f"procsnap version {__version__} (python {sys.version.split()[0]})")
+        return 0
+    logging.basicConfig(
+        level=LOG_LEVELS[args.log_level], format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
+    )
+    raise_nofile_limit()
+
+    from exporter.config import ConfigError
+
+    try:
+        config = _load_config(args.config_path)
+    except (ConfigError, OSError) as e:
+        return _die(_config_error_line(e, args.config_path), 2)
+
+    try:
+        exporter = make_exporter(args, config)
+        first = exporter.scrape()
+    except OSError as e:
+        return _die(f"cannot read procfs {args.path_procfs}: {e.strerror or e}", 1)
+    except ValueError as e:
+        return _die(f"cannot read procfs {args.path_procfs}: {e}", 1)
+    log.debug("first snapshot: %d processes, %d groups", first.processes, len(first.groups))
+
+    if args.once:
+        return _print_once(exporter, args.once_delay)
+    return _serve(exporter, args)
+
+
+def _print_once(exporter, delay: float) -> int:
+    from prometheus_client import generate_latest
+
+    # The first snapshot is taken; the exposition below takes the second when delayed.
+    if delay > 0:
+        time.sleep(delay)
+        output = generate_latest(exporter.registry)
+    else:
+        output = _exposition_of_last(exporter)
+    sys.stdout.buffer.write(output)
+    sys.stdout.flush()
+    exporter.close()
+    return 0
+
+
+def _exposition_of_last(exporter) -> bytes:
+    """The exposition of the snapshot already taken (no second grouper step)."""
+    from prometheus_client import generate_latest
+
+    from exporter.families import ProcsnapCollector, build_registry
+
+    last = exporter.last
+    return generate_latest(build_registry(ProcsnapCollector(lambda: last, exporter.version)))
+
+
+def _serve(exporter, args) -> int:
+    from exporter.server import MetricsServer, make_app
+
+    try:
+        server = MetricsServer(make_app(exporter, args.web_telemetry_path), args.web_listen_address)
+    except ValueError as e:
+        return _die(str(e), 2)
+    except OSError as e:
+        return _die(f"cannot listen on {args.web_listen_address}: {e.strerror or e}", 1)
+
+    wake = threading.Event()
+    pending = {"reload": False, "stop": False}
+
+    def on_hup(signum, frame):
+        pending["reload"] = True
+        wake.set()
+
+    def on_stop(signum, frame):
+        pending["stop"] = True
+        wake.set()
+
+    signal.signal(signal.SIGHUP, on_hup)
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+
+    server.start()
+    log.info(
+        "procsnap %s listening on %s, metrics at %s (backend %s)",
+        __version__,
+        args.web_listen_address,
+        args.web_telemetry_path,
+        exporter.collector.backend,
+    )
+    try:
+        while not pending["stop"]:
+            wake.wait(1.0)
+            wake.clear()
+            if pending["reload"]:
+                pending["reload"] = False
+                _reload(exporter, args.config_path)
+    finally:
+        server.shutdown()
+        exporter.close()
+    log.info("stopped")
+    return 0
+
+
+def _reload(exporter, path) -> None:
+    from exporter.config import ConfigError
+
+    try:
+        config = _load_config(path)
+    except (ConfigError, OSError) as e:
+        log.error("config reload failed, keeping the old config: %s", _config_error_line(e, path))
+        return
+    exporter.reload(config)
+    log.info("config reloaded from %s", path or "(default config)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
