@@ -54,6 +54,16 @@ def parse_delay(text: str) -> float:
     return value
 
 
+def parse_address(text: str) -> str:
+    from exporter.server import parse_listen_address
+
+    try:
+        parse_listen_address(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def parse_path(text: str) -> str:
     if not text.startswith("/"):
         raise argparse.ArgumentTypeError(f"must start with '/': {text!r}")
@@ -89,7 +99,7 @@ FLAGS = (
     _Flag(
         "web.listen-address",
         ":9256",
-        str,
+        parse_address,
         "Address to serve HTTP on: HOST:PORT, :PORT for all interfaces (IPv4 and IPv6), [V6ADDR]:PORT.",
         metavar="ADDR",
     ),
