@@ -360,20 +360,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     log.debug("first snapshot: %d processes, %d groups", first.processes, len(first.groups))
 
     if args.once:
-        return _print_once(exporter, args.once_delay)
+        return _print_once(exporter, args)
     return _serve(exporter, args)
 
 
-def _print_once(exporter, delay: float) -> int:
-    from prometheus_client import generate_latest
-
-    # The first snapshot is taken; the exposition below takes the second when delayed.
-    if delay > 0:
-        time.sleep(delay)
-        output = generate_latest(exporter.registry)
-    else:
-        output = _exposition_of_last(exporter)
-    sys.stdout.buffer.write(output)
+def _print_once(exporter, args) -> int:
+    # The first snapshot is taken; with a delay, a second one that far apart is printed.
+    if args.once_delay > 0:
+        time.sleep(args.once_delay)
+        try:
+            exporter.scrape()
+        except (OSError, ValueError) as e:
+            return _die(f"cannot read procfs {args.path_procfs}: {getattr(e, 'strerror', None) or e}", 1)
+    sys.stdout.buffer.write(_exposition_of_last(exporter))
     sys.stdout.flush()
     exporter.close()
     return 0
@@ -415,10 +414,11 @@ def _serve(exporter, args) -> int:
     signal.signal(signal.SIGINT, on_stop)
 
     server.start()
+    host, _ = server.httpd.server_address[:2]
     log.info(
         "procsnap %s listening on %s, metrics at %s (backend %s)",
         __version__,
-        args.web_listen_address,
+        f"[{host}]:{server.port}" if ":" in host else f"{host}:{server.port}",
         args.web_telemetry_path,
         exporter.collector.backend,
     )

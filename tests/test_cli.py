@@ -367,3 +367,18 @@ def test_serves_telemetry_path_and_raises_nofile_limit():
         assert http_get(port, "/metrics")[0] == 404
     finally:
         assert stop(proc) == 0
+
+
+def test_choose_backend_falls_back_when_extension_missing(monkeypatch, caplog):
+    import exporter.snapshot
+    from exporter import cli
+
+    monkeypatch.setattr(exporter.snapshot, "native_available", lambda: False)
+    with caplog.at_level("WARNING", logger="procsnap"):
+        assert cli._choose_backend("native") == "python"
+        assert cli._choose_backend("python") == "python"
+    assert [r.getMessage() for r in caplog.records] == [
+        "the native collector (exporter._collector) is not built; using the python backend"
+    ]
+    monkeypatch.setattr(exporter.snapshot, "native_available", lambda: True)
+    assert cli._choose_backend("native") == "native"
