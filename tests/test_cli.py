@@ -370,15 +370,17 @@ def test_serves_telemetry_path_and_raises_nofile_limit():
 
 
 def test_choose_backend_falls_back_when_extension_missing(monkeypatch, caplog):
-    import exporter.snapshot
+    import importlib
+
     from exporter import cli
 
-    monkeypatch.setattr(exporter.snapshot, "native_available", lambda: False)
+    snapshot_module = importlib.import_module("exporter.snapshot")  # exporter.snapshot is also a function
+    monkeypatch.setattr(snapshot_module, "native_available", lambda: False)
     with caplog.at_level("WARNING", logger="procsnap"):
         assert cli._choose_backend("native") == "python"
         assert cli._choose_backend("python") == "python"
     assert [r.getMessage() for r in caplog.records] == [
         "the native collector (exporter._collector) is not built; using the python backend"
     ]
-    monkeypatch.setattr(exporter.snapshot, "native_available", lambda: True)
+    monkeypatch.setattr(snapshot_module, "native_available", lambda: True)
     assert cli._choose_backend("native") == "native"
