@@ -278,16 +278,18 @@ def http_get(port, path="/metrics"):
         conn.close()
 
 
-def start_server(*args, env=None, preexec_fn=None):
+def start_server(*args, log_path, env=None, preexec_fn=None):
+    """procsnap serving on a free port, its stderr going to log_path."""
     port = free_port()
-    proc = subprocess.Popen(
-        [PROCSNAP, "--web.listen-address", f"127.0.0.1:{port}", "--backend", "python", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env or clean_env(), preexec_fn=preexec_fn,
-    )
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [PROCSNAP, "--web.listen-address", f"127.0.0.1:{port}", "--backend", "python", *args],
+            stdout=subprocess.DEVNULL, stderr=log, env=env or clean_env(), preexec_fn=preexec_fn,
+        )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"procsnap exited {proc.returncode}: {proc.stderr.read().decode()}")
+            raise AssertionError(f"procsnap exited {proc.returncode}: {open(log_path).read()}")
         try:
             if http_get(port, "/healthz")[0] == 200:
                 return proc, port
@@ -321,13 +323,23 @@ def test_address_in_use_exit_1():
 def test_sighup_reloads_config_and_keeps_old_on_error(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("process_names:\n  - name: before\n    comm: [init]\n")
-    proc, port = start_server("--path.procfs", PROC_BASIC, "--config.path", str(config), "--no-children")
+    log = tmp_path / "procsnap.log"
+    proc, port = start_server("--path.procfs", PROC_BASIC, "--config.path", str(config), "--no-children", log_path=log)
+
+    def logged(text):
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if text in log.read_text():
+                return True
+            time.sleep(0.05)
+        return False
+
     try:
         assert num_procs(http_get(port)[1]) == {"before": 1.0}
 
         config.write_text("process_names:\n  - name: broken\n    cmdline: ['(']\n")
         proc.send_signal(signal.SIGHUP)
-        time.sleep(1.5)
+        assert logged("config reload failed")
         assert proc.poll() is None
         assert num_procs(http_get(port)[1]) == {"before": 1.0}
 
@@ -343,13 +355,13 @@ def test_sighup_reloads_config_and_keeps_old_on_error(tmp_path):
         assert groups == {"after": 1.0, "before": 0.0}  # the old group stays, empty
     finally:
         assert stop(proc) == 0
-    stderr = proc.stderr.read().decode()
+    stderr = log.read_text()
     errors = [l for l in stderr.splitlines() if "config reload failed" in l]
     assert len(errors) == 1 and f"{config}:3: process_names[0]" in errors[0] and "bad cmdline regex" in errors[0]
     assert "config reloaded from" in stderr
 
 
-def test_serves_telemetry_path_and_raises_nofile_limit():
+def test_serves_telemetry_path_and_raises_nofile_limit(tmp_path):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard <= 256:
         pytest.skip("hard RLIMIT_NOFILE too low to see it raised")
@@ -357,7 +369,8 @@ def test_serves_telemetry_path_and_raises_nofile_limit():
     def lower():
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
 
-    proc, port = start_server("--path.procfs", PROC_BASIC, "--web.telemetry-path", "/m", preexec_fn=lower)
+    proc, port = start_server("--path.procfs", PROC_BASIC, "--web.telemetry-path", "/m", preexec_fn=lower,
+                              log_path=tmp_path / "procsnap.log")
     try:
         with open(f"/proc/{proc.pid}/limits") as f:
             line = next(l for l in f if l.startswith("Max open files"))
@@ -367,6 +380,9 @@ def test_serves_telemetry_path_and_raises_nofile_limit():
         assert http_get(port, "/metrics")[0] == 404
     finally:
         assert stop(proc) == 0
+    log = (tmp_path / "procsnap.log").read_text()
+    assert f"listening on 127.0.0.1:{port}, metrics at /m (backend python)" in log
+    assert log.rstrip().endswith("stopped")
 
 
 def test_choose_backend_falls_back_when_extension_missing(monkeypatch, caplog):
