@@ -3,6 +3,7 @@
 import gzip
 import http.client
 import os
+import socket
 import threading
 import time
 
@@ -274,3 +275,17 @@ def test_parse_listen_address(address, expected):
 def test_parse_listen_address_rejects(address):
     with pytest.raises(ValueError):
         parse_listen_address(address)
+
+
+def test_colon_port_listens_on_ipv4_and_ipv6():
+    server = MetricsServer(make_app(_exporter()), ":0")
+    server.start()
+    try:
+        assert get(server.port, "/healthz")[2] == b"ok\n"  # via 127.0.0.1
+        if server.httpd.address_family == socket.AF_INET6:
+            conn = http.client.HTTPConnection("::1", server.port, timeout=10)
+            conn.request("GET", "/healthz")
+            assert conn.getresponse().read() == b"ok\n"
+            conn.close()
+    finally:
+        server.shutdown()
