@@ -372,9 +372,13 @@ def _print_once(exporter, args) -> int:
             exporter.scrape()
         except (OSError, ValueError) as e:
             return _die(f"cannot read procfs {args.path_procfs}: {getattr(e, 'strerror', None) or e}", 1)
-    sys.stdout.buffer.write(_exposition_of_last(exporter))
-    sys.stdout.flush()
+    output = _exposition_of_last(exporter)
     exporter.close()
+    try:
+        sys.stdout.buffer.write(output)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `procsnap --once | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
