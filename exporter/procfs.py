@@ -153,6 +153,18 @@ def is_own_procfs(path: str) -> bool:
         return False
 
 
+PID_MAX = 0x7FFFFFFF
+
+
+def _pid_of(name: str):
+    """The pid a root entry names, or None: ASCII digits only (str.isdigit() also takes
+    '²' and '١٢', which int() rejects or reads as another pid), at most a pid_t."""
+    if not (name.isascii() and name.isdigit()):
+        return None
+    pid = int(name)
+    return pid if pid <= PID_MAX else None
+
+
 class PythonCollector:
     def __init__(self, procfs: str, clock_ticks: int, page_size: int, boot_time: int):
         self.procfs = procfs
@@ -177,7 +189,7 @@ class PythonCollector:
                 names = os.listdir(self.procfs)
             except OSError as e:
                 raise OSError(e.errno, f"cannot list procfs root {self.procfs}: {e.strerror}") from None
-            pids = sorted(int(n) for n in names if n.isdigit())
+            pids = sorted(pid for pid in map(_pid_of, names) if pid is not None)
             static = {}
             for pid in pids:
                 record = self._read_process(pid, errors, static, usernames, ttys)
@@ -270,12 +282,18 @@ class PythonCollector:
         )
 
     def _fd_count(self, pid: int) -> int:
-        path = f"{self.procfs}/{pid}/fd"
-        if self.fd_count_from_size:  # Linux >= 6.2: the size of a procfs fd dir is the count
-            size = os.stat(path).st_size
-            if size > 0:
-                return size
-        return len(os.listdir(path))
+        # Open the directory first: stat() of a path needs no permission on it, and procfs
+        # reports another user's fd count as the size of a directory we may not list.
+        # The open is the access check (EACCES), as listing it would be.
+        fd = os.open(f"{self.procfs}/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            if self.fd_count_from_size:  # Linux >= 6.2: the size of a procfs fd dir is the count
+                size = os.fstat(fd).st_size
+                if size > 0:
+                    return size
+            return len(os.listdir(fd))
+        finally:
+            os.close(fd)
 
     def _max_fds(self, pid: int):
         if self.use_prlimit:
