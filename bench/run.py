@@ -1,0 +1,1140 @@
+"""`make bench`: procsnap against its peers and the C floor, in one interleaved run.
+
+For each size N (idle `sleep` processes spawned for the run), every contender is started,
+warmed with one scrape, then scraped round-robin for several rounds (the order rotates
+each round). Per contender: median / p95 scrape time, CPU per scrape (utime+stime of the
+contender's process around each scrape), peak RSS (VmHWM), series count, and, in a
+separate phase under `strace -c -f`, syscalls per process per scrape.
+
+Contenders:
+  procsnap_grouped       procsnap CLI, default config (grouped by comm), GET /metrics
+  procsnap_per_process   procsnap CLI, one group per process ({{.Comm}}:{{.PID}})
+  pe_grouped             process-exporter 0.7.x, grouped by comm ({{.Comm}}, cmdline .+)
+  pe_per_process         process-exporter, one group per process
+  psutil_exporter        bench/psutil_exporter.py (process_iter(attrs), per process)
+  floor_fresh            bench/floor.c: stat+statm+io pread + fstatat(fd), open/close each time
+  floor_kept             bench/floor.c: the same files kept open, pread at offset 0
+  snapshot_native        exporter.Collector(backend="native").snapshot(), no HTTP
+  snapshot_python        exporter.Collector(backend="python").snapshot(), no HTTP
+
+Also: the GIL proof (a pure-Python thread's throughput while snapshots run in another),
+and psutil's own benchmark claims (oneshot, process_iter(attrs)) reproduced.
+
+Writes bench/results/latest.json and latest.md (or --out DIR). Timing assertions do not
+belong in tests: this prints PASS/FAIL against the targets, it never fails the build on them.
+
+    .venv/bin/python bench/run.py [--quick] [--sizes 500,2000] [--rounds 7] [--no-strace]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import re
+import resource
+import select
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+from spawn import IdleProcesses, capacity_check, die_with_parent  # noqa: E402
+
+PE_BIN = shutil.which("prometheus-process-exporter") or "/usr/bin/prometheus-process-exporter"
+PROCSNAP_BIN = os.path.join(os.path.dirname(sys.executable), "procsnap")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+GROUPED_PE_CONFIG = """process_names:
+  - name: "{{.Comm}}"
+    cmdline:
+    - '.+'
+"""
+PER_PROCESS_CONFIG = """process_names:
+  - name: "{{.Comm}}:{{.PID}}"
+    cmdline:
+    - '.*'
+"""
+
+# Anchors from /work/shared/DESIGN.md, measured at N=5000 on this kind of machine.
+ANCHORS_5000 = {
+    "pe_grouped": {"median_ms": 1697, "cpu_ms": 1880, "rss_mb": 35, "syscalls": 103},
+    "pe_per_process": {"median_ms": 2046, "cpu_ms": 2350, "rss_mb": 119, "syscalls": 103},
+    "psutil_exporter": {"median_ms": 1320, "cpu_ms": 1340, "rss_mb": 79, "syscalls": 46},
+    "floor_fresh": {"median_ms": 125, "syscalls": 12},
+    "floor_kept": {"median_ms": 65, "syscalls": 4},
+}
+SEED_CLAIMS = {"oneshot": 5.0, "process_iter": 2.5}
+
+ORDER = [
+    "procsnap_grouped",
+    "procsnap_per_process",
+    "pe_grouped",
+    "pe_per_process",
+    "psutil_exporter",
+    "floor_fresh",
+    "floor_kept",
+    "snapshot_native",
+    "snapshot_python",
+]
+LABELS = {
+    "procsnap_grouped": "procsnap, grouped by comm (HTTP)",
+    "procsnap_per_process": "procsnap, one group per process (HTTP)",
+    "pe_grouped": "process-exporter, grouped by comm (HTTP)",
+    "pe_per_process": "process-exporter, one group per process (HTTP)",
+    "psutil_exporter": "psutil exporter, process_iter(attrs), per process (HTTP)",
+    "floor_fresh": "C floor: stat+statm+io+fd-stat, open/pread/close",
+    "floor_kept": "C floor: same files kept open, pread only",
+    "snapshot_native": "procsnap snapshot() alone, native backend",
+    "snapshot_python": "procsnap snapshot() alone, python backend",
+}
+
+
+MAX_RESTARTS = 3  # per contender and size
+
+
+class Skip(Exception):
+    """A contender that cannot run here; the message says why."""
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# ---------------------------------------------------------------- small helpers
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a whole process (all its threads, live and dead), in seconds."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def status_kb(pid: int, key: str) -> Optional[int]:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def cpu_busy() -> tuple:
+    """(busy, total) jiffies of all CPUs from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # guest time is already in user
+    return total - idle, total
+
+
+def cpu_busy_fraction(before: tuple, after: tuple) -> Optional[float]:
+    dt = after[1] - before[1]
+    return (after[0] - before[0]) / dt if dt > 0 else None
+
+
+def count_pids() -> int:
+    return sum(1 for name in os.listdir("/proc") if name.isdigit())
+
+
+def percentile(values: list, q: float) -> Optional[float]:
+    if not values:
+        return None
+    v = sorted(values)
+    if len(v) == 1:
+        return v[0]
+    pos = (len(v) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
+
+def crash_reason(c: "Contender") -> str:
+    """One line on why a contender's process died: a Go panic line, else its last words."""
+    text = tail(c.stderr_path, 20000)
+    for line in text.splitlines():
+        if line.startswith(("panic:", "fatal error:", "Traceback", "Segmentation")):
+            return line.strip()[:200]
+    status = c.proc.returncode if c.proc is not None else None
+    last = text.splitlines()[-1].strip()[:200] if text else ""
+    return f"exited with status {status}" + (f": {last}" if last else "")
+
+
+def one_line(text: str, limit: int = 160) -> str:
+    return " ".join(text.split()).replace("|", "/")[:limit]
+
+
+def tail(path: str, n: int = 400) -> str:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        return data[-n:].decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+# ---------------------------------------------------------------- contenders
+
+
+@dataclass
+class Sample:
+    wall: float  # seconds
+    cpu: float  # seconds
+    series: Optional[int] = None
+    procs: Optional[int] = None
+
+
+@dataclass
+class Contender:
+    key: str
+    label: str
+    cmd: list
+    workdir: str
+    note: str = ""
+    proc: Optional[subprocess.Popen] = None
+    samples: list = field(default_factory=list)
+    skipped: Optional[str] = None
+    strace: Optional[dict] = None
+    rss_kb: Optional[int] = None
+    series: Optional[int] = None
+    startup_seconds: Optional[float] = None
+    crashes: list = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def stderr_path(self) -> str:
+        return os.path.join(self.workdir, f"{self.key}.stderr")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, timeout: float) -> None:
+        raise NotImplementedError
+
+    def scrape(self, timeout: float) -> Sample:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        self.close_pipes(proc)
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+    def close_pipes(self, proc: subprocess.Popen) -> None:
+        for stream in (proc.stdin, proc.stdout):
+            if stream:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+
+
+class HttpContender(Contender):
+    """An exporter process serving GET /metrics on 127.0.0.1:port."""
+
+    port: int = 0
+
+    def start(self, timeout: float) -> None:
+        t0 = time.monotonic()
+        with open(self.stderr_path, "ab") as err:
+            self.proc = subprocess.Popen(
+                self.cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                preexec_fn=die_with_parent, cwd=ROOT,
+            )
+        deadline = t0 + timeout
+        last_error = ""
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise Skip(f"exited with status {self.proc.returncode} at start: {crash_reason(self)}")
+            try:
+                status, _ = self._get(timeout=max(1.0, deadline - time.monotonic()))
+                if status == 200:
+                    self.startup_seconds = time.monotonic() - t0
+                    return
+                last_error = f"HTTP {status}"
+            except OSError as e:
+                last_error = str(e)
+            time.sleep(0.1)
+        raise Skip(f"not serving /metrics after {timeout:.0f}s ({last_error})")
+
+    def _get(self, timeout: float) -> tuple:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.request("GET", "/metrics", headers={"Accept": "text/plain"})
+            resp = conn.getresponse()
+            body = resp.read()
+            return resp.status, body
+        finally:
+            conn.close()
+
+    def scrape(self, timeout: float) -> Sample:
+        c0 = cpu_seconds(self.pid)
+        t0 = time.perf_counter()
+        status, body = self._get(timeout)
+        wall = time.perf_counter() - t0
+        c1 = cpu_seconds(self.pid)
+        if status != 200:
+            raise RuntimeError(f"HTTP {status}")
+        series = sum(1 for line in body.split(b"\n") if line and not line.startswith(b"#"))
+        return Sample(wall, c1 - c0, series=series)
+
+
+class PipeContender(Contender):
+    """A worker that does one iteration per stdin line and answers one JSON line."""
+
+    request: bytes = b"go\n"
+    expect_ready: bool = False
+
+    def start(self, timeout: float) -> None:
+        t0 = time.monotonic()
+        with open(self.stderr_path, "ab") as err:
+            self.proc = subprocess.Popen(
+                self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                preexec_fn=die_with_parent, cwd=ROOT,
+            )
+        if self.expect_ready:
+            reply = self._readline(timeout)
+            if "error" in reply:
+                raise Skip(reply["error"])
+        self.startup_seconds = time.monotonic() - t0
+
+    def _readline(self, timeout: float) -> dict:
+        assert self.proc is not None and self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            raise TimeoutError(f"{self.key}: no answer within {timeout:.0f}s")
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.key} exited: {tail(self.stderr_path)}")
+        return json.loads(line)
+
+    def scrape(self, timeout: float) -> Sample:
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write(self.request)
+        self.proc.stdin.flush()
+        reply = self._readline(timeout)
+        return Sample(reply["wall_ns"] / 1e9, reply["cpu_ns"] / 1e9, procs=reply.get("procs"))
+
+
+# ---------------------------------------------------------------- strace
+
+
+def strace_count(contender: Contender, scrapes: int, timeout: float) -> dict:
+    """Syscalls of the contender's process (all threads) over `scrapes` scrapes."""
+    out = os.path.join(contender.workdir, f"{contender.key}.strace")
+    errpath = out + ".stderr"
+    with open(errpath, "wb") as err:
+        tracer = subprocess.Popen(
+            ["strace", "-c", "-f", "-o", out, "-p", str(contender.pid)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, preexec_fn=die_with_parent,
+        )
+    try:
+        # attached once the tracee's status names a tracer (and strace said so)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if tracer.poll() is not None:
+                raise RuntimeError(f"strace exited: {tail(errpath)}")
+            if "attached" in tail(errpath, 4000) and (status_kb(contender.pid, "TracerPid") or 0) > 0:
+                break
+            time.sleep(0.05)
+        else:
+            raise RuntimeError("strace did not attach within 20s")
+        time.sleep(0.3)  # let it reach every thread
+        procs = []
+        for _ in range(scrapes):
+            procs.append(count_pids())
+            contender.scrape(timeout)
+        time.sleep(0.1)
+    finally:
+        if tracer.poll() is None:
+            tracer.send_signal(signal.SIGINT)
+            try:
+                tracer.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                tracer.kill()
+                tracer.wait(timeout=10)
+    total, by_name = parse_strace_c(out)
+    nprocs = statistics.mean(procs)
+    return {
+        "scrapes": scrapes,
+        "procs": nprocs,
+        "total_calls": total,
+        "per_proc_per_scrape": total / (scrapes * nprocs) if total is not None else None,
+        "top": dict(sorted(by_name.items(), key=lambda kv: -kv[1])[:8]),
+    }
+
+
+def parse_strace_c(path: str) -> tuple:
+    total = None
+    by_name = {}
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None, {}
+    for line in lines:
+        tokens = line.split()
+        if len(tokens) < 5 or not re.match(r"^\d+\.\d+$", tokens[0]):
+            continue
+        try:
+            calls = int(tokens[3])
+        except ValueError:
+            continue
+        if tokens[-1] == "total":
+            total = calls
+        else:
+            by_name[tokens[-1]] = calls
+    return total, by_name
+
+
+# ---------------------------------------------------------------- psutil's own claims
+
+
+def psutil_micro(rounds: int, time_budget: float) -> dict:
+    """oneshot() vs not, and process_iter(attrs) vs a manual loop, over all processes."""
+    import psutil
+
+    def procs():
+        out = []
+        for pid in psutil.pids():
+            try:
+                out.append(psutil.Process(pid))
+            except psutil.Error:
+                pass
+        return out
+
+    stat5 = ("name", "ppid", "status", "cpu_times", "cpu_num")  # all from /proc/PID/stat
+    mixed5 = ("name", "cpu_times", "memory_info", "ppid", "status")  # stat + statm
+
+    def calls(plist, names, oneshot):
+        for p in plist:
+            try:
+                if oneshot:
+                    with p.oneshot():
+                        for n in names:
+                            getattr(p, n)()
+                else:
+                    for n in names:
+                        getattr(p, n)()
+            except psutil.Error:
+                pass
+
+    attrs = list(mixed5)
+
+    def via_process_iter():
+        return [p.info for p in psutil.process_iter(attrs=attrs, ad_value=None)]
+
+    def manual_loop():
+        out = []
+        for pid in psutil.pids():
+            try:
+                p = psutil.Process(pid)
+                out.append({"pid": pid, **{n: getattr(p, n)() for n in attrs}})
+            except psutil.Error:
+                pass
+        return out
+
+    plist = procs()
+    variants: dict[str, Callable[[], object]] = {
+        "stat5_plain": lambda: calls(plist, stat5, False),
+        "stat5_oneshot": lambda: calls(plist, stat5, True),
+        "mixed5_plain": lambda: calls(plist, mixed5, False),
+        "mixed5_oneshot": lambda: calls(plist, mixed5, True),
+        "manual_loop": manual_loop,
+        "process_iter_attrs": via_process_iter,
+    }
+    times: dict[str, list] = {k: [] for k in variants}
+    for fn in variants.values():  # warm
+        fn()
+    deadline = time.monotonic() + time_budget
+    for r in range(rounds):
+        keys = list(variants)
+        keys = keys[r % len(keys):] + keys[: r % len(keys)]
+        for k in keys:
+            t0 = time.perf_counter()
+            variants[k]()
+            times[k].append(time.perf_counter() - t0)
+        if time.monotonic() > deadline:
+            break
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "procs": len(plist),
+        "rounds": len(times["stat5_plain"]),
+        "median_ms": {k: v * 1000 for k, v in med.items()},
+        "oneshot_speedup_stat5": med["stat5_plain"] / med["stat5_oneshot"],
+        "oneshot_speedup_mixed5": med["mixed5_plain"] / med["mixed5_oneshot"],
+        "process_iter_speedup": med["manual_loop"] / med["process_iter_attrs"],
+        "stat5": list(stat5),
+        "mixed5": list(mixed5),
+        "seed_claims": SEED_CLAIMS,
+    }
+
+
+# ---------------------------------------------------------------- one size
+
+
+def make_contenders(workdir: str, floor_bin: Optional[str], env: dict, wanted: set) -> list:
+    cfg_grouped = os.path.join(workdir, "pe-grouped.yml")
+    cfg_per_process = os.path.join(workdir, "per-process.yml")
+    with open(cfg_grouped, "w") as f:
+        f.write(GROUPED_PE_CONFIG)
+    with open(cfg_per_process, "w") as f:
+        f.write(PER_PROCESS_CONFIG)
+
+    contenders: list[Contender] = []
+
+    def http(key, cmd_for_port, note=""):
+        port = free_port()
+        c = HttpContender(key, LABELS[key], cmd_for_port(port), workdir, note=note)
+        c.port = port
+        contenders.append(c)
+
+    backend = env["procsnap_backend"]
+    ps_note = f"backend {backend}" + ("" if env["native"] else " (native extension not built: CLI falls back to python)")
+    http("procsnap_grouped",
+         lambda p: [PROCSNAP_BIN, "--web.listen-address", f"127.0.0.1:{p}", "--backend", backend], ps_note)
+    http("procsnap_per_process",
+         lambda p: [PROCSNAP_BIN, "--web.listen-address", f"127.0.0.1:{p}", "--config.path", cfg_per_process,
+                    "--backend", backend], ps_note)
+    http("pe_grouped",
+         lambda p: [PE_BIN, "-web.listen-address", f"127.0.0.1:{p}", "-config.path", cfg_grouped],
+         "process-exporter defaults (-threads, -gather-smaps, -children)")
+    http("pe_per_process",
+         lambda p: [PE_BIN, "-web.listen-address", f"127.0.0.1:{p}", "-config.path", cfg_per_process],
+         "process-exporter defaults (-threads, -gather-smaps, -children)")
+    http("psutil_exporter",
+         lambda p: [sys.executable, os.path.join(HERE, "psutil_exporter.py"), "--port", str(p)])
+    for mode in ("fresh", "kept"):
+        c = PipeContender(f"floor_{mode}", LABELS[f"floor_{mode}"], [floor_bin or "floor", "serve"], workdir)
+        c.request = f"{mode}\n".encode()
+        contenders.append(c)
+    for backend_name in ("native", "python"):
+        c = PipeContender(f"snapshot_{backend_name}", LABELS[f"snapshot_{backend_name}"],
+                          [sys.executable, os.path.join(HERE, "snapworker.py"), "serve", backend_name], workdir)
+        c.expect_ready = True
+        contenders.append(c)
+    return [c for c in contenders if c.key in wanted]
+
+
+def summarize(c: Contender, nprocs: int) -> dict:
+    out = {"label": c.label, "cmd": c.cmd, "note": c.note}
+    if c.skipped and not c.samples:
+        out["skipped"] = c.skipped
+        out["crashes"] = c.crashes
+        return out
+    walls = [s.wall for s in c.samples]
+    cpus = [s.cpu for s in c.samples]
+    out.update({
+        "skipped": None,
+        "error": c.skipped,
+        "scrapes": len(walls),
+        "scrape_ms": [round(w * 1000, 3) for w in walls],
+        "median_ms": statistics.median(walls) * 1000,
+        "p95_ms": percentile(walls, 0.95) * 1000,
+        "cpu_ms_per_scrape": statistics.mean(cpus) * 1000,
+        "cpu_over_wall": sum(cpus) / sum(walls) if sum(walls) > 0 else None,
+        "peak_rss_mb": c.rss_kb / 1024 if c.rss_kb is not None else None,
+        "series": c.series,
+        "procs_seen": c.samples[-1].procs if c.samples[-1].procs is not None else nprocs,
+        "startup_seconds": c.startup_seconds,
+        "syscalls_per_proc_per_scrape": (c.strace or {}).get("per_proc_per_scrape"),
+        "strace": c.strace,
+        "crashes": c.crashes,
+    })
+    return out
+
+
+def bench_size(n: int, args, env: dict, workdir: str, floor_bin: Optional[str], deadline: float) -> dict:
+    wanted = set(args.contenders)
+    contenders = make_contenders(workdir, floor_bin, env, wanted)
+
+    def start_with_retries(c: Contender) -> None:
+        """Start c; a peer may die at start on a transient process (e.g. process-exporter
+        panics on a comm that is not valid UTF-8), so try 3 times, 3 s apart."""
+        for attempt in range(3):
+            try:
+                c.start(timeout=args.start_timeout)
+                c.skipped = None
+                if attempt:
+                    c.note = (c.note + "; " if c.note else "") + f"started on attempt {attempt + 1}"
+                return
+            except Skip as e:
+                c.skipped = str(e)
+                c.stop()
+                log(f"  {c.key} failed to start (attempt {attempt + 1}/3): {one_line(c.skipped, 300)}")
+                if c.key.startswith("procsnap_") and "exited with status 2" in c.skipped:
+                    return  # a usage/config error will not go away
+                if attempt < 2:
+                    time.sleep(3)
+    result: dict = {"n": n}
+    try:
+        for c in contenders:
+            if c.key.startswith("procsnap_") and not env["procsnap_cli"]:
+                c.skipped = env["procsnap_cli_reason"]
+                log(f"  skip {c.key}: {c.skipped}")
+                continue
+            if c.key.startswith("floor_") and not floor_bin:
+                c.skipped = env["floor_reason"]
+                log(f"  skip {c.key}: {c.skipped}")
+                continue
+            if c.key.startswith("pe_") and not os.path.exists(PE_BIN):
+                c.skipped = f"{PE_BIN} not installed (make tools installs it)"
+                log(f"  skip {c.key}: {c.skipped}")
+                continue
+            start_with_retries(c)
+            if c.skipped:
+                log(f"  skip {c.key}: {c.skipped}")
+        live = [c for c in contenders if c.alive()]
+        nprocs = count_pids()
+        result["pids"] = nprocs
+        log(f"  {nprocs} pids; contenders: {', '.join(c.key for c in live)}")
+
+        def revive(c: Contender) -> bool:
+            """Restart a contender whose process died (a peer crashing on some process on
+            the machine); at most MAX_RESTARTS times per size. True if it runs again."""
+            if c.alive():
+                return True
+            if c.proc is None or len(c.crashes) >= MAX_RESTARTS:
+                return False
+            reason = crash_reason(c)
+            c.crashes.append(reason)
+            log(f"  {c.key} died ({reason}); restarting")
+            c.stop()
+            start_with_retries(c)
+            if c.skipped:
+                c.skipped = f"died ({reason}) and did not restart: {c.skipped}"
+                log(f"  {c.key}: {one_line(c.skipped, 300)}")
+                return False
+            try:
+                c.scrape(timeout=args.scrape_timeout)  # warm-up again
+                return True
+            except Exception as e:  # noqa: BLE001
+                c.skipped = f"died ({reason}); after a restart: {type(e).__name__}: {e}"
+                log(f"  {c.key}: {c.skipped}")
+                return False
+
+        def one(c: Contender, record: bool) -> None:
+            if c.skipped or not revive(c):
+                return
+            try:
+                s = c.scrape(timeout=args.scrape_timeout)
+            except Exception as e:  # noqa: BLE001 - one contender's failure must not stop the run
+                time.sleep(0.2)
+                if not c.alive():
+                    revive(c)  # this round's sample is lost; the next rounds go on (or c.skipped says why not)
+                    return
+                c.skipped = f"scrape failed: {type(e).__name__}: {e}"
+                log(f"  {c.key}: {c.skipped}")
+                return
+            if s.series is not None:
+                c.series = s.series
+            if record:
+                c.samples.append(s)
+
+        for c in live:  # warm-up scrape, not recorded
+            one(c, record=False)
+        busy0 = cpu_busy()
+        rounds_t0 = time.monotonic()
+        result["loadavg_before"] = os.getloadavg()
+        for r in range(args.rounds):
+            if time.monotonic() > deadline:
+                log(f"  time budget reached after {r} rounds")
+                result["note"] = f"stopped after {r} rounds: time budget"
+                break
+            order = live[r % len(live):] + live[: r % len(live)] if live else []
+            for c in order:
+                one(c, record=True)
+            walls = "  ".join(f"{c.key}={c.samples[-1].wall * 1000:.1f}" for c in live if c.samples and len(c.samples) == r + 1)
+            log(f"  round {r + 1}/{args.rounds}: {walls}")
+        result["loadavg_after"] = os.getloadavg()
+        busy1 = cpu_busy()
+        result["rounds_wall_seconds"] = time.monotonic() - rounds_t0
+        result["machine_busy_fraction"] = cpu_busy_fraction(busy0, busy1)
+        result["machine_cpu_seconds"] = (busy1[0] - busy0[0]) / CLK_TCK
+        # the rest is the harness itself plus whatever else runs on the machine (noise)
+        result["contender_cpu_seconds"] = sum(sum(s.cpu for s in c.samples) for c in live)
+        for c in live:
+            if c.alive():
+                c.rss_kb = status_kb(c.pid, "VmHWM")
+                if c.crashes:
+                    c.note = (c.note + "; " if c.note else "") + "peak RSS of the last restart"
+        if not args.no_strace:
+            if not shutil.which("strace"):
+                log("  strace not installed: no syscall counts (make tools installs it)")
+            else:
+                for c in live:
+                    if c.skipped or not revive(c):
+                        continue
+                    try:
+                        c.strace = strace_count(c, args.strace_scrapes, args.scrape_timeout * 5)
+                        log(f"  strace {c.key}: {c.strace['per_proc_per_scrape']:.1f} syscalls/proc/scrape")
+                    except Exception as e:  # noqa: BLE001
+                        c.strace = {"error": f"{type(e).__name__}: {e}"}
+                        log(f"  strace {c.key}: {c.strace['error']}")
+        result["contenders"] = {c.key: summarize(c, nprocs) for c in contenders}
+    finally:
+        for c in contenders:
+            c.stop()
+    return result
+
+
+# ---------------------------------------------------------------- targets
+
+
+def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def evaluate(size: dict) -> tuple:
+    cs = size.get("contenders", {})
+
+    def get(key, field_name):
+        return (cs.get(key) or {}).get(field_name)
+
+    med = lambda k: get(k, "median_ms")  # noqa: E731
+    ratios = {
+        "procsnap_grouped / floor_kept": ratio(med("procsnap_grouped"), med("floor_kept")),
+        "pe_grouped / procsnap_grouped": ratio(med("pe_grouped"), med("procsnap_grouped")),
+        "psutil_exporter / procsnap_grouped": ratio(med("psutil_exporter"), med("procsnap_grouped")),
+        "procsnap_per_process / floor_kept": ratio(med("procsnap_per_process"), med("floor_kept")),
+        "pe_per_process / procsnap_per_process": ratio(med("pe_per_process"), med("procsnap_per_process")),
+        "psutil_exporter / procsnap_per_process": ratio(med("psutil_exporter"), med("procsnap_per_process")),
+        "snapshot_native / floor_kept": ratio(med("snapshot_native"), med("floor_kept")),
+        "snapshot_python / snapshot_native": ratio(med("snapshot_python"), med("snapshot_native")),
+        "floor_fresh / floor_kept": ratio(med("floor_fresh"), med("floor_kept")),
+    }
+
+    targets = []
+
+    def target(name, value, limit, op, unit=""):
+        ok = None if value is None or limit is None else (value <= limit if op == "<=" else value >= limit)
+        targets.append({"name": name, "value": value, "target": f"{op} {limit:g}{unit}" if limit is not None else f"{op} ?",
+                        "pass": ok})
+
+    target("grouped within 1.5x of C floor kept", ratios["procsnap_grouped / floor_kept"], 1.5, "<=", "x")
+    target("grouped >= 12x faster than process-exporter grouped", ratios["pe_grouped / procsnap_grouped"], 12, ">=", "x")
+    target("per-process >= 4x faster than process-exporter per-process",
+           ratios["pe_per_process / procsnap_per_process"], 4, ">=", "x")
+    target("per-process >= 3x faster than psutil exporter", ratios["psutil_exporter / procsnap_per_process"], 3, ">=", "x")
+    for key in ("procsnap_grouped", "procsnap_per_process"):
+        target(f"{key}: syscalls/process/scrape <= 5", get(key, "syscalls_per_proc_per_scrape"), 5, "<=")
+    target("procsnap_grouped: peak RSS <= 45 MB", get("procsnap_grouped", "peak_rss_mb"), 45, "<=", " MB")
+    target("procsnap_per_process: peak RSS <= process-exporter per-process",
+           get("procsnap_per_process", "peak_rss_mb"), get("pe_per_process", "peak_rss_mb"), "<=", " MB")
+    for key in ("procsnap_grouped", "procsnap_per_process"):
+        target(f"{key}: CPU per scrape <= 1.1x wall", get(key, "cpu_over_wall"), 1.1, "<=", "x")
+    return ratios, targets
+
+
+# ---------------------------------------------------------------- report
+
+
+def fmt(v, digits=1) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def verdict(ok) -> str:
+    return "–" if ok is None else ("PASS" if ok else "FAIL")
+
+
+def markdown(results: dict) -> str:
+    m = results["machine"]
+    lines = [
+        "## Benchmark: procsnap vs process-exporter, a psutil exporter and the C floor",
+        "",
+        f"Machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['mem_gib']:.0f} GiB, Linux {m['kernel']}, "
+        f"Python {m['python']}, psutil {m['psutil']}, process-exporter {m['process_exporter']}. "
+        f"procsnap {m['procsnap_commit']}. Run {results['started']} "
+        f"({results['duration_seconds']:.0f} s; {results['args']['rounds']} interleaved rounds after a warm-up; "
+        f"`bench/run.py {' '.join(results['argv'])}`).",
+        "",
+        "Scrape time is the wall time of GET /metrics (HTTP contenders) or of one iteration (floor, snapshot). "
+        "CPU is utime+stime of the contender's process per scrape; RSS is its VmHWM; "
+        "syscalls come from a separate `strace -c -f` phase.",
+        "",
+    ]
+    for note in results.get("notes", []):
+        lines.append(f"- {note}")
+    if results.get("notes"):
+        lines.append("")
+    for n, size in results["sizes"].items():
+        lines.append(f"### N = {n} idle processes ({size.get('pids', '?')} pids)")
+        lines.append("")
+        if size.get("machine_cpu_seconds") is not None:
+            lines.append(f"During the timed rounds ({size['rounds_wall_seconds']:.0f} s) the machine used "
+                         f"{size['machine_cpu_seconds']:.0f} CPU-s (busy {100 * (size['machine_busy_fraction'] or 0):.0f}% "
+                         f"of {m['nproc']} CPUs), of which the contenders {size['contender_cpu_seconds']:.0f} CPU-s; "
+                         f"the rest is the harness and other load. Load average before/after: "
+                         f"{size['loadavg_before'][0]:.1f} / {size['loadavg_after'][0]:.1f}.")
+            lines.append("")
+        anchors = ANCHORS_5000 if str(n) == "5000" else {}
+        head = "| contender | median ms | p95 ms | CPU ms/scrape | CPU/wall | peak RSS MB | series | syscalls/proc/scrape |"
+        if anchors:
+            head += " anchor median ms |"
+        lines.append(head)
+        lines.append("|---|" + "---:|" * (8 if anchors else 7))
+        for key in ORDER:
+            c = size.get("contenders", {}).get(key)
+            if c is None:
+                continue
+            if c.get("skipped"):
+                row = f"| {key} | skipped: {one_line(c['skipped'])} | | | | | | |"
+                if anchors:
+                    row += " |"
+                lines.append(row)
+                continue
+            row = (f"| {key} | {fmt(c['median_ms'])} | {fmt(c['p95_ms'])} | {fmt(c['cpu_ms_per_scrape'])} | "
+                   f"{fmt(c['cpu_over_wall'], 2)} | {fmt(c['peak_rss_mb'])} | {fmt(c['series'])} | "
+                   f"{fmt(c['syscalls_per_proc_per_scrape'])} |")
+            if anchors:
+                row += f" {fmt(anchors.get(key, {}).get('median_ms'))} |"
+            lines.append(row)
+        lines.append("")
+        for key in ORDER:
+            c = size.get("contenders", {}).get(key) or {}
+            if c.get("crashes"):
+                lines.append(f"- {key} died {len(c['crashes'])} time(s) and was restarted: "
+                             f"{'; '.join(sorted(set(one_line(r, 120) for r in c['crashes'])))}")
+            if c.get("error"):
+                lines.append(f"- {key}: {one_line(c['error'])} (figures are from the scrapes before)")
+        if any((size.get("contenders", {}).get(k) or {}).get("crashes") or (size.get("contenders", {}).get(k) or {}).get("error")
+               for k in ORDER):
+            lines.append("")
+        lines.append("| ratio | value |")
+        lines.append("|---|---:|")
+        for name, value in size.get("ratios", {}).items():
+            lines.append(f"| {name} | {fmt(value, 2)} |")
+        lines.append("")
+        lines.append("| target | value | goal | result |")
+        lines.append("|---|---:|---|---|")
+        for t in size.get("targets", []):
+            lines.append(f"| {t['name']} | {fmt(t['value'], 2)} | {t['target']} | {verdict(t['pass'])} |")
+        lines.append("")
+        micro = size.get("psutil_micro")
+        if micro and "error" not in micro:
+            lines.append(f"psutil's own claims over {micro['procs']} processes ({micro['rounds']} rounds): "
+                         f"oneshot() {micro['oneshot_speedup_stat5']:.2f}x on five stat fields "
+                         f"({', '.join(micro['stat5'])}), {micro['oneshot_speedup_mixed5']:.2f}x on a mixed set "
+                         f"({', '.join(micro['mixed5'])}) — seed claims {SEED_CLAIMS['oneshot']:g}x; "
+                         f"process_iter(attrs) vs a manual loop {micro['process_iter_speedup']:.2f}x — "
+                         f"seed claims {SEED_CLAIMS['process_iter']:g}x.")
+            lines.append("")
+    for n, reason in results.get("skipped_sizes", {}).items():
+        lines.append(f"N = {n}: skipped — {reason}")
+        lines.append("")
+    gil = results.get("gil")
+    if gil:
+        lines.append("### GIL proof")
+        lines.append("")
+        lines.append("| backend | processes | pure-Python thread throughput during back-to-back snapshots, vs alone | "
+                     "the same, counting only GIL waits | count thread: on CPU / waiting for a CPU / blocked (GIL) | "
+                     "snapshots per window | goal | result |")
+        lines.append("|---|---:|---:|---:|---|---:|---|---|")
+        for backend, g in gil.items():
+            if "error" in g:
+                lines.append(f"| {backend} | – | skipped: {g['error'][:120]} | – | – | – |")
+                continue
+            goal = ">= 0.7" if backend == "native" else "(contrast)"
+            ok = g["ratio"] >= 0.7 if backend == "native" else None
+            sh = g.get("shared", {})
+            split = " / ".join(f"{100 * sh.get(k, 0):.0f}%" for k in ("on_cpu", "cpu_wait", "blocked"))
+            lines.append(f"| {backend} | {g['procs']} | {g['ratio']:.2f} | {fmt(g.get('ratio_gil_only'), 2)} | {split} | "
+                         f"{statistics.median(g['snapshots_per_window']):.0f} | {goal} | {verdict(ok)} |")
+        lines.append("")
+        lines.append(f"{gil[next(iter(gil))].get('window_seconds', '?')} s windows, solo and shared alternated; "
+                     "the goal applies to the plain throughput ratio. Time the count thread spent runnable but "
+                     "without a CPU is load from elsewhere on the machine, not the GIL.")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- machine / environment
+
+
+def machine_info() -> dict:
+    model = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem_kb = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+    try:
+        import psutil
+
+        psutil_version = psutil.__version__
+    except ImportError:
+        psutil_version = "not installed"
+    pe_version = "not installed"
+    if os.path.exists(PE_BIN):
+        try:
+            out = subprocess.run([PE_BIN, "-version"], capture_output=True, text=True, timeout=10)
+            m = re.search(r"revision:\s*([^\s)]+)", out.stdout + out.stderr)
+            pe_version = m.group(1) if m else (out.stdout + out.stderr).strip().splitlines()[0]
+        except (OSError, subprocess.SubprocessError, IndexError):
+            pe_version = "?"
+    commit = "?"
+    try:
+        commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip() or "?"
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "exporter"], capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+        if dirty:
+            commit += " (+ uncommitted changes in exporter/)"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "mem_gib": mem_kb / 1024 / 1024,
+        "psutil": psutil_version,
+        "process_exporter": pe_version,
+        "procsnap_commit": commit,
+        "rlimit_nofile": resource.getrlimit(resource.RLIMIT_NOFILE),
+        "pid_max": int(open("/proc/sys/kernel/pid_max").read()),
+    }
+
+
+def build_floor(builddir: str) -> tuple:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        return None, "no C compiler (cc) found"
+    out = os.path.join(builddir, "floor")
+    proc = subprocess.run([cc, "-O2", "-Wall", "-o", out, os.path.join(HERE, "floor.c")],
+                          capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        return None, f"cc failed: {proc.stderr.strip()[:300]}"
+    return out, None
+
+
+def probe_procsnap() -> tuple:
+    """(usable, reason, native_available)."""
+    native = subprocess.run(
+        [sys.executable, "-c", "import exporter, sys; sys.stdout.write(str(exporter.native_available()))"],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+    ).stdout.strip() == "True"
+    if not os.path.exists(PROCSNAP_BIN):
+        return False, f"procsnap CLI not installed at {PROCSNAP_BIN} (make build)", native
+    try:
+        p = subprocess.run([PROCSNAP_BIN, "--help"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    except (OSError, subprocess.SubprocessError) as e:
+        return False, f"procsnap CLI does not run: {e}", native
+    if p.returncode != 0 or "--web.listen-address" not in p.stdout:
+        return False, f"procsnap CLI not ready (--help exit {p.returncode}: {(p.stderr or p.stdout).strip()[-200:]})", native
+    return True, "", native
+
+
+# ---------------------------------------------------------------- main
+
+
+def parse_args(argv) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description="procsnap benchmark (make bench ARGS=...)")
+    ap.add_argument("--sizes", default=None, help="comma-separated N of idle processes (default 500,2000,5000,10000)")
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved timed rounds per size (default 7; --quick 3)")
+    ap.add_argument("--quick", action="store_true", help="N=500 only, 3 rounds, short GIL/psutil phases (< 1 min)")
+    ap.add_argument("--no-strace", action="store_true", help="skip the strace phase (no syscall counts)")
+    ap.add_argument("--strace-scrapes", type=int, default=2, help="scrapes under strace per contender (default 2)")
+    ap.add_argument("--no-gil", action="store_true", help="skip the GIL proof")
+    ap.add_argument("--no-psutil-micro", action="store_true", help="skip reproducing psutil's oneshot/process_iter claims")
+    ap.add_argument("--contenders", default=",".join(ORDER), help="comma-separated subset of: " + ",".join(ORDER))
+    ap.add_argument("--gil-size", type=int, default=None, help="N for the GIL proof (default 5000 if run, else the largest)")
+    ap.add_argument("--out", default=os.path.join(HERE, "results"), help="directory for latest.json / latest.md")
+    ap.add_argument("--budget-minutes", type=float, default=28.0, help="stop starting new work after this long")
+    ap.add_argument("--scrape-timeout", type=float, default=120.0, help="seconds per scrape before giving up")
+    ap.add_argument("--start-timeout", type=float, default=60.0, help="seconds for an exporter to serve /metrics")
+    ap.add_argument("--lifetime", type=int, default=3600, help="seconds the idle sleeps live at most (a backstop)")
+    args = ap.parse_args(argv)
+    if args.sizes is None:
+        args.sizes = "500" if args.quick else "500,2000,5000,10000"
+    try:
+        args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    except ValueError:
+        ap.error(f"--sizes: not a list of integers: {args.sizes!r}")
+    if any(n < 0 or n > 100000 for n in args.sizes):
+        ap.error("--sizes: each N must be within 0..100000")
+    if args.rounds is None:
+        args.rounds = 3 if args.quick else 7
+    args.rounds = max(1, min(args.rounds, 100))
+    args.strace_scrapes = max(1, min(args.strace_scrapes, 20))
+    args.contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
+    unknown = set(args.contenders) - set(ORDER)
+    if unknown:
+        ap.error(f"--contenders: unknown {', '.join(sorted(unknown))}")
+    return args
+
+
+def _raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError):
+            pass
+
+
+def _on_signal(signum, _frame):
+    raise SystemExit(128 + signum)
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    started_mono = time.monotonic()
+    deadline = started_mono + args.budget_minutes * 60
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+    _raise_nofile()  # inherited by the contenders (the floor and procsnap keep files open)
+
+    results: dict = {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "argv": sys.argv[1:] if argv is None else list(argv),
+        "args": {k: v for k, v in vars(args).items()},
+        "machine": machine_info(),
+        "anchors_n5000": ANCHORS_5000,
+        "sizes": {},
+        "skipped_sizes": {},
+        "notes": [],
+    }
+    m = results["machine"]
+    log(f"machine: {m['nproc']} CPUs, {m['cpu_model']}, Linux {m['kernel']}, Python {m['python']}")
+
+    workdir = tempfile.mkdtemp(prefix="procsnap-bench-")
+    try:
+        floor_bin, floor_reason = build_floor(workdir)
+        if floor_reason:
+            log(f"C floor unavailable: {floor_reason}")
+        cli_ok, cli_reason, native = probe_procsnap()
+        if not cli_ok:
+            log(f"procsnap contenders skipped: {cli_reason}")
+            results["notes"].append(f"procsnap contenders skipped: {cli_reason}")
+        if not native:
+            msg = "the native collector (exporter._collector) is not built: procsnap runs its python backend"
+            log(msg)
+            results["notes"].append(msg)
+        env = {
+            "procsnap_cli": cli_ok,
+            "procsnap_cli_reason": cli_reason,
+            "native": native,
+            "procsnap_backend": "native" if native else "python",
+            "floor_reason": floor_reason,
+        }
+        largest = None
+        for n in args.sizes:
+            if time.monotonic() > deadline:
+                results["skipped_sizes"][str(n)] = f"time budget of {args.budget_minutes:g} min used up"
+                log(f"N={n}: skipped ({results['skipped_sizes'][str(n)]})")
+                continue
+            reason = capacity_check(n)
+            if reason:
+                results["skipped_sizes"][str(n)] = reason
+                log(f"N={n}: skipped ({reason})")
+                continue
+            log(f"N={n}: spawning idle processes ...")
+            with IdleProcesses(n, lifetime=args.lifetime) as idle:
+                log(f"  spawned {idle.count} in {idle.spawn_seconds:.1f}s")
+                size = bench_size(n, args, env, workdir, floor_bin, deadline)
+                size["spawned"] = idle.count
+                size["spawn_seconds"] = idle.spawn_seconds
+                if not args.no_psutil_micro and time.monotonic() < deadline:
+                    log("  psutil oneshot / process_iter claims ...")
+                    try:
+                        size["psutil_micro"] = psutil_micro(3 if args.quick else 5, 30 if args.quick else 120)
+                    except Exception as e:  # noqa: BLE001
+                        size["psutil_micro"] = {"error": f"{type(e).__name__}: {e}"}
+                gil_target = args.gil_size or (5000 if 5000 in args.sizes else max(args.sizes))
+                if not args.no_gil and n == gil_target and time.monotonic() < deadline:
+                    largest = n
+                    results["gil"] = gil_proof(args)
+            size["ratios"], size["targets"] = evaluate(size)
+            results["sizes"][str(n)] = size
+        if not args.no_gil and largest is None and "gil" not in results:
+            results["notes"].append("GIL proof not run: its size was skipped")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    results["duration_seconds"] = time.monotonic() - started_mono
+    os.makedirs(args.out, exist_ok=True)
+    json_path = os.path.join(args.out, "latest.json")
+    md_path = os.path.join(args.out, "latest.md")
+    with open(json_path + ".tmp", "w") as f:
+        json.dump(results, f, indent=1, default=str)
+    os.replace(json_path + ".tmp", json_path)
+    md = markdown(results)
+    with open(md_path + ".tmp", "w") as f:
+        f.write(md)
+    os.replace(md_path + ".tmp", md_path)
+    log("")
+    log(md)
+    log(f"wrote {json_path} and {md_path}")
+    return 0
+
+
+def gil_proof(args) -> dict:
+    out = {}
+    seconds = 0.5 if args.quick else 2.0
+    windows = 2 if args.quick else 5
+    for backend in ("native", "python"):
+        log(f"  GIL proof, {backend} backend ({windows} x {seconds:g}s windows) ...")
+        try:
+            proc = subprocess.run(
+                [sys.executable, os.path.join(HERE, "snapworker.py"), "gil", backend, str(seconds), str(windows)],
+                capture_output=True, text=True, cwd=ROOT, timeout=windows * seconds * 4 + 300,
+                preexec_fn=die_with_parent,
+            )
+            lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+            out[backend] = json.loads(lines[-1]) if lines else {"error": f"no result: {proc.stderr.strip()[-300:]}"}
+        except (subprocess.SubprocessError, ValueError, OSError) as e:
+            out[backend] = {"error": f"{type(e).__name__}: {e}"}
+        g = out[backend]
+        log(f"    {g.get('ratio', g.get('error'))}")
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Smoke test of the benchmark harness (bench/run.py): it runs end to end on a tiny
+process set and reports every contender with numeric figures. No timing assertions:
+the numbers belong to `make bench`, not to tests."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN = os.path.join(ROOT, "bench", "run.py")
+
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+import run as bench_run  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run(
+        [sys.executable, RUN, "--quick", "--sizes", "50", "--rounds", "2", "--no-strace", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(out / "latest.json") as f:
+        data = json.load(f)
+    assert (out / "latest.md").read_text().startswith("## Benchmark")
+    return data
+
+
+def _must_run(key):
+    """Contenders that may legitimately be skipped on this machine, and why."""
+    if key.startswith("pe_") and not os.path.exists(bench_run.PE_BIN):
+        return False
+    if key.startswith("floor_") and not (shutil.which("cc") or shutil.which("gcc")):
+        return False
+    if key.startswith("procsnap_") and not os.path.exists(bench_run.PROCSNAP_BIN):
+        return False
+    if key == "snapshot_native":
+        from exporter.snapshot import native_available
+
+        return native_available()
+    return True
+
+
+def test_every_contender_reported_with_numeric_medians(results):
+    size = results["sizes"]["50"]
+    assert size["spawned"] == 50
+    contenders = size["contenders"]
+    assert set(contenders) == set(bench_run.ORDER)
+    for key, c in contenders.items():
+        if c.get("skipped"):
+            assert not _must_run(key), f"{key} skipped: {c['skipped']}"
+            continue
+        for field in ("median_ms", "p95_ms", "cpu_ms_per_scrape"):
+            assert isinstance(c[field], (int, float)) and c[field] > 0, (key, field, c[field])
+        assert c["scrapes"] == 2
+        assert isinstance(c["peak_rss_mb"], (int, float)), key
+        if key.endswith(("_grouped", "_per_process", "_exporter")):
+            assert c["series"] > 0, key
+
+
+def test_report_names_the_machine_and_evaluates_targets(results):
+    m = results["machine"]
+    assert m["nproc"] >= 1 and m["kernel"] and m["python"]
+    size = results["sizes"]["50"]
+    assert size["targets"] and all("pass" in t for t in size["targets"])
+    assert "psutil_micro" in size and "gil" in results
+
+
+def test_idle_processes_are_cleaned_up(results):
+    leftovers = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if argv[:2] == [b"sleep", b"3600"]:
+            leftovers.append(int(name))
+    assert not leftovers, f"idle benchmark processes left behind: {leftovers}"
