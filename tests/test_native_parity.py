@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -336,6 +337,11 @@ def _open_fds() -> int:
 @pytest.fixture
 def sleepers():
     procs = [subprocess.Popen(["sleep", "60"]) for _ in range(5)]
+    deadline = time.monotonic() + 10
+    for p in procs:  # settled in their sleep: nothing about them changes any more
+        while open(f"/proc/{p.pid}/stat", "rb").read().rsplit(b")", 1)[1].split()[0] != b"S":
+            assert time.monotonic() < deadline, "sleep did not go to sleep"
+            time.sleep(0.01)
     yield procs
     for p in procs:
         p.kill()
