@@ -4,27 +4,58 @@ Each identity is matched against the config once (again after exec) and keeps it
 name. With ``children`` on, a process that no matcher names joins the group of its
 nearest named ancestor, found through the ppid map of the same snapshot.
 
-Group counters are sums of per-process increments, so they never go down when members or
-threads exit or pids are reused. An empty group keeps its counters (rates stay
-continuous) unless its name is per process ({{.PID}}, {{.StartTime}}) or
-``remove_empty_groups`` is set: then it is dropped, so series don't pile up with churn.
+Counters. A group's counter is ``base + sum of its members' cumulative values``; when a
+member exits, its last values move into ``base``, so totals never go down when members
+or threads exit or pids are reused, and nothing has to be kept per process. Processes
+already running at the first snapshot start from 0 (their past is not the group's
+history, as in process-exporter); processes that start later count in full. An exec'd
+process that changes group counts in the new one only from then on. A reported counter
+is also clamped to never decrease (a member turning unreadable must not take it down).
+
+Empty groups keep their counters (rates stay continuous) unless their name is per
+process ({{.PID}}, {{.StartTime}}) or ``remove_empty_groups`` is set: then they are
+dropped, so series do not pile up with churn.
+
+Per-process Python work is limited to what changed (started, exec'd, exited); the rest is
+column sums over the snapshot's records.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Optional
 
 from exporter.config import Facts
-from exporter.tracker import COUNTERS, UNASSIGNED, Tracker
+from exporter.snapshot import FIELDS
+from exporter.tracker import Tracker
 
 # process-exporter's state buckets, from the one-letter stat state.
 STATE_NAMES = ("Running", "Sleeping", "Waiting", "Zombie", "Other")
 _STATE_OF = {"R": "Running", "S": "Sleeping", "D": "Waiting", "Z": "Zombie"}
 _MAX_ANCESTRY = 4096  # a ppid chain longer than any real one means a loop in a fixture
 
+# cumulative per-process counters, and per-process gauges summed over a group
+COUNTERS = (
+    "cpu_user_seconds",
+    "cpu_system_seconds",
+    "read_bytes",
+    "write_bytes",
+    "major_faults",
+    "minor_faults",
+    "ctx_voluntary",
+    "ctx_nonvoluntary",
+)
+GAUGE_SUMS = ("rss_bytes", "vms_bytes", "swap_bytes", "open_fds", "num_threads")
+_COUNTER_AT = tuple(FIELDS.index(n) for n in COUNTERS)
+_GAUGE_AT = tuple(FIELDS.index(n) for n in GAUGE_SUMS)
+_FLOAT_COUNTERS = frozenset(i for i, n in enumerate(COUNTERS) if n.startswith("cpu_"))
+_OPEN_FDS, _MAX_FDS, _START_TIME, _STATE = (
+    FIELDS.index(n) for n in ("open_fds", "max_fds", "start_time_seconds", "state")
+)
 
-@dataclass
+
+@dataclass(slots=True)
 class GroupStats:
     """What one group reports in one scrape. Counters are totals since the group was
     first seen and never decrease; a value that no member could be read for is None (the
@@ -51,17 +82,22 @@ class GroupStats:
     states: dict = field(default_factory=lambda: dict.fromkeys(STATE_NAMES, 0))
 
 
-_GAUGE_SUMS = ("rss_bytes", "vms_bytes", "swap_bytes", "open_fds", "num_threads")
-
-
 class _Group:
-    __slots__ = ("name", "per_process", "totals", "members")
+    __slots__ = ("name", "per_process", "base", "reported", "members")
 
     def __init__(self, name: str, per_process: bool):
         self.name = name
         self.per_process = per_process
-        self.totals = [None] * len(COUNTERS)  # None until some member was readable
+        self.base = [0] * len(COUNTERS)  # exited members' last values, minus baselines
+        self.reported = [None] * len(COUNTERS)  # last reported totals (None: never readable)
         self.members = []  # this snapshot's processes
+
+    def shift_base(self, process, sign: int) -> None:
+        base = self.base
+        for i, at in enumerate(_COUNTER_AT):
+            value = process[at]
+            if value is not None:
+                base[i] += sign * value
 
 
 class Grouper:
@@ -71,90 +107,137 @@ class Grouper:
         self.remove_empty_groups = remove_empty_groups
         self.tracker = Tracker()
         self.groups: dict = {}  # name -> _Group
-        # group name -> made by a per-process template ({{.PID}}): such groups go once empty
-        self._per_process_names: dict = {}
+        self.group_of: dict = {}  # identity -> group name, or None (not exported)
+        self._rematch = False
 
     def reload(self, config) -> None:
-        """Use a new config: every identity is matched again, group totals are kept for
-        names that survive."""
+        """Use a new config: every identity is matched again at the next update; group
+        totals are kept for names that survive."""
         self.config = config
-        for t in self.tracker.tracked.values():
-            t.group = UNASSIGNED
+        self._rematch = True
 
     def update(self, snapshot) -> list:
         """Advance by one snapshot; return [GroupStats] sorted by name."""
-        current, _exited = self.tracker.update(snapshot.processes)
-        by_pid = {t.pid: (t, p) for t, p, _ in current}
-        for group in self.groups.values():
+        processes = snapshot.processes
+        changes = self.tracker.update(processes)
+        group_of, groups = self.group_of, self.groups
+
+        for identity, last in changes.exited:
+            name = group_of.pop(identity, None)
+            if name is not None and name in groups:
+                groups[name].shift_base(last, +1)
+
+        moved = []  # (identity, previous record) of exec'd members that left a group
+        if self._rematch:
+            self._rematch = False
+            execed = [(k, self.tracker.records[k]) for k in group_of]
+        else:
+            execed = changes.execed
+        for identity, previous in execed:
+            name = group_of.pop(identity, None)
+            if name is not None and name in groups:
+                groups[name].shift_base(previous, +1)
+                moved.append((identity, previous))
+
+        if changes.started or execed:  # identities without a group yet
+            self._assign_all(changes, processes)
+        if changes.first:  # processes already running start from 0
+            for identity, p in zip(changes.identities, processes):
+                name = group_of[identity]
+                if name is not None:
+                    groups[name].shift_base(p, -1)
+        for identity, previous in moved:  # count only from the exec on
+            name = group_of[identity]
+            if name is not None:
+                groups[name].shift_base(previous, -1)
+
+        for group in groups.values():
             group.members = []
-        for t, p, deltas in current:
-            name = t.group
-            if name is UNASSIGNED:
-                name = self._assign(t.pid, by_pid)
-            if name is None:
-                continue
-            group = self.groups.get(name)
-            if group is None:
-                group = self.groups[name] = _Group(name, self._per_process_names.get(name, False))
-            group.members.append(p)
-            totals = group.totals
-            for i, d in enumerate(deltas):
-                if d is not None:
-                    totals[i] = d if totals[i] is None else totals[i] + d
+        for name, p in zip(map(group_of.__getitem__, changes.identities), processes):
+            if name is not None:
+                groups[name].members.append(p)
+
         stats = []
-        for name in sorted(self.groups):
-            group = self.groups[name]
+        for name in sorted(groups):
+            group = groups[name]
             if not group.members and (group.per_process or self.remove_empty_groups):
-                del self.groups[name]
-                self._per_process_names.pop(name, None)
+                del groups[name]
                 continue
             stats.append(_stats(group))
         return stats
 
     # -- assignment ------------------------------------------------------------------
 
-    def _assign(self, pid: int, by_pid: dict):
+    def _assign_all(self, changes, processes) -> None:
+        group_of = self.group_of
+        by_pid = {identity[0]: (identity, p) for identity, p in zip(changes.identities, processes)}
+        for identity, p in zip(changes.identities, processes):
+            if identity not in group_of:
+                self._assign(p.pid, by_pid)
+
+    def _assign(self, pid: int, by_pid: dict) -> None:
         """Decide the group of the identity at pid (and of unassigned ancestors on the
         way): its own first matching matcher, else (children on) its nearest named
         ancestor's group, else None."""
-        start = pid
+        group_of = self.group_of
         chain = []
-        group = None
+        name = None
         seen = set()
         while pid in by_pid and pid not in seen and len(chain) < _MAX_ANCESTRY:
             seen.add(pid)
-            t, p = by_pid[pid]
-            if t.group is not UNASSIGNED:
-                group = t.group
+            identity, p = by_pid[pid]
+            if identity in group_of:
+                name = group_of[identity]
                 break
             matcher, captures = self.config.match(p)
             if matcher is not None:
-                group = t.group = matcher.template.render(
+                name = matcher.template.render(
                     Facts(p.comm, p.cmdline or (), p.username, p.pid, p.start_time_seconds, p.cgroup, captures)
                 )
-                self._per_process_names[group] = matcher.template.per_process
+                group_of[identity] = name
+                if name not in self.groups:
+                    self.groups[name] = _Group(name, matcher.template.per_process)
                 break
-            chain.append(t)
+            chain.append(identity)
             if not self.children:
                 break
             pid = p.ppid
-        for t in chain:
-            t.group = group
-        return by_pid[start][0].group
+        for identity in chain:
+            group_of[identity] = name
 
 
 def _stats(group: _Group) -> GroupStats:
     members = group.members
-    s = GroupStats(group.name, num_procs=len(members))
-    for name, total in zip(COUNTERS, group.totals):
-        setattr(s, name, total)
-    for name in _GAUGE_SUMS:
-        values = [v for v in (getattr(p, name) for p in members) if v is not None]
-        setattr(s, name, sum(values) if values or not members else None)
-    ratios = [p.open_fds / p.max_fds for p in members if p.open_fds is not None and p.max_fds]
-    s.worst_fd_ratio = max(ratios) if ratios else None
-    s.oldest_start_time_seconds = min((p.start_time_seconds for p in members), default=None)
-    states = s.states
-    for p in members:
-        states[_STATE_OF.get(p.state, "Other")] += 1
-    return s
+    n = len(members)
+    columns = list(zip(*members)) if n else None
+    totals = []
+    for i, at in enumerate(_COUNTER_AT):
+        reported = group.reported[i]
+        column = columns[at] if n else ()
+        readable = n - column.count(None) if n else 0
+        if reported is None and not readable:
+            totals.append(None)
+            continue
+        total = group.base[i] + sum(filter(None, column))
+        if i in _FLOAT_COUNTERS:
+            total = round(total, 9)  # float sums drift by 1e-16 per exit
+        if reported is not None and total < reported:
+            total = reported
+        total = max(total, 0)
+        group.reported[i] = total
+        totals.append(total)
+    gauges = []
+    for at in _GAUGE_AT:
+        column = columns[at] if n else ()
+        gauges.append(sum(filter(None, column)) if not n or column.count(None) < n else None)
+    ratio = None
+    oldest = None
+    states = dict.fromkeys(STATE_NAMES, 0)
+    if n:
+        ratios = [o / m for o, m in zip(columns[_OPEN_FDS], columns[_MAX_FDS]) if o is not None and m]
+        ratio = max(ratios) if ratios else None
+        oldest = min(columns[_START_TIME])
+        for state, count in Counter(columns[_STATE]).items():
+            states[_STATE_OF.get(state, "Other")] += count
+    rss, vms, swap, fds, threads = gauges
+    return GroupStats(group.name, n, *totals, rss, vms, swap, fds, ratio, oldest, threads, states)

@@ -1,79 +1,48 @@
 """Tracker: follows process identities (pid, starttime) from one snapshot to the next.
 
-It turns the cumulative per-process counters of each snapshot into per-process increments
-since the previous snapshot, notices starts, exits, pid reuse (same pid, new starttime =
-a new identity) and exec (same identity, new comm), and forgets identities that are gone,
-so its memory follows the live process count, not the churn.
+For each snapshot it tells which identities started, which exec'd (same identity, new
+comm) and which exited (with their last record), so later stages do per-process Python
+work only for what changed. Pid reuse is a new identity (new starttime) plus an exit.
+It keeps only the last snapshot's records, so its memory follows the live process
+count, not the churn. The set differences run in C (dict views and sets), not in a
+Python loop over every process.
 """
 
 from __future__ import annotations
 
+from operator import itemgetter
+from typing import NamedTuple
+
 from exporter.snapshot import FIELDS
 
-# The cumulative per-process counters, in the order deltas are reported.
-COUNTERS = (
-    "cpu_user_seconds",
-    "cpu_system_seconds",
-    "read_bytes",
-    "write_bytes",
-    "major_faults",
-    "minor_faults",
-    "ctx_voluntary",
-    "ctx_nonvoluntary",
-)
-_COUNTER_INDEXES = tuple(FIELDS.index(name) for name in COUNTERS)
-_NO_VALUES = (None,) * len(COUNTERS)
-
-UNASSIGNED = object()  # group not decided yet (new identity, or just exec'd)
+_PID, _START, _COMM = (itemgetter(FIELDS.index(name)) for name in ("pid", "start_ticks", "comm"))
 
 
-class Tracked:
-    """What the tracker remembers of one identity between snapshots."""
-
-    __slots__ = ("pid", "start_ticks", "comm", "group", "last")
-
-    def __init__(self, pid: int, start_ticks: int, comm: str):
-        self.pid = pid
-        self.start_ticks = start_ticks
-        self.comm = comm
-        self.group = UNASSIGNED  # set by the grouper: a group name, or None (not exported)
-        self.last = _NO_VALUES  # counter values at the previous snapshot
-
-
-def increments(last: tuple, now: tuple) -> tuple:
-    """Per-counter increase from last to now. A counter first readable now counts in full
-    (nothing of it was counted before); one unreadable now is None; a counter never goes
-    down (a kernel reset would otherwise subtract from a group's total)."""
-    return tuple(
-        None if n is None else n if l is None else (n - l if n > l else 0) for l, n in zip(last, now)
-    )
+class Changes(NamedTuple):
+    identities: list  # (pid, start_ticks) of each process, in snapshot order
+    started: list  # identities seen for the first time
+    execed: list  # [(identity, previous Process)] of identities whose comm changed
+    exited: list  # [(identity, last Process)] of identities that are gone
+    first: bool  # this was the tracker's first snapshot
 
 
 class Tracker:
     def __init__(self):
-        self.tracked: dict = {}  # (pid, start_ticks) -> Tracked
+        self.records: dict = {}  # identity -> its Process in the last snapshot
+        self._triples: set = set()  # (pid, start_ticks, comm) of the last snapshot
+        self._updates = 0
 
-    def update(self, processes):
-        """Advance to a new snapshot's processes.
-
-        Returns (current, exited): current is [(Tracked, Process, increments)] in snapshot
-        order; exited is the Tracked of identities no longer present. An exec'd identity
-        comes back with group UNASSIGNED so the grouper matches it again.
-        """
-        previous = self.tracked
-        tracked = {}
-        current = []
-        for p in processes:
-            key = (p.pid, p.start_ticks)
-            t = previous.pop(key, None)
-            if t is None:
-                t = Tracked(p.pid, p.start_ticks, p.comm)
-            elif t.comm != p.comm:  # exec: same identity, new program
-                t.comm = p.comm
-                t.group = UNASSIGNED
-            now = tuple(p[i] for i in _COUNTER_INDEXES)
-            current.append((t, p, increments(t.last, now)))
-            t.last = tuple(l if n is None else n for l, n in zip(t.last, now))
-            tracked[key] = t
-        self.tracked = tracked
-        return current, list(previous.values())
+    def update(self, processes) -> Changes:
+        pids = list(map(_PID, processes))
+        starts = list(map(_START, processes))
+        identities = list(zip(pids, starts))
+        records = dict(zip(identities, processes))
+        triples = set(zip(pids, starts, map(_COMM, processes)))
+        previous = self.records
+        started = [k for k in records.keys() - previous.keys()]
+        changed = triples - self._triples  # started or exec'd
+        execed = [((pid, start), previous[pid, start]) for pid, start, _ in changed if (pid, start) in previous]
+        exited = [(k, previous[k]) for k in previous.keys() - records.keys()]
+        self.records, self._triples = records, triples
+        self._updates += 1
+        return Changes(identities, started, execed, exited, self._updates == 1)

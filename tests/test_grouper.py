@@ -2,7 +2,7 @@
 
 from exporter.config import load_config, parse_config
 from exporter.grouper import Grouper
-from exporter.tracker import Tracker, increments
+from exporter.tracker import Tracker
 from procs import proc, snap
 
 
@@ -10,57 +10,62 @@ def by_name(stats):
     return {s.name: s for s in stats}
 
 
-def test_increments_never_negative_and_first_reading_counts_in_full():
-    assert increments((None, 5, 5, None), (3, 7, 2, None)) == (3, 2, 0, None)
-
-
 def test_tracker_sees_start_exit_reuse_and_exec():
     tracker = Tracker()
-    current, exited = tracker.update([proc(10, "a", start_ticks=1, cpu_user_seconds=1.0)])
-    assert [t.pid for t, _, _ in current] == [10] and exited == []
-    assert current[0][2][0] == 1.0
-    # same identity: increment only
-    current, _ = tracker.update([proc(10, "a", start_ticks=1, cpu_user_seconds=1.5)])
-    assert current[0][2][0] == 0.5
-    # pid reused (new start): the old identity exits, the new counts in full
-    current, exited = tracker.update([proc(10, "b", start_ticks=9, cpu_user_seconds=0.2)])
-    assert [(t.pid, t.start_ticks) for t in exited] == [(10, 1)]
-    assert current[0][2][0] == 0.2
-    # exec: same identity, new comm -> group to be decided again
-    t = current[0][0]
-    t.group = "b"
-    tracker.update([proc(10, "c", start_ticks=9, cpu_user_seconds=0.3)])
-    from exporter.tracker import UNASSIGNED
-
-    assert t.group is UNASSIGNED and t.comm == "c"
+    a = proc(10, "a", start_ticks=1)
+    ch = tracker.update([a])
+    assert ch.first and ch.identities == [(10, 1)] and ch.started == [(10, 1)]
+    assert ch.execed == [] and ch.exited == []
+    ch = tracker.update([proc(10, "a", start_ticks=1)])  # same identity: nothing changed
+    assert not ch.first and (ch.started, ch.execed, ch.exited) == ([], [], [])
+    # pid reused (new start): the old identity exits with its last record
+    ch = tracker.update([proc(10, "b", start_ticks=9)])
+    assert ch.started == [(10, 9)] and [k for k, _ in ch.exited] == [(10, 1)] and ch.execed == []
+    # exec: same identity, new comm; the previous record comes along
+    ch = tracker.update([proc(10, "c", start_ticks=9)])
+    assert [(k, p.comm) for k, p in ch.execed] == [((10, 9), "b")] and ch.started == []
     # state is dropped for identities that are gone
-    tracker.update([])
-    assert tracker.tracked == {}
+    ch = tracker.update([])
+    assert [k for k, _ in ch.exited] == [(10, 9)]
+    assert tracker.records == {}
 
 
-def test_counters_never_decrease_across_exit_reuse_and_thread_exit():
+def test_counters_start_at_zero_and_never_decrease_across_exit_reuse_and_thread_exit():
     g = Grouper(load_config(None))
-    s1 = g.update(snap(proc(10, "w", cpu_user_seconds=5.0, read_bytes=100, num_threads=4),
-                       proc(11, "w", start_ticks=200, cpu_user_seconds=1.0, read_bytes=10)))
-    w = by_name(s1)["w"]
-    assert (w.num_procs, w.cpu_user_seconds, w.read_bytes, w.num_threads) == (2, 6.0, 110, 5)
+    # already running at the first snapshot: their past is not counted
+    w = by_name(g.update(snap(proc(10, "w", cpu_user_seconds=5.0, read_bytes=100, num_threads=4),
+                              proc(11, "w", start_ticks=200, cpu_user_seconds=1.0, read_bytes=10))))["w"]
+    assert (w.num_procs, w.cpu_user_seconds, w.read_bytes, w.num_threads) == (2, 0.0, 0, 5)
+    w = by_name(g.update(snap(proc(10, "w", cpu_user_seconds=5.5, read_bytes=150, num_threads=4),
+                              proc(11, "w", start_ticks=200, cpu_user_seconds=1.25, read_bytes=10))))["w"]
+    assert (w.cpu_user_seconds, w.read_bytes) == (0.75, 50)
     # 11 exits; 10's threads exit (num_threads drops, its cpu keeps growing)
-    w = by_name(g.update(snap(proc(10, "w", cpu_user_seconds=5.5, read_bytes=150, num_threads=1))))["w"]
-    assert (w.num_procs, w.cpu_user_seconds, w.read_bytes, w.num_threads) == (1, 6.5, 160, 1)
-    # pid 11 reused by a new w: its lifetime counts add on top
-    w = by_name(g.update(snap(proc(10, "w", cpu_user_seconds=5.5, read_bytes=150),
+    w = by_name(g.update(snap(proc(10, "w", cpu_user_seconds=6.0, read_bytes=150, num_threads=1))))["w"]
+    assert (w.num_procs, w.cpu_user_seconds, w.read_bytes, w.num_threads) == (1, 1.25, 50, 1)
+    # pid 11 reused by a new w, started after the first snapshot: its lifetime counts
+    w = by_name(g.update(snap(proc(10, "w", cpu_user_seconds=6.0, read_bytes=150),
                               proc(11, "w", start_ticks=900, cpu_user_seconds=0.25, read_bytes=1))))["w"]
-    assert (w.num_procs, w.cpu_user_seconds, w.read_bytes) == (2, 6.75, 161)
+    assert (w.num_procs, w.cpu_user_seconds, w.read_bytes) == (2, 1.5, 51)
     # a counter that goes backwards in the kernel never takes the total down
     w = by_name(g.update(snap(proc(10, "w", cpu_user_seconds=1.0, read_bytes=0),
                               proc(11, "w", start_ticks=900, cpu_user_seconds=0.25, read_bytes=1))))["w"]
-    assert (w.cpu_user_seconds, w.read_bytes) == (6.75, 161)
+    assert (w.cpu_user_seconds, w.read_bytes) == (1.5, 51)
+
+
+def test_exec_into_another_group_counts_there_only_from_the_exec():
+    g = Grouper(load_config(None))
+    g.update(snap(proc(1, "sh", cpu_user_seconds=1.0)))
+    g.update(snap(proc(1, "sh", cpu_user_seconds=2.0)))
+    stats = by_name(g.update(snap(proc(1, "app", cpu_user_seconds=2.5))))
+    assert stats["sh"].num_procs == 0 and stats["sh"].cpu_user_seconds == 1.0
+    assert stats["app"].num_procs == 1 and stats["app"].cpu_user_seconds == 0.5
 
 
 def test_empty_group_keeps_counters_but_per_pid_groups_and_remove_empty_go():
     config = parse_config(b"process_names:\n  - name: '{{.Comm}}:{{.PID}}'\n    comm: [p]\n  - comm: [k]\n")
     g = Grouper(config)
     g.update(snap(proc(5, "p", cpu_user_seconds=1.0), proc(6, "k", cpu_user_seconds=2.0)))
+    g.update(snap(proc(5, "p", cpu_user_seconds=1.5), proc(6, "k", cpu_user_seconds=4.0)))
     stats = by_name(g.update(snap()))
     assert "p:5" not in stats  # per-pid group dropped once its process is gone
     k = stats["k"]
@@ -141,5 +146,4 @@ def test_memory_does_not_grow_with_churn():
     g = Grouper(parse_config(b"process_names:\n  - name: '{{.PID}}'\n    comm: [t]\n"))
     for i in range(2000):
         g.update(snap(proc(1000 + i, "t", start_ticks=i)))
-    assert len(g.tracker.tracked) == 1 and len(g.groups) == 1
-    assert len(g._per_process_names) == 1
+    assert len(g.tracker.records) == 1 and len(g.groups) == 1 and len(g.group_of) == 1
