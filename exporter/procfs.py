@@ -235,16 +235,19 @@ class PythonCollector:
                 reason = errno.errorcode.get(e.errno, str(e.errno))
                 errors[reason] = errors.get(reason, 0) + 1
             return None
+        mine: dict = {}  # this process' errors: dropped with it if it vanishes half-way
         try:
             status = self._secondary(
-                pid, lambda: parse_keyed(self._read(pid, "status", STATUS_CAP), STATUS_KEYS), errors
+                pid, lambda: parse_keyed(self._read(pid, "status", STATUS_CAP), STATUS_KEYS), mine
             )
-            io = self._secondary(pid, lambda: parse_keyed(self._read(pid, "io", IO_CAP), IO_KEYS), errors)
-            open_fds = self._secondary(pid, lambda: self._fd_count(pid), errors)
-            max_fds = self._secondary(pid, lambda: self._max_fds(pid), errors)
-            facts = self._static_facts(pid, stat, errors)
+            io = self._secondary(pid, lambda: parse_keyed(self._read(pid, "io", IO_CAP), IO_KEYS), mine)
+            open_fds = self._secondary(pid, lambda: self._fd_count(pid), mine)
+            max_fds = self._secondary(pid, lambda: self._max_fds(pid), mine)
+            facts = self._static_facts(pid, stat, mine)
         except _Vanished:
             return None
+        for reason, count in mine.items():
+            errors[reason] = errors.get(reason, 0) + count
         static[pid] = facts
         status = status or {}
         io = io or {}

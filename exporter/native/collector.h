@@ -98,6 +98,8 @@ typedef struct {
 } ps_span;
 
 #define PS_NONE ((size_t)-1)
+#define PS_MALFORMED (-1)     /* an error reason beside the errnos */
+#define PS_PENDING_MAX 16     /* more errors than files a process has */
 
 typedef struct {
     int pid;
@@ -127,7 +129,7 @@ typedef struct {
     /* the cache */
     ps_entry **buckets;
     size_t nbuckets, nentries;
-    size_t nkept, budget;
+    size_t budget;        /* processes whose files may be kept open (all walkers) */
     ps_entry *evicted;    /* unlinked by the walk; freed by the caller with the GIL */
     /* per-walk output */
     ps_record *records;
@@ -138,6 +140,8 @@ typedef struct {
     size_t nbigs, cap_bigs;
     uint32_t errors[PS_ERRNO_MAX + 1];
     uint32_t malformed;
+    int pending[PS_PENDING_MAX]; /* errors of the process being read (walk_count) */
+    int npending;
     /* scratch */
     char *buf;            /* PS_CMDLINE_CAP bytes */
     char *stat_buf;       /* PS_STAT_CAP bytes */

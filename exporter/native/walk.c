@@ -7,6 +7,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +32,10 @@ struct linux_dirent64 {
     char d_name[];
 };
 
+/* Processes whose files are kept open, over all walkers of this process: they share one
+ * RLIMIT_NOFILE, so they share one budget. */
+static atomic_size_t walk_kept_processes;
+
 /* ---- small helpers ----------------------------------------------------------------- */
 
 static int walk_is_gone_errno(int err)
@@ -38,11 +43,35 @@ static int walk_is_gone_errno(int err)
     return err == ENOENT || err == ESRCH;
 }
 
-static void walk_count(ps_walker *w, int err)
+static void walk_tally(ps_walker *w, int err)
 {
+    if (err == PS_MALFORMED) {
+        w->malformed++;
+        return;
+    }
     if (err < 0 || err > PS_ERRNO_MAX)
         err = 0;
     w->errors[err]++;
+}
+
+/* An errno (or PS_MALFORMED) of the process being read. It waits in w->pending until
+ * the process is kept or dropped: one that vanishes half-way is dropped quietly, with
+ * the errors it caused. */
+static void walk_count(ps_walker *w, int err)
+{
+    if (w->npending < PS_PENDING_MAX)
+        w->pending[w->npending++] = err;
+    else
+        walk_tally(w, err);
+}
+
+static void walk_commit(ps_walker *w)
+{
+    int i;
+
+    for (i = 0; i < w->npending; i++)
+        walk_tally(w, w->pending[i]);
+    w->npending = 0;
 }
 
 /* "PID/name" into dst (at least 16 + strlen(name) bytes). */
@@ -188,9 +217,9 @@ static ps_entry *walk_cache_get(ps_walker *w, int pid)
         w->buckets[h] = e;
         w->nentries++;
     }
-    if (!e->keeps && w->is_procfs && w->nkept < w->budget) {
+    if (!e->keeps && w->is_procfs && atomic_load(&walk_kept_processes) < w->budget) {
         e->keeps = 1;
-        w->nkept++;
+        atomic_fetch_add(&walk_kept_processes, 1);
     }
     return e;
 }
@@ -203,7 +232,7 @@ static void walk_entry_close(ps_walker *w, ps_entry *e)
     walk_close_fd(&e->fd[K_FD]);
     if (e->keeps) {
         e->keeps = 0;
-        w->nkept--;
+        atomic_fetch_sub(&walk_kept_processes, 1);
     }
 }
 
@@ -497,7 +526,7 @@ static int walk_keyed(ps_walker *w, ps_entry *e, ps_record *r, int slot, const c
     if (n < 0)
         return walk_failed(w, r->pid, err);
     if (parse_keyed(w->buf, (size_t)n, keys, nkeys, x, &found) < 0) {
-        w->malformed++;
+        walk_count(w, PS_MALFORMED);
         return 0;
     }
     for (k = 0; k < nkeys; k++)
@@ -556,6 +585,7 @@ static int walk_process(ps_walker *w, int pid)
     ssize_t n;
     int err = 0, rc, same;
 
+    w->npending = 0;
     e = walk_cache_get(w, pid);
     if (e == NULL)
         return -1;
@@ -563,11 +593,11 @@ static int walk_process(ps_walker *w, int pid)
     n = walk_read(w, e, K_STAT, pid, "stat", w->stat_buf, PS_STAT_CAP, &err);
     if (n < 0) {
         if (!walk_is_gone_errno(err))
-            walk_count(w, err);
+            walk_tally(w, err);
         return 0;
     }
     if (parse_stat(w->stat_buf, (size_t)n, &st) < 0) {
-        w->malformed++;
+        walk_tally(w, PS_MALFORMED);
         return 0;
     }
 
@@ -619,7 +649,7 @@ static int walk_process(ps_walker *w, int pid)
         }
         break;
     case -2:
-        w->malformed++;
+        walk_count(w, PS_MALFORMED);
         break;
     case -3:
         return -1;
@@ -637,12 +667,14 @@ static int walk_process(ps_walker *w, int pid)
 done:
     if (rc < 0)
         return -1;
-    if (rc > 0) { /* vanished: drop it, keep the counts already made */
+    if (rc > 0) { /* vanished: drop it quietly, with the errors it caused */
+        w->npending = 0;
         w->nrecords--;
         w->arena_len = arena_mark;
         w->nbigs = bigs_mark;
         return 0;
     }
+    walk_commit(w);
     e->gen = w->gen;
     return 1;
 }
