@@ -36,7 +36,7 @@ class _Flight:
 class Exporter:
     """snapshot source + grouper + registry.
 
-    ``collector`` has ``snapshot() -> Snapshot`` (exporter.snapshot.Collector);
+    ``collector`` has ``snapshot() -> Snapshot`` (exporter.collector.Collector);
     ``grouper_factory(config)`` returns an object with ``update(snapshot) -> [GroupStats]``.
     """
 

@@ -312,7 +312,7 @@ def _config_error_line(e: BaseException, path) -> str:
 
 
 def _choose_backend(requested: str) -> str:
-    from exporter.snapshot import native_available
+    from exporter.collector import native_available
 
     if requested == "native" and not native_available():
         log.warning("the native collector (exporter._collector) is not built; using the python backend")
@@ -323,7 +323,7 @@ def _choose_backend(requested: str) -> str:
 def make_exporter(args, config):
     from exporter.app import Exporter
     from exporter.grouper import Grouper
-    from exporter.snapshot import Collector
+    from exporter.collector import Collector
 
     collector = Collector(args.path_procfs, _choose_backend(args.backend))
     return Exporter(

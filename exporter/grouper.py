@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from exporter.config import Facts
-from exporter.snapshot import FIELDS
+from exporter.collector import FIELDS
 from exporter.tracker import Tracker
 
 # process-exporter's state buckets, from the one-letter stat state.

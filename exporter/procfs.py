@@ -17,7 +17,7 @@ import os
 import resource
 import threading
 
-from exporter.snapshot import Process
+from exporter.collector import Process
 
 # One read of at most this many bytes per file; a longer file is cut (the C uses the same).
 STAT_CAP = 4096

@@ -13,7 +13,7 @@ from __future__ import annotations
 from operator import itemgetter
 from typing import NamedTuple
 
-from exporter.snapshot import FIELDS
+from exporter.collector import FIELDS
 
 _PID, _START, _COMM = (itemgetter(FIELDS.index(name)) for name in ("pid", "start_ticks", "comm"))
 

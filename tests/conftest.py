@@ -11,7 +11,7 @@ import stat
 import pytest
 
 from exporter.hostfacts import HostFacts
-from exporter.snapshot import native_available
+from exporter.collector import native_available
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 PROC_BASIC = os.path.join(FIXTURES, "proc-basic")

@@ -1,6 +1,6 @@
 """Hand-made Process records and snapshots for tracker/grouper tests."""
 
-from exporter.snapshot import Process, Snapshot
+from exporter.collector import Process, Snapshot
 
 _DEFAULTS = dict(
     ppid=1, state="S", is_kernel_thread=False, start_ticks=100, start_time_seconds=1700000001.0,

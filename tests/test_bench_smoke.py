@@ -40,7 +40,7 @@ def _must_run(key):
     if key.startswith("procsnap_") and not os.path.exists(bench_run.PROCSNAP_BIN):
         return False
     if key == "snapshot_native":
-        from exporter.snapshot import native_available
+        from exporter.collector import native_available
 
         return native_available()
     return True

@@ -257,7 +257,7 @@ def test_once_delay_on_live_proc_moves_counters(tmp_path):
 
 
 def test_native_backend_falls_back_with_warning():
-    from exporter.snapshot import native_available
+    from exporter.collector import native_available
 
     r = run("--once", "--backend", "native", "--path.procfs", PROC_BASIC)
     assert r.returncode == 0
@@ -386,17 +386,14 @@ def test_serves_telemetry_path_and_raises_nofile_limit(tmp_path):
 
 
 def test_choose_backend_falls_back_when_extension_missing(monkeypatch, caplog):
-    import importlib
+    from exporter import cli, collector
 
-    from exporter import cli
-
-    snapshot_module = importlib.import_module("exporter.snapshot")  # exporter.snapshot is also a function
-    monkeypatch.setattr(snapshot_module, "native_available", lambda: False)
+    monkeypatch.setattr(collector, "native_available", lambda: False)
     with caplog.at_level("WARNING", logger="procsnap"):
         assert cli._choose_backend("native") == "python"
         assert cli._choose_backend("python") == "python"
     assert [r.getMessage() for r in caplog.records] == [
         "the native collector (exporter._collector) is not built; using the python backend"
     ]
-    monkeypatch.setattr(snapshot_module, "native_available", lambda: True)
+    monkeypatch.setattr(collector, "native_available", lambda: True)
     assert cli._choose_backend("native") == "native"

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from exporter.hostfacts import HostFacts
-from exporter.snapshot import Collector, Process, native_available
+from exporter.collector import Collector, Process, native_available
 
 pytestmark = pytest.mark.skipif(not native_available(), reason="exporter._collector is not built")
 
@@ -474,7 +474,7 @@ def test_fd_budget(sleepers):
     code = r"""
 import os, resource, sys
 resource.setrlimit(resource.RLIMIT_NOFILE, (600, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
-from exporter.snapshot import Collector
+from exporter.collector import Collector
 base = len(os.listdir("/proc/self/fd"))
 nat, py = Collector("/proc", "native"), Collector("/proc", "python")
 for _ in range(3):

@@ -13,7 +13,7 @@ from exporter.app import Exporter
 from exporter.config import load_config
 from exporter.grouper import Grouper
 from exporter.server import MetricsServer, make_app, parse_listen_address
-from exporter.snapshot import Collector
+from exporter.collector import Collector
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROC_BASIC = os.path.join(HERE, "fixtures", "proc-basic")

@@ -27,7 +27,7 @@ import pytest
 
 from conftest import PROC_BASIC, make_proc_trees, needs_native, pinned_facts
 from exporter.hostfacts import HostFacts
-from exporter.snapshot import Collector, Process, native_available
+from exporter.collector import Collector, Process, native_available
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BOOT = 1700000000
@@ -862,9 +862,8 @@ def test_static_facts_dropped_when_the_process_is_gone(backend, devroot, tmp_pat
 
 
 def test_default_snapshot_function_reuses_collectors(backend):
-    import importlib
+    from exporter import collector as snapshot_module
 
-    snapshot_module = importlib.import_module("exporter.snapshot")
     key = ("/proc", backend)
     try:
         a = snapshot_module.snapshot("/proc", backend)
