@@ -145,7 +145,9 @@ FLAGS = (
         "once",
         False,
         parse_bool,
-        "Print one exposition (Prometheus text format) to stdout and exit instead of serving HTTP.",
+        "Print one exposition (Prometheus text format) to stdout and exit instead of serving HTTP. "
+        "Counters of processes already running at the first snapshot start at 0 (as in "
+        "process-exporter): use --once.delay to see them move.",
         boolean=True,
     ),
     _Flag(
