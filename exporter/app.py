@@ -14,10 +14,9 @@ import threading
 import time
 from typing import Callable, Optional
 
-from prometheus_client import CollectorRegistry
-
 from exporter import __version__
-from exporter.families import ProcsnapCollector, ScrapeResult, build_registry
+from exporter.exposition import GroupRenderer, encode_families
+from exporter.families import ScrapeResult, runtime_registry, self_families
 
 log = logging.getLogger("procsnap")
 
@@ -51,7 +50,9 @@ class Exporter:
         self._inflight: Optional[_Flight] = None
         self.last: Optional[ScrapeResult] = None
         self.version = version
-        self.registry: CollectorRegistry = build_registry(ProcsnapCollector(self.scrape, version))
+        self.runtime = runtime_registry()
+        self._renderer = GroupRenderer()
+        self._rendered = None  # (result, openmetrics, names, text): shared by one flight's scrapers
 
     # -- one scrape ------------------------------------------------------------------
 
@@ -90,6 +91,26 @@ class Exporter:
         assert flight.result is not None
         return flight.result
 
+    # -- exposition ------------------------------------------------------------------
+
+    def exposition(self, openmetrics: bool = False, names=None, scrape: bool = True) -> bytes:
+        """One scrape as exposition bytes: the group families from the fast renderer, then
+        procsnap's own and the runtime families through prometheus_client's encoder.
+        ``names`` (a set) keeps only families with those sample names; ``scrape=False``
+        renders the last result without a new snapshot."""
+        result = self.scrape() if scrape else self.last
+        if result is None:
+            raise RuntimeError("no snapshot taken yet")
+        key = (result, openmetrics, frozenset(names) if names is not None else None)
+        rendered = self._rendered
+        if rendered is not None and rendered[0] is key[0] and rendered[1:3] == key[1:]:
+            groups_text = rendered[3]
+        else:
+            groups_text = self._renderer.render(result.groups, openmetrics, names)
+            self._rendered = key + (groups_text,)
+        families = self_families(result, self.version) + list(self.runtime.collect())
+        return groups_text.encode() + encode_families(families, openmetrics, names)
+
     # -- config reload ---------------------------------------------------------------
 
     def reload(self, config) -> None:
@@ -105,3 +126,4 @@ class Exporter:
 
     def close(self) -> None:
         self.collector.close()
+

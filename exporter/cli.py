@@ -374,7 +374,7 @@ def _print_once(exporter, args) -> int:
             exporter.scrape()
         except (OSError, ValueError) as e:
             return _die(f"cannot read procfs {args.path_procfs}: {getattr(e, 'strerror', None) or e}", 1)
-    output = _exposition_of_last(exporter)
+    output = exporter.exposition(scrape=False)  # the snapshot already taken
     exporter.close()
     try:
         sys.stdout.buffer.write(output)
@@ -382,16 +382,6 @@ def _print_once(exporter, args) -> int:
     except BrokenPipeError:  # `procsnap --once | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
-
-
-def _exposition_of_last(exporter) -> bytes:
-    """The exposition of the snapshot already taken (no second grouper step)."""
-    from prometheus_client import generate_latest
-
-    from exporter.families import ProcsnapCollector, build_registry
-
-    last = exporter.last
-    return generate_latest(build_registry(ProcsnapCollector(lambda: last, exporter.version)))
 
 
 def _serve(exporter, args) -> int:

@@ -17,6 +17,7 @@ This module only renders: it never reads /proc and keeps no state between scrape
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Sequence
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
@@ -37,101 +38,102 @@ class ScrapeResult(NamedTuple):
     timestamp: float  # epoch seconds when the snapshot started
 
 
-# (family name without _total, help, GroupStats attribute) for the one-sample-per-group
-# families. Help texts are process-exporter's.
-_GAUGES_BEFORE = (
-    ("num_procs", "number of processes in this group", "num_procs"),
-)
-_COUNTERS = (
-    ("read_bytes", "number of bytes read by this group", "read_bytes"),
-    ("write_bytes", "number of bytes written by this group", "write_bytes"),
-    ("major_page_faults", "Major page faults", "major_faults"),
-    ("minor_page_faults", "Minor page faults", "minor_faults"),
-)
-_GAUGES_AFTER = (
-    ("open_filedesc", "number of open file descriptors for this group", "open_fds"),
-    (
+class FamilySpec(NamedTuple):
+    """One namedprocess_namegroup_* family: its samples are, for each group, one per part."""
+
+    name: str  # without the prefix, and without _total for a counter
+    kind: str  # "gauge" or "counter"
+    help: str  # process-exporter's help text
+    label: Optional[str]  # the label beside groupname, or None
+    parts: tuple  # ((label value or None, getter of GroupStats -> value or None), ...)
+
+
+def _attr(name: str) -> Callable:
+    return attrgetter(name)
+
+
+def _state(state: str) -> Callable:
+    return lambda g: g.states.get(state)
+
+
+# The families in exposition order; the names, labels and help texts are process-exporter's.
+GROUP_FAMILIES = (
+    FamilySpec("num_procs", "gauge", "number of processes in this group", None, ((None, _attr("num_procs")),)),
+    FamilySpec(
+        "cpu_seconds",
+        "counter",
+        "Cpu user usage in seconds",
+        "mode",
+        (("user", _attr("cpu_user_seconds")), ("system", _attr("cpu_system_seconds"))),
+    ),
+    FamilySpec("read_bytes", "counter", "number of bytes read by this group", None, ((None, _attr("read_bytes")),)),
+    FamilySpec(
+        "write_bytes", "counter", "number of bytes written by this group", None, ((None, _attr("write_bytes")),)
+    ),
+    FamilySpec("major_page_faults", "counter", "Major page faults", None, ((None, _attr("major_faults")),)),
+    FamilySpec("minor_page_faults", "counter", "Minor page faults", None, ((None, _attr("minor_faults")),)),
+    FamilySpec(
+        "context_switches",
+        "counter",
+        "Context switches",
+        "ctxswitchtype",
+        (("voluntary", _attr("ctx_voluntary")), ("nonvoluntary", _attr("ctx_nonvoluntary"))),
+    ),
+    FamilySpec(
+        "memory_bytes",
+        "gauge",
+        "number of bytes of memory in use",
+        "memtype",
+        (("resident", _attr("rss_bytes")), ("virtual", _attr("vms_bytes")), ("swapped", _attr("swap_bytes"))),
+    ),
+    FamilySpec(
+        "open_filedesc", "gauge", "number of open file descriptors for this group", None, ((None, _attr("open_fds")),)
+    ),
+    FamilySpec(
         "worst_fd_ratio",
+        "gauge",
         "the worst (closest to 1) ratio between open fds and max fds among all procs in this group",
-        "worst_fd_ratio",
+        None,
+        ((None, _attr("worst_fd_ratio")),),
     ),
-    (
+    FamilySpec(
         "oldest_start_time_seconds",
+        "gauge",
         "start time in seconds since 1970/01/01 of oldest process in group",
-        "oldest_start_time_seconds",
+        None,
+        ((None, _attr("oldest_start_time_seconds")),),
     ),
-    ("num_threads", "Number of threads", "num_threads"),
+    FamilySpec("num_threads", "gauge", "Number of threads", None, ((None, _attr("num_threads")),)),
+    FamilySpec(
+        "states",
+        "gauge",
+        "Number of processes in states Running, Sleeping, Waiting, Zombie, or Other",
+        "state",
+        tuple((state, _state(state)) for state in STATE_NAMES),
+    ),
 )
 
 
-def _simple(kind, name: str, help_text: str, attr: str, groups) -> Metric:
-    family = kind(PREFIX + name, help_text, labels=["groupname"])
-    for g in groups:
-        value = getattr(g, attr)
-        if value is not None:
-            family.add_metric([g.name], float(value))
-    return family
-
-
-def _labelled(kind, name: str, help_text: str, label: str, parts, groups) -> Metric:
-    """One family with a second label: parts is ((label value, attribute), ...)."""
-    family = kind(PREFIX + name, help_text, labels=["groupname", label])
-    for g in groups:
-        for value_label, attr in parts:
-            value = getattr(g, attr)
-            if value is not None:
-                family.add_metric([g.name, value_label], float(value))
-    return family
+def empty_family(spec: FamilySpec) -> Metric:
+    kind = CounterMetricFamily if spec.kind == "counter" else GaugeMetricFamily
+    return kind(PREFIX + spec.name, spec.help, labels=["groupname"] + ([spec.label] if spec.label else []))
 
 
 def group_families(groups: Sequence, keep_empty: bool = False) -> list:
-    """The namedprocess_namegroup_* families for a list of GroupStats (in that order).
-    Families without samples are dropped unless ``keep_empty``."""
-    families = [_simple(GaugeMetricFamily, *spec, groups) for spec in _GAUGES_BEFORE]
-    families.append(
-        _labelled(
-            CounterMetricFamily,
-            "cpu_seconds",
-            "Cpu user usage in seconds",
-            "mode",
-            (("user", "cpu_user_seconds"), ("system", "cpu_system_seconds")),
-            groups,
-        )
-    )
-    families.extend(_simple(CounterMetricFamily, *spec, groups) for spec in _COUNTERS)
-    families.append(
-        _labelled(
-            CounterMetricFamily,
-            "context_switches",
-            "Context switches",
-            "ctxswitchtype",
-            (("voluntary", "ctx_voluntary"), ("nonvoluntary", "ctx_nonvoluntary")),
-            groups,
-        )
-    )
-    families.append(
-        _labelled(
-            GaugeMetricFamily,
-            "memory_bytes",
-            "number of bytes of memory in use",
-            "memtype",
-            (("resident", "rss_bytes"), ("virtual", "vms_bytes"), ("swapped", "swap_bytes")),
-            groups,
-        )
-    )
-    families.extend(_simple(GaugeMetricFamily, *spec, groups) for spec in _GAUGES_AFTER)
-    states = GaugeMetricFamily(
-        PREFIX + "states",
-        "Number of processes in states Running, Sleeping, Waiting, Zombie, or Other",
-        labels=["groupname", "state"],
-    )
-    for g in groups:
-        for state in STATE_NAMES:
-            value = g.states.get(state)
-            if value is not None:
-                states.add_metric([g.name, state], float(value))
-    families.append(states)
-    return [f for f in families if f.samples or keep_empty]
+    """The namedprocess_namegroup_* families for a list of GroupStats (in that order), as
+    prometheus_client objects. Families without samples are dropped unless ``keep_empty``.
+    (The server writes the same bytes faster with :mod:`exporter.exposition`.)"""
+    families = []
+    for spec in GROUP_FAMILIES:
+        family = empty_family(spec)
+        for g in groups:
+            for label_value, get in spec.parts:
+                value = get(g)
+                if value is not None:
+                    family.add_metric([g.name] if spec.label is None else [g.name, label_value], float(value))
+        if family.samples or keep_empty:
+            families.append(family)
+    return families
 
 
 def self_families(result: Optional[ScrapeResult], version: str, keep_empty: bool = False) -> list:
@@ -186,12 +188,19 @@ class ProcsnapCollector:
         return group_families((), keep_empty=True) + self_families(empty, self._version, keep_empty=True)
 
 
-def build_registry(collector) -> CollectorRegistry:
+def runtime_registry() -> CollectorRegistry:
     """A fresh registry with prometheus_client's own process, platform and gc collectors
-    (python_*/process_* metrics about procsnap itself) and ``collector``."""
+    (process_*/python_* metrics about procsnap itself)."""
     registry = CollectorRegistry(auto_describe=True)
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
+    return registry
+
+
+def build_registry(collector) -> CollectorRegistry:
+    """The runtime registry plus ``collector`` (a ProcsnapCollector): the plain
+    prometheus_client way to serve procsnap, e.g. from an application's own registry."""
+    registry = runtime_registry()
     registry.register(collector)
     return registry

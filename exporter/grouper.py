@@ -34,6 +34,7 @@ from exporter.tracker import Tracker
 STATE_NAMES = ("Running", "Sleeping", "Waiting", "Zombie", "Other")
 _STATE_OF = {"R": "Running", "S": "Sleeping", "D": "Waiting", "Z": "Zombie"}
 _MAX_ANCESTRY = 4096  # a ppid chain longer than any real one means a loop in a fixture
+_NO_MATCH = object()
 
 # cumulative per-process counters, and per-process gauges summed over a group
 COUNTERS = (
@@ -140,7 +141,7 @@ class Grouper:
                 moved.append((identity, previous))
 
         if changes.started or execed:  # identities without a group yet
-            self._assign_all(changes, processes)
+            self._assign_all(changes.identities, processes)
         if changes.first:  # processes already running start from 0
             for identity, p in zip(changes.identities, processes):
                 name = group_of[identity]
@@ -168,48 +169,61 @@ class Grouper:
 
     # -- assignment ------------------------------------------------------------------
 
-    def _assign_all(self, changes, processes) -> None:
+    def _assign_all(self, identities, processes) -> None:
         group_of = self.group_of
-        by_pid = {identity[0]: (identity, p) for identity, p in zip(changes.identities, processes)}
-        for identity, p in zip(changes.identities, processes):
-            if identity not in group_of:
-                self._assign(p.pid, by_pid)
-
-    def _assign(self, pid: int, by_pid: dict) -> None:
-        """Decide the group of the identity at pid (and of unassigned ancestors on the
-        way): its own first matching matcher, else (children on) its nearest named
-        ancestor's group, else None."""
-        group_of = self.group_of
-        chain = []
-        name = None
-        seen = set()
-        while pid in by_pid and pid not in seen and len(chain) < _MAX_ANCESTRY:
-            seen.add(pid)
-            identity, p = by_pid[pid]
+        by_pid = None  # pid -> (identity, process), built only if an ancestry walk needs it
+        for identity, p in zip(identities, processes):
             if identity in group_of:
-                name = group_of[identity]
+                continue
+            name = self._match(identity, p)
+            if name is not _NO_MATCH:
+                continue
+            if by_pid is None:
+                by_pid = {identity[0]: (identity, p) for identity, p in zip(identities, processes)}
+            self._inherit(identity, p, by_pid)
+
+    def _match(self, identity, p):
+        """Name the identity by its own first matching matcher, or return _NO_MATCH."""
+        matcher, captures = self.config.match(p)
+        if matcher is None:
+            return _NO_MATCH
+        name = matcher.template.render(
+            Facts(p.comm, p.cmdline or (), p.username, p.pid, p.start_time_seconds, p.cgroup, captures)
+        )
+        self.group_of[identity] = name
+        if name not in self.groups:
+            self.groups[name] = _Group(name, matcher.template.per_process)
+        return name
+
+    def _inherit(self, identity, p, by_pid: dict) -> None:
+        """An identity no matcher names: with children on, it takes the group of its
+        nearest named ancestor (deciding unassigned ancestors on the way), else None."""
+        group_of = self.group_of
+        chain = [identity]
+        name = None
+        seen = {p.pid}
+        pid = p.ppid
+        while self.children and pid in by_pid and pid not in seen and len(chain) < _MAX_ANCESTRY:
+            seen.add(pid)
+            ancestor, a = by_pid[pid]
+            if ancestor in group_of:
+                name = group_of[ancestor]
                 break
-            matcher, captures = self.config.match(p)
-            if matcher is not None:
-                name = matcher.template.render(
-                    Facts(p.comm, p.cmdline or (), p.username, p.pid, p.start_time_seconds, p.cgroup, captures)
-                )
-                group_of[identity] = name
-                if name not in self.groups:
-                    self.groups[name] = _Group(name, matcher.template.per_process)
+            name = self._match(ancestor, a)
+            if name is not _NO_MATCH:
                 break
-            chain.append(identity)
-            if not self.children:
-                break
-            pid = p.ppid
-        for identity in chain:
-            group_of[identity] = name
+            name = None
+            chain.append(ancestor)
+            pid = a.ppid
+        for unnamed in chain:
+            group_of[unnamed] = name
 
 
 def _stats(group: _Group) -> GroupStats:
     members = group.members
     n = len(members)
-    columns = list(zip(*members)) if n else None
+    # one column per field; a lone member (one group per process) is its own columns
+    columns = list(zip(*members)) if n > 1 else [(v,) for v in members[0]] if n else None
     totals = []
     for i, at in enumerate(_COUNTER_AT):
         reported = group.reported[i]

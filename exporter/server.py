@@ -63,13 +63,12 @@ def make_app(exporter, telemetry_path: str = "/metrics"):
 
 
 def _metrics(exporter, environ, start_response):
-    encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT"))
-    registry = exporter.registry
+    _, content_type = choose_encoder(environ.get("HTTP_ACCEPT"))
+    openmetrics = content_type.startswith("application/openmetrics-text")
     params = parse_qs(environ.get("QUERY_STRING", ""))
-    if "name[]" in params:
-        registry = registry.restricted_registry(params["name[]"])
+    names = set(params["name[]"]) if "name[]" in params else None
     try:
-        output = encoder(registry)
+        output = exporter.exposition(openmetrics, names)
     except Exception as e:  # the snapshot failed: say so, Prometheus marks the target down
         log.error("scrape failed: %s", e)
         start_response("500 Internal Server Error", [("Content-Type", "text/plain; charset=utf-8")])

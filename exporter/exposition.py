@@ -1,0 +1,133 @@
+"""Exposition: the group families written as text, fast.
+
+prometheus_client spends about 2.4 µs building and 5.1 µs serializing each sample: with
+one group per process that is half a second at 5000 processes. Here the
+namedprocess_namegroup_* samples are written straight from GroupStats: each group's label
+text is escaped once and kept while the group lives, each family's HELP/TYPE header is
+rendered once per format by prometheus_client itself, and values are formatted by its
+``floatToGoString``. The result is byte for byte what prometheus_client's encoders give
+for :func:`exporter.families.group_families` (the tests hold the two equal), in the
+Prometheus text format or OpenMetrics; the few other families (procsnap's own, the
+process/platform/gc collectors) still go through prometheus_client's encoders.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional, Sequence
+
+from prometheus_client import generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client.utils import floatToGoString
+
+from exporter.families import GROUP_FAMILIES, PREFIX, empty_family
+
+
+class Families:
+    """The minimal 'registry' prometheus_client's encoders take: something to collect()."""
+
+    def __init__(self, families: Iterable):
+        self.families = list(families)
+
+    def collect(self):
+        return self.families
+
+
+def encode_families(families: list, openmetrics: bool, names: Optional[set] = None) -> bytes:
+    """prometheus_client families through its own encoder; ``names`` keeps only the samples
+    with those names (as its restricted registry does)."""
+    if names is not None:
+        families = [m for m in (_restrict(f, names) for f in families) if m is not None]
+    return (generate_openmetrics if openmetrics else generate_latest)(Families(families))
+
+
+def _restrict(family: Metric, names: set) -> Optional[Metric]:
+    samples = [s for s in family.samples if s.name in names]
+    if not samples:
+        return None
+    restricted = Metric(family.name, family.documentation, family.type, family.unit)
+    restricted.samples = samples
+    return restricted
+
+
+_EXACT_INT = 2**53  # below it float(v) is exact, and repr(float(v)) is str(v) + ".0"
+
+
+def go_float(value) -> str:
+    """floatToGoString(value), with a fast path for the ints most samples are."""
+    if type(value) is int and 0 <= value < _EXACT_INT:
+        digits = str(value)
+        if len(digits) <= 6:
+            return digits + ".0"
+        # floatToGoString turns repr "1234567.0" into Go's "1.234567e+06"
+        return f"{(digits[0] + '.' + digits[1:] + '0').rstrip('0.')}e+{len(digits) - 1:02d}"
+    return floatToGoString(value)
+
+
+def escape_label_value(value: str) -> str:
+    """As prometheus_client escapes label values (both formats)."""
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def _header(spec, openmetrics: bool) -> str:
+    """HELP and TYPE lines of one family, exactly as prometheus_client writes them."""
+    if openmetrics:
+        return generate_openmetrics(Families([empty_family(spec)])).decode().removesuffix("# EOF\n")
+    return generate_latest(Families([empty_family(spec)])).decode()
+
+
+def _sample_parts(spec) -> tuple:
+    """Per part: (getter, text before the group's label value, text after it up to the
+    value). Labels are sorted by name, as prometheus_client sorts them."""
+    sample = PREFIX + spec.name + ("_total" if spec.kind == "counter" else "")
+    parts = []
+    for label_value, get in spec.parts:
+        if spec.label is None:
+            before, after = "", ""
+        elif spec.label < "groupname":
+            before, after = f'{spec.label}="{escape_label_value(label_value)}",', ""
+        else:
+            before, after = "", f',{spec.label}="{escape_label_value(label_value)}"'
+        parts.append((get, f'{sample}{{{before}groupname="', f'"{after}}} '))
+    return tuple(parts)
+
+
+class GroupRenderer:
+    """Writes [GroupStats] as the namedprocess_namegroup_* families. One per exporter; the
+    label cache follows the groups of the last render, so it does not grow with churn."""
+
+    def __init__(self):
+        self._families = [
+            (spec, {False: _header(spec, False), True: _header(spec, True)}, _sample_parts(spec))
+            for spec in GROUP_FAMILIES
+        ]
+        self._labels: dict = {}
+
+    @staticmethod
+    def sample_names(spec) -> set:
+        name = PREFIX + spec.name
+        return {name + "_total", name} if spec.kind == "counter" else {name}
+
+    def render(self, groups: Sequence, openmetrics: bool = False, names: Optional[set] = None) -> str:
+        """The group families as exposition text (OpenMetrics without its '# EOF' line).
+        ``names`` keeps only families with one of these sample names (``?name[]=``)."""
+        known = self._labels
+        labels = {g.name: known.get(g.name) or escape_label_value(g.name) for g in groups}
+        self._labels = labels
+        fmt = go_float
+        out = []
+        for spec, headers, parts in self._families:
+            if names is not None and not (self.sample_names(spec) & names):
+                continue
+            lines = []
+            append = lines.append
+            for g in groups:
+                label = labels[g.name]
+                for get, before, after in parts:
+                    value = get(g)
+                    if value is not None:
+                        append(f"{before}{label}{after}{fmt(value)}\n")
+            if lines:
+                out.append(headers[openmetrics])
+                out.append("".join(lines))
+        return "".join(out)

@@ -1,0 +1,91 @@
+"""The fast group renderer writes exactly what prometheus_client's encoders write."""
+
+import random
+
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+from prometheus_client.utils import floatToGoString
+
+from exporter.exposition import Families, GroupRenderer, encode_families, go_float
+from exporter.families import GROUP_FAMILIES, group_families, self_families, ScrapeResult
+from exporter.grouper import STATE_NAMES, GroupStats
+
+NASTY = ['a) b (c', 'new\nline', 'back\\slash', 'quote"d', 'cut\ufffd', 'sp ace', 'ünï', '{{x}}', '']
+
+
+def random_groups(seed: int, count: int) -> list:
+    rnd = random.Random(seed)
+
+    def maybe(value):
+        return None if rnd.random() < 0.2 else value
+
+    groups = []
+    for i in range(count):
+        name = rnd.choice(NASTY) + str(i)
+        groups.append(GroupStats(
+            name, rnd.randrange(0, 50),
+            maybe(rnd.random() * 10 ** rnd.randrange(0, 9)), maybe(round(rnd.random() * 1e3, 2)),
+            maybe(rnd.randrange(0, 10 ** rnd.randrange(1, 14))), maybe(rnd.randrange(0, 10 ** 7)),
+            maybe(rnd.randrange(0, 100)), maybe(rnd.randrange(0, 10 ** 9)),
+            maybe(rnd.randrange(0, 10 ** 6)), maybe(rnd.randrange(0, 10 ** 6)),
+            maybe(rnd.randrange(0, 2 ** 40)), maybe(rnd.randrange(0, 2 ** 47)), maybe(0),
+            maybe(rnd.randrange(0, 5000)), maybe(rnd.random()), maybe(1.7e9 + rnd.random() * 1e6),
+            maybe(rnd.randrange(1, 300)),
+            {s: rnd.randrange(0, 4) for s in STATE_NAMES},
+        ))
+    return groups
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("openmetrics", [False, True])
+def test_renderer_matches_prometheus_client(seed, openmetrics):
+    groups = random_groups(seed, 40)
+    reference = (generate_openmetrics if openmetrics else generate_latest)(Families(group_families(groups)))
+    if openmetrics:
+        reference = reference.removesuffix(b"# EOF\n")
+    renderer = GroupRenderer()
+    assert renderer.render(groups, openmetrics).encode() == reference
+    assert renderer.render(groups, openmetrics).encode() == reference  # with its label cache warm
+
+
+def test_renderer_leaves_out_families_without_samples_and_empty_input():
+    g = GroupStats("x", 1)  # counters and gauges unknown
+    text = GroupRenderer().render([g])
+    assert "namedprocess_namegroup_num_procs{groupname=\"x\"} 1.0\n" in text
+    assert "read_bytes" not in text and "memory_bytes" not in text
+    assert GroupRenderer().render([]) == ""
+
+
+def test_name_filter_keeps_families_by_sample_name():
+    groups = random_groups(1, 3)
+    text = GroupRenderer().render(groups, names={"namedprocess_namegroup_cpu_seconds_total",
+                                                 "namedprocess_namegroup_num_procs"})
+    helps = [line for line in text.splitlines() if line.startswith("# HELP")]
+    assert [h.split()[2] for h in helps] == ["namedprocess_namegroup_num_procs",
+                                           "namedprocess_namegroup_cpu_seconds_total"]
+    result = ScrapeResult(groups, 3, 0.5, {"EACCES": 2}, 0.0)
+    rest = encode_families(self_families(result, "1"), False, {"procsnap_processes"}).decode()
+    assert rest == ("# HELP procsnap_processes Number of processes seen in the last snapshot\n"
+                    "# TYPE procsnap_processes gauge\nprocsnap_processes 3.0\n")
+
+
+def test_label_cache_follows_live_groups():
+    renderer = GroupRenderer()
+    for i in range(100):
+        renderer.render([GroupStats(f"p{i}", 1)])
+    assert list(renderer._labels) == ["p99"]
+
+
+def test_every_family_is_rendered():
+    text = GroupRenderer().render([GroupStats("all", 1, 1.0, 2.0, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 0.5, 1.0, 13)])
+    assert text.count("# TYPE") == len(GROUP_FAMILIES)
+
+
+def test_go_float_is_float_to_go_string():
+    rnd = random.Random(7)
+    values = [0, 1, 999999, 1000000, 1000001, 1200000, 10 ** 15, 2 ** 53 - 1, 2 ** 53, 2 ** 64, -5, 0.0, 1.5, 1e-9]
+    values += [rnd.randrange(0, 10 ** rnd.randrange(1, 20)) for _ in range(20000)]
+    values += [rnd.random() * 10 ** rnd.randrange(-3, 12) for _ in range(2000)]
+    assert [go_float(v) for v in values] == [floatToGoString(v) for v in values]
