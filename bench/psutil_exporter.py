@@ -53,7 +53,10 @@ class PsutilCollector:
                                    labels=["groupname", "state"])
         for proc in psutil.process_iter(attrs=ATTRS, ad_value=None):
             info = proc.info
-            group = f"{info['name']}:{info['pid']}"
+            name = info["name"] or ""
+            if not name.isascii():  # comm cut inside a UTF-8 character: psutil hands back surrogates
+                name = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            group = f"{name}:{info['pid']}"
             num_procs.add_metric([group], 1)
             if info["cpu_times"] is not None:
                 cpu.add_metric([group, "user"], info["cpu_times"].user)

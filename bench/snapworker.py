@@ -9,6 +9,7 @@ Run in a subprocess (so its CPU, peak RSS and syscalls are its own, not the harn
     snapworker.py gil BACKEND SECONDS WINDOWS [PROCFS]
         the GIL proof: throughput of a pure-Python count loop alone, then while another
         thread takes snapshots back to back; alternated WINDOWS times; one JSON object out.
+        Also the snapshots' own throughput alone vs shared (the other side of the GIL).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _collector(backend: str, procfs: str):
-    from exporter.snapshot import Collector
+    from exporter.collector import Collector
 
     return Collector(procfs, backend)
 
@@ -93,8 +94,19 @@ def gil(backend: str, seconds: float, windows: int, procfs: str) -> int:
     except Exception as e:  # noqa: BLE001
         print(json.dumps({"error": f"{type(e).__name__}: {e}"}), flush=True)
         return 0
-    solo, shared, snaps_per_window = [], [], []
+    solo, shared, snaps_per_window, snaps_alone = [], [], [], []
+
+    def snapshots_for(window: float) -> float:
+        n = 0
+        end = time.perf_counter() + window
+        t0 = time.perf_counter()
+        while time.perf_counter() < end:
+            collector.snapshot()
+            n += 1
+        return n / (time.perf_counter() - t0) * window
+
     for _ in range(max(1, windows)):
+        snaps_alone.append(snapshots_for(seconds))
         alone = []
         counter = threading.Thread(target=lambda: alone.append(_count_for(seconds)))
         counter.start()
@@ -138,6 +150,10 @@ def gil(backend: str, seconds: float, windows: int, procfs: str) -> int:
         # the window the thread was not blocked on the GIL, relative to alone
         "ratio_gil_only": (1 - med(shared, "blocked")) / max(1e-9, 1 - med(solo, "blocked")),
         "snapshots_per_window": snaps_per_window,
+        # the other side: snapshots per window alone vs while the count thread runs. A
+        # backend that holds the GIL starves one side or the other.
+        "snapshots_per_window_alone": snaps_alone,
+        "snapshot_ratio": statistics.median(snaps_per_window) / max(1e-9, statistics.median(snaps_alone)),
     }), flush=True)
     return 0
 
