@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 ARGS   ?=
 
-.PHONY: all build run test tools bench lint clean
+.PHONY: all build run test tools bench freethreaded clean
 
 all: build
 
@@ -39,6 +39,11 @@ test: build tools
 
 bench: build tools
 	$(PY) bench/run.py $(ARGS)
+	bash bench/freethreaded.sh
+
+# The extension on a free-threaded CPython (built once into .tools/, ~10 minutes).
+freethreaded:
+	bash bench/freethreaded.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info exporter/*.so exporter/_collector.stamp
