@@ -493,3 +493,32 @@ print("ok", kept)
                          capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("ok")
+
+
+def test_fd_limit_is_reread_every_16th_walk_by_both_backends():
+    """prlimit runs for a new identity, then only when (pid + walk number) % 16 == 0: a
+    changed limit shows at that walk, identically in both backends, never later."""
+    import resource
+
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        hard = resource.prlimit(child.pid, resource.RLIMIT_NOFILE)[1]
+        resource.prlimit(child.pid, resource.RLIMIT_NOFILE, (100, hard))
+        native, python = Collector("/proc", "native"), Collector("/proc", "python")
+        changed_at = None
+        seen = []
+        for walk in range(1, 21):
+            if walk == 3:
+                resource.prlimit(child.pid, resource.RLIMIT_NOFILE, (200, hard))
+                changed_at = walk
+            got = [next(p.max_fds for p in c.snapshot().processes if p.pid == child.pid) for c in (native, python)]
+            assert got[0] == got[1], (walk, got)
+            seen.append(got[0])
+            reread = [w for w in range(changed_at or walk + 1, walk + 1) if (child.pid + w) % 16 == 0]
+            assert got[0] == (200 if reread else 100), (walk, got, reread)
+        assert seen[0] == 100 and seen[-1] == 200
+        native.close()
+        python.close()
+    finally:
+        child.kill()
+        child.wait()

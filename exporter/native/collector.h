@@ -87,6 +87,8 @@ typedef struct ps_entry {
     char *comm;
     size_t comm_len;
     int facts_ok;          /* cmdline/exe/cgroup below belong to (start, comm) */
+    int nofile_known;      /* nofile holds this identity's soft RLIMIT_NOFILE (prlimit) */
+    uint64_t nofile;
     int comm_stale;        /* comm_obj is of an older comm */
     /* Python objects (PyObject *; only touched with the GIL, by module.c) */
     struct _object *comm_obj, *cmdline_obj, *exe_obj, *cgroup_obj;
@@ -100,6 +102,7 @@ typedef struct {
 #define PS_NONE ((size_t)-1)
 #define PS_MALFORMED (-1)     /* an error reason beside the errnos */
 #define PS_PENDING_MAX 16     /* more errors than files a process has */
+#define PS_NOFILE_EVERY 16    /* prlimit a known process every 16th walk (procfs.py too) */
 
 typedef struct {
     int pid;

@@ -403,7 +403,7 @@ keep:
 
 /* The soft RLIMIT_NOFILE: prlimit(2) in our own procfs, else PID/limits.
  * 0 (field set unless unlimited), -1 with *err, -2 malformed, -3 ENOMEM. */
-static int walk_max_fds(ps_walker *w, ps_record *r, int pid, int *err)
+static int walk_max_fds(ps_walker *w, ps_entry *e, ps_record *r, int pid, int fresh, int *err)
 {
     ps_num x;
     ssize_t n;
@@ -411,7 +411,17 @@ static int walk_max_fds(ps_walker *w, ps_record *r, int pid, int *err)
 
     if (w->own_procfs) {
         struct rlimit old;
-        if (prlimit(pid, RLIMIT_NOFILE, NULL, &old) == 0) {
+        /* A limit seldom changes: prlimit a known identity only every PS_NOFILE_EVERY
+         * walks (staggered by pid), saving a syscall per process per scrape. */
+        if (!fresh && e->nofile_known && ((unsigned)pid + w->gen) % PS_NOFILE_EVERY != 0) {
+            old.rlim_cur = e->nofile;
+        } else if (prlimit(pid, RLIMIT_NOFILE, NULL, &old) == 0) {
+            e->nofile = old.rlim_cur;
+            e->nofile_known = 1;
+        } else {
+            e->nofile_known = 0;
+        }
+        if (e->nofile_known) {
             if (old.rlim_cur != RLIM_INFINITY) {
                 r->num[F_MAX_FDS] = old.rlim_cur;
                 r->has |= 1u << F_MAX_FDS;
@@ -641,7 +651,7 @@ static int walk_process(ps_walker *w, int pid)
         goto done;
     }
 
-    switch (walk_max_fds(w, r, pid, &err)) {
+    switch (walk_max_fds(w, e, r, pid, !same, &err)) {
     case -1:
         if (walk_failed(w, pid, err)) {
             rc = 1;
