@@ -109,7 +109,13 @@ class Skip(Exception):
     """A contender that cannot run here; the message says why."""
 
 
+_T0 = time.monotonic()
+
+
 def log(msg: str) -> None:
+    if msg:
+        elapsed = int(time.monotonic() - _T0)
+        msg = f"[{elapsed // 60:2d}:{elapsed % 60:02d}] {msg}"
     print(msg, flush=True)
 
 
@@ -703,7 +709,8 @@ def bench_size(n: int, args, env: dict, workdir: str, floor_bin: Optional[str], 
                     if c.skipped or not revive(c):
                         continue
                     try:
-                        c.strace = strace_count(c, args.strace_scrapes, args.scrape_timeout * 5)
+                        scrapes = args.strace_scrapes or (2 if n <= 2000 and not args.quick else 1)
+                        c.strace = strace_count(c, scrapes, args.scrape_timeout * 5)
                         log(f"  strace {c.key}: {c.strace['per_proc_per_scrape']:.1f} syscalls/proc/scrape")
                     except Exception as e:  # noqa: BLE001
                         c.strace = {"error": f"{type(e).__name__}: {e}"}
@@ -994,11 +1001,14 @@ def parse_args(argv) -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, default=None, help="interleaved timed rounds per size (default 7; --quick 3)")
     ap.add_argument("--quick", action="store_true", help="N=500 only, 3 rounds, short GIL/psutil phases (< 1 min)")
     ap.add_argument("--no-strace", action="store_true", help="skip the strace phase (no syscall counts)")
-    ap.add_argument("--strace-scrapes", type=int, default=2, help="scrapes under strace per contender (default 2)")
+    ap.add_argument("--strace-scrapes", type=int, default=None,
+                    help="scrapes under strace per contender (default 2 up to N=2000, else 1: ptrace makes a "
+                         "process-exporter scrape ~20x slower here, and the per-process count does not depend on N)")
     ap.add_argument("--no-gil", action="store_true", help="skip the GIL proof")
     ap.add_argument("--no-psutil-micro", action="store_true", help="skip reproducing psutil's oneshot/process_iter claims")
     ap.add_argument("--contenders", default=",".join(ORDER), help="comma-separated subset of: " + ",".join(ORDER))
-    ap.add_argument("--gil-size", type=int, default=None, help="N for the GIL proof (default 5000 if run, else the largest)")
+    ap.add_argument("--gil-size", type=int, default=None,
+                    help="N for the GIL proof and the psutil claims (default 5000 if run, else the largest)")
     ap.add_argument("--out", default=os.path.join(HERE, "results"), help="directory for latest.json / latest.md")
     ap.add_argument("--budget-minutes", type=float, default=28.0, help="stop starting new work after this long")
     ap.add_argument("--scrape-timeout", type=float, default=120.0, help="seconds per scrape before giving up")
@@ -1016,7 +1026,8 @@ def parse_args(argv) -> argparse.Namespace:
     if args.rounds is None:
         args.rounds = 3 if args.quick else 7
     args.rounds = max(1, min(args.rounds, 100))
-    args.strace_scrapes = max(1, min(args.strace_scrapes, 20))
+    if args.strace_scrapes is not None:
+        args.strace_scrapes = max(1, min(args.strace_scrapes, 20))
     args.contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
     unknown = set(args.contenders) - set(ORDER)
     if unknown:
@@ -1041,6 +1052,7 @@ def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     started_mono = time.monotonic()
     deadline = started_mono + args.budget_minutes * 60
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (&)
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGHUP, _on_signal)
     _raise_nofile()  # inherited by the contenders (the floor and procsnap keep files open)
@@ -1095,13 +1107,13 @@ def main(argv=None) -> int:
                 size = bench_size(n, args, env, workdir, floor_bin, deadline)
                 size["spawned"] = idle.count
                 size["spawn_seconds"] = idle.spawn_seconds
-                if not args.no_psutil_micro and time.monotonic() < deadline:
+                gil_target = args.gil_size or (5000 if 5000 in args.sizes else max(args.sizes))
+                if not args.no_psutil_micro and n == gil_target and time.monotonic() < deadline:
                     log("  psutil oneshot / process_iter claims ...")
                     try:
                         size["psutil_micro"] = psutil_micro(3 if args.quick else 5, 30 if args.quick else 120)
                     except Exception as e:  # noqa: BLE001
                         size["psutil_micro"] = {"error": f"{type(e).__name__}: {e}"}
-                gil_target = args.gil_size or (5000 if 5000 in args.sizes else max(args.sizes))
                 if not args.no_gil and n == gil_target and time.monotonic() < deadline:
                     largest = n
                     results["gil"] = gil_proof(args)
@@ -1123,8 +1135,7 @@ def main(argv=None) -> int:
     with open(md_path + ".tmp", "w") as f:
         f.write(md)
     os.replace(md_path + ".tmp", md_path)
-    log("")
-    log(md)
+    print("\n" + md, flush=True)
     log(f"wrote {json_path} and {md_path}")
     return 0
 
