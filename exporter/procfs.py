@@ -295,18 +295,14 @@ class PythonCollector:
         )
 
     def _fd_count(self, pid: int) -> int:
-        # Open the directory first: stat() of a path needs no permission on it, and procfs
-        # reports another user's fd count as the size of a directory we may not list.
-        # The open is the access check (EACCES), as listing it would be.
-        fd = os.open(f"{self.procfs}/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            if self.fd_count_from_size:  # Linux >= 6.2: the size of a procfs fd dir is the count
-                size = os.fstat(fd).st_size
-                if size > 0:
-                    return size
-            return len(os.listdir(fd))
-        finally:
-            os.close(fd)
+        path = f"{self.procfs}/{pid}/fd"
+        # Linux >= 6.2 gives the count as the size of a procfs fd directory, to whoever may
+        # see the process (as `ls -ld` shows it); listing it needs ptrace access.
+        if self.fd_count_from_size:
+            size = os.stat(path).st_size
+            if size > 0:
+                return size
+        return len(os.listdir(path))
 
     def _max_fds(self, pid: int, fresh: bool):
         if self.use_prlimit:

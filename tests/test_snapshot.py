@@ -3,7 +3,7 @@
 * exact records on tests/fixtures/proc-basic (the nasty cases of DESIGN.md's test techniques);
 * the C and the Python readers give equal snapshots, on fixtures and on live /proc;
 * on live /proc, the values agree with psutil for processes this test spawns;
-* another user's io and fd come out None, counted as EACCES (reader run as nobody);
+* another user's io and exe come out None, counted as EACCES (reader run as nobody);
 * the native walk releases the GIL; repeated snapshots do not leak; static facts are
   memoized per identity (pid, starttime) and re-read on exec and pid reuse.
 """
@@ -539,7 +539,7 @@ def test_live_values_agree_with_psutil(backend, children):
 
 
 # --------------------------------------------------------------------------------------
-# unreadable files: another user's io and fd are None, counted EACCES (never 0)
+# unreadable files: another user's io and exe are None, counted EACCES (never 0)
 # --------------------------------------------------------------------------------------
 
 NOBODY = 65534
@@ -590,7 +590,7 @@ def snapshot_as_nobody(backend) -> dict:
     return out
 
 
-def test_other_users_io_and_fds_are_none_as_nobody(backend):
+def test_other_users_io_and_exe_are_none_as_nobody(backend):
     if os.getuid() != 0:
         pytest.skip("needs root to switch to nobody")
     result = snapshot_as_nobody(backend)
@@ -598,12 +598,15 @@ def test_other_users_io_and_fds_are_none_as_nobody(backend):
     others = [r for r in result["records"] if r[1] != NOBODY]
     assert others, "expected other users' processes (root's) on the host"
     for pid, uid, kthread, open_fds, read_bytes, write_bytes, exe, rss in others:
-        assert open_fds is None, f"pid {pid} (uid {uid}): fd count {open_fds} of another user's process"
         assert (read_bytes, write_bytes) == (None, None), f"pid {pid}: io of another user's process"
         assert exe is None, f"pid {pid}: exe of another user's process"
         assert rss is not None  # stat is world-readable
-    # io and fd of each (exe too, for those that have one), each counted
-    assert result["errors"].get("EACCES", 0) >= 2 * len(others), result["errors"]
+        # the kernel (>= 6.2) gives anyone the fd count as the procfs fd dir's size; a size
+        # of 0 (kernel threads have no fds) falls back to listing, which nobody may not
+        assert open_fds is not None and open_fds > 0 or kthread and open_fds is None, (pid, open_fds)
+    # io of each, and exe of each that has one (kernel threads have none), each counted
+    with_exe = sum(1 for r in others if not r[2])
+    assert result["errors"].get("EACCES", 0) >= len(others) + with_exe, result["errors"]
     mine = [r for r in result["records"] if r[0] == result["me"]]
     assert len(mine) == 1
     _, _, _, open_fds, read_bytes, write_bytes, exe, _ = mine[0]

@@ -27,7 +27,7 @@
 #define PS_PF_KTHREAD 0x00200000ULL
 #define PS_ERRNO_MAX 4095 /* errno values are below this (MAX_ERRNO) */
 #define PS_PROC_SUPER_MAGIC 0x9fa0
-#define PS_KEPT_FDS 4 /* per process: stat, status, io, the fd dir */
+#define PS_KEPT_FDS 3 /* per process: stat, status, io */
 
 /* ---- parse.c ------------------------------------------------------------------- */
 
@@ -79,7 +79,7 @@ typedef struct ps_entry {
     struct ps_entry *next; /* hash chain; the evicted list */
     int pid;
     unsigned gen;          /* walk generation that last recorded this pid */
-    int fd[4];             /* kept stat, status, io, fd dir; -1 when not open */
+    int fd[3];             /* kept stat, status, io; -1 when not open */
     int keeps;             /* counts against the fd budget */
     /* identity of the static facts */
     uint64_t start;

@@ -22,7 +22,7 @@
 #define DENTS_SIZE 32768
 #define PS_KEEP_RESERVE 512 /* fds left to the rest of the process */
 
-enum { K_STAT, K_STATUS, K_IO, K_FD };
+enum { K_STAT, K_STATUS, K_IO };
 
 struct linux_dirent64 {
     uint64_t d_ino;
@@ -212,7 +212,7 @@ static ps_entry *walk_cache_get(ps_walker *w, int pid)
         if (e == NULL)
             return NULL;
         e->pid = pid;
-        e->fd[K_STAT] = e->fd[K_STATUS] = e->fd[K_IO] = e->fd[K_FD] = -1;
+        e->fd[K_STAT] = e->fd[K_STATUS] = e->fd[K_IO] = -1;
         e->next = w->buckets[h];
         w->buckets[h] = e;
         w->nentries++;
@@ -229,7 +229,6 @@ static void walk_entry_close(ps_walker *w, ps_entry *e)
     walk_close_fd(&e->fd[K_STAT]);
     walk_close_fd(&e->fd[K_STATUS]);
     walk_close_fd(&e->fd[K_IO]);
-    walk_close_fd(&e->fd[K_FD]);
     if (e->keeps) {
         e->keeps = 0;
         atomic_fetch_sub(&walk_kept_processes, 1);
@@ -355,50 +354,33 @@ static int walk_dir_count(ps_walker *w, int fd, uint64_t *count, int *err)
  * The directory is opened first, as procfs.py does: the open is the access check (a
  * stat() of the path needs none, and would show another user's count). The open dir is
  * kept with the other fds; a failing kept one (exit, pid reuse) is opened afresh. */
-static int walk_fd_count(ps_walker *w, ps_entry *e, int pid, uint64_t *count, int *err)
+static int walk_fd_count(ps_walker *w, int pid, uint64_t *count, int *err)
 {
     char path[48];
     struct stat st;
-    int fd = e->fd[K_FD];
+    int fd, rc;
 
-    if (fd >= 0) { /* kept: only on a real procfs */
-        if (fstat(fd, &st) == 0) {
-            if (st.st_size > 0) {
-                *count = (uint64_t)st.st_size;
-                return 0;
-            }
-            if (lseek(fd, 0, SEEK_SET) == 0 && walk_dir_count(w, fd, count, err) == 0)
-                return 0;
-        }
-        walk_close_fd(&e->fd[K_FD]);
-    }
     walk_path(path, pid, "fd");
+    /* Linux >= 6.2 gives the count as the size of a procfs fd directory, to whoever may
+     * see the process (as `ls -ld` shows it): one fstatat, no fd kept. */
+    if (w->is_procfs) {
+        if (fstatat(w->rootfd, path, &st, 0) < 0) {
+            *err = errno;
+            return -1;
+        }
+        if (st.st_size > 0) {
+            *count = (uint64_t)st.st_size;
+            return 0;
+        }
+    }
     fd = walk_openat(w->rootfd, path, O_RDONLY | O_DIRECTORY);
     if (fd < 0) {
         *err = errno;
         return -1;
     }
-    if (w->is_procfs) {
-        if (fstat(fd, &st) < 0) {
-            *err = errno;
-            close(fd);
-            return -1;
-        }
-        if (st.st_size > 0) {
-            *count = (uint64_t)st.st_size;
-            goto keep;
-        }
-    }
-    if (walk_dir_count(w, fd, count, err) < 0) {
-        close(fd);
-        return -1;
-    }
-keep:
-    if (e->keeps)
-        e->fd[K_FD] = fd;
-    else
-        close(fd);
-    return 0;
+    rc = walk_dir_count(w, fd, count, err);
+    close(fd);
+    return rc;
 }
 
 /* The soft RLIMIT_NOFILE: prlimit(2) in our own procfs, else PID/limits.
@@ -631,7 +613,6 @@ static int walk_process(ps_walker *w, int pid)
     if (!same) { /* new, exec or pid reuse: open afresh, so access is checked again */
         walk_close_fd(&e->fd[K_STATUS]);
         walk_close_fd(&e->fd[K_IO]);
-        walk_close_fd(&e->fd[K_FD]);
         if (walk_set_identity(e, &st, w->stat_buf) < 0)
             return -1;
     }
@@ -643,7 +624,7 @@ static int walk_process(ps_walker *w, int pid)
     if (rc != 0)
         goto done;
 
-    if (walk_fd_count(w, e, pid, &count, &err) == 0) {
+    if (walk_fd_count(w, pid, &count, &err) == 0) {
         r->num[F_OPEN_FDS] = count;
         r->has |= 1u << F_OPEN_FDS;
     } else if (walk_failed(w, pid, err)) {
