@@ -1,13 +1,15 @@
 /* The C floor: the least work a process exporter could do per scrape.
  *
- * For every numeric pid under /proc: read stat, statm and io (one pread each into a
- * buffer; a trivial byte sum so the reads are not optimized away) and fstatat(PID/fd)
- * for st_size (the fd count on Linux >= 6.2). No parsing, no output per process.
+ * For every numeric pid under /proc, the same kernel work procsnap asks for: read stat,
+ * status and io (one pread each into a buffer; a trivial byte sum so the reads are not
+ * optimized away), fstatat(PID/fd) for st_size (the fd count on Linux >= 6.2) and
+ * prlimit(RLIMIT_NOFILE). No parsing, no output per process.
  *
- *   fresh : openat / pread / close for every file, every iteration
+ *   fresh : openat / pread / close for every file, prlimit, every iteration
  *   kept  : files stay open across iterations and are pread at offset 0; a read that
  *           fails (the process exited) closes them. Bounded by an fd budget taken from
- *           RLIMIT_NOFILE (soft raised to hard); past it, files are read fresh.
+ *           RLIMIT_NOFILE (soft raised to hard); past it, files are read fresh. prlimit
+ *           for a pid when first seen, then every 16th iteration, as procsnap does.
  *
  * Usage:
  *   floor fresh|kept ITERATIONS   one JSON object with per-iteration times
@@ -25,17 +27,20 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/types.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
 #define NFILES 3
-static const char *const FILES[NFILES] = {"stat", "statm", "io"};
+static const char *const FILES[NFILES] = {"stat", "status", "io"};
+#define NOFILE_EVERY 16
 
 struct kept {
     int fd[NFILES];      /* -1: not open */
     uint32_t seen;       /* iteration that last saw this pid */
+    int limit_known;     /* prlimit was read since the pid was (re)seen */
 };
 
 static char buf[65536];
@@ -149,14 +154,22 @@ static struct result iterate(int kept)
             if (*p)
                 continue;
             r.procs++;
+            struct rlimit lim;
             if (kept && pid < pid_max) {
                 struct kept *k = &table[pid];
                 k->seen = generation;
                 for (int f = 0; f < NFILES; f++)
                     r.kept_reads += read_kept(k, name, f);
+                if (!k->limit_known || (pid + generation) % NOFILE_EVERY == 0) {
+                    if (prlimit((pid_t)pid, RLIMIT_NOFILE, NULL, &lim) == 0)
+                        byte_sum += lim.rlim_cur;
+                    k->limit_known = 1;
+                }
             } else {
                 for (int f = 0; f < NFILES; f++)
                     read_fresh(name, FILES[f]);
+                if (prlimit((pid_t)pid, RLIMIT_NOFILE, NULL, &lim) == 0)
+                    byte_sum += lim.rlim_cur;
             }
             char path[300];
             struct stat st;
@@ -171,6 +184,7 @@ static struct result iterate(int kept)
             if (table[pid].seen != generation && table[pid].seen != 0) {
                 close_kept(&table[pid]);
                 table[pid].seen = 0;
+                table[pid].limit_known = 0;
             }
     }
     return r;

@@ -12,7 +12,7 @@ Contenders:
   pe_grouped             process-exporter 0.7.x, grouped by comm ({{.Comm}}, cmdline .+)
   pe_per_process         process-exporter, one group per process
   psutil_exporter        bench/psutil_exporter.py (process_iter(attrs), per process)
-  floor_fresh            bench/floor.c: stat+statm+io pread + fstatat(fd), open/close each time
+  floor_fresh            bench/floor.c: stat+status+io pread, fstatat(fd), prlimit; open/close each time
   floor_kept             bench/floor.c: the same files kept open, pread at offset 0
   snapshot_native        exporter.Collector(backend="native").snapshot(), no HTTP
   snapshot_python        exporter.Collector(backend="python").snapshot(), no HTTP
@@ -95,7 +95,7 @@ LABELS = {
     "pe_grouped": "process-exporter, grouped by comm (HTTP)",
     "pe_per_process": "process-exporter, one group per process (HTTP)",
     "psutil_exporter": "psutil exporter, process_iter(attrs), per process (HTTP)",
-    "floor_fresh": "C floor: stat+statm+io+fd-stat, open/pread/close",
+    "floor_fresh": "C floor: stat+status+io+fd-stat+prlimit, open/pread/close",
     "floor_kept": "C floor: same files kept open, pread only",
     "snapshot_native": "procsnap snapshot() alone, native backend",
     "snapshot_python": "procsnap snapshot() alone, python backend",
