@@ -17,6 +17,7 @@ This module only renders: it never reads /proc and keeps no state between scrape
 
 from __future__ import annotations
 
+import os
 from operator import attrgetter
 from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Sequence
 
@@ -188,11 +189,55 @@ class ProcsnapCollector:
         return group_families((), keep_empty=True) + self_families(empty, self._version, keep_empty=True)
 
 
+class SelfProcessCollector(ProcessCollector):
+    """The process_* metrics of prometheus_client's ProcessCollector (same names, help
+    and values), but process_open_fds is the size of /proc/self/fd (Linux >= 6.2), not a
+    listing of it: procsnap keeps thousands of /proc files open, and listing them cost
+    13 ms a scrape at 5000 processes."""
+
+    def collect(self) -> Iterable[Metric]:
+        if not self._btime:
+            return []
+        me = os.path.join(self._proc, str(self._pid()).strip())
+        result = []
+        try:
+            with open(os.path.join(me, "stat"), "rb") as f:
+                parts = f.read().split(b")")[-1].split()
+            result += [
+                GaugeMetricFamily(self._prefix + "virtual_memory_bytes", "Virtual memory size in bytes.",
+                                  value=float(parts[20])),
+                GaugeMetricFamily(self._prefix + "resident_memory_bytes", "Resident memory size in bytes.",
+                                  value=float(parts[21]) * self._pagesize),
+                GaugeMetricFamily(self._prefix + "start_time_seconds",
+                                  "Start time of the process since unix epoch in seconds.",
+                                  value=float(parts[19]) / self._ticks + self._btime),
+                CounterMetricFamily(self._prefix + "cpu_seconds_total",
+                                    "Total user and system CPU time spent in seconds.",
+                                    value=(float(parts[11]) + float(parts[12])) / self._ticks),
+            ]
+        except OSError:
+            pass
+        try:
+            with open(os.path.join(me, "limits"), "rb") as f:
+                max_fds = next(float(line.split()[3]) for line in f if line.startswith(b"Max open file"))
+            fd_dir = os.path.join(me, "fd")
+            open_fds = os.stat(fd_dir).st_size or len(os.listdir(fd_dir))
+            result += [
+                GaugeMetricFamily(self._prefix + "open_fds", "Number of open file descriptors.", open_fds),
+                GaugeMetricFamily(self._prefix + "max_fds", "Maximum number of open file descriptors.",
+                                  value=max_fds),
+            ]
+        except (OSError, StopIteration):
+            pass
+        return result
+
+
 def runtime_registry() -> CollectorRegistry:
-    """A fresh registry with prometheus_client's own process, platform and gc collectors
-    (process_*/python_* metrics about procsnap itself)."""
+    """A fresh registry with prometheus_client's own process (fd count by size, see
+    SelfProcessCollector), platform and gc collectors: process_*/python_* metrics about
+    procsnap itself."""
     registry = CollectorRegistry(auto_describe=True)
-    ProcessCollector(registry=registry)
+    SelfProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
     return registry

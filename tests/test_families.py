@@ -170,3 +170,32 @@ def test_registry_keeps_client_collectors_and_describes_without_snapshot():
         "# TYPE namedprocess_namegroup_num_threads gauge",
         'namedprocess_namegroup_num_threads{groupname="web"} 5.0',
     ]
+
+
+def test_self_process_collector_matches_prometheus_client():
+    """Same families and values as prometheus_client's ProcessCollector (cpu and memory
+    move between the two reads, so those are compared loosely)."""
+    import os
+
+    from prometheus_client import ProcessCollector
+
+    from exporter.families import SelfProcessCollector
+
+    keep = [os.open("/dev/null", os.O_RDONLY) for _ in range(50)]  # a count worth checking
+    try:
+        ours = {m.name: m for m in SelfProcessCollector(registry=None).collect()}
+        theirs = {m.name: m for m in ProcessCollector(registry=None).collect()}
+    finally:
+        for fd in keep:
+            os.close(fd)
+    assert sorted(ours) == sorted(theirs)
+    for name, metric in theirs.items():
+        assert (ours[name].documentation, ours[name].type) == (metric.documentation, metric.type)
+        a, b = ours[name].samples[0], metric.samples[0]
+        assert a.name == b.name and a.labels == b.labels
+        if name == "process_open_fds":  # listing the fd dir holds one more fd open
+            assert a.value == b.value - 1 and a.value >= 50, (a.value, b.value)
+        elif name in ("process_max_fds", "process_start_time_seconds"):
+            assert a.value == b.value, name
+        else:
+            assert abs(a.value - b.value) <= max(0.05 * b.value, 0.1), name

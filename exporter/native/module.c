@@ -80,6 +80,7 @@ static PyObject *collector_cmdline(const ps_walker *w, ps_span s)
         }
         PyTuple_SET_ITEM(args, i++, arg);
     }
+    PyObject_GC_UnTrack(args); /* strs only: no cycle (it lives as long as its process) */
     return args;
 }
 
@@ -253,6 +254,10 @@ static PyObject *collector_record(CollectorObject *self, size_t i, size_t *bigpo
     SET(Py_NewRef(e->cgroup_obj));
 #undef SET
     assert(k == PS_NFIELDS);
+    /* A record holds only ints, floats, strs and a tuple of strs, so it can be in no
+     * reference cycle: untracked, the cyclic GC does not walk the thousands of records
+     * a scrape makes and the tracker keeps. */
+    PyObject_GC_UnTrack(rec);
     goto done;
 error:
     Py_CLEAR(rec);
