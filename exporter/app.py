@@ -93,8 +93,9 @@ class Exporter:
 
     # -- exposition ------------------------------------------------------------------
 
-    def exposition(self, openmetrics: bool = False, names=None, scrape: bool = True) -> bytes:
-        """One scrape as exposition bytes: the group families from the fast renderer, then
+    def exposition(self, openmetrics: bool = False, names=None, scrape: bool = True) -> list:
+        """One scrape as exposition bytes, in chunks (a per-process exposition is several
+        MB: it is never copied whole): the group families from the fast renderer, then
         procsnap's own and the runtime families through prometheus_client's encoder.
         ``names`` (a set) keeps only families with those sample names; ``scrape=False``
         renders the last result without a new snapshot."""
@@ -104,12 +105,12 @@ class Exporter:
         key = (result, openmetrics, frozenset(names) if names is not None else None)
         rendered = self._rendered
         if rendered is not None and rendered[0] is key[0] and rendered[1:3] == key[1:]:
-            groups_text = rendered[3]
+            groups_chunks = rendered[3]
         else:
-            groups_text = self._renderer.render(result.groups, openmetrics, names)
-            self._rendered = key + (groups_text,)
+            groups_chunks = self._renderer.render(result.groups, openmetrics, names)
+            self._rendered = key + (groups_chunks,)
         families = self_families(result, self.version) + list(self.runtime.collect())
-        return groups_text.encode() + encode_families(families, openmetrics, names)
+        return groups_chunks + [encode_families(families, openmetrics, names)]
 
     # -- config reload ---------------------------------------------------------------
 

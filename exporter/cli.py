@@ -378,7 +378,7 @@ def _print_once(exporter, args) -> int:
             exporter.scrape()
         except (OSError, ValueError) as e:
             return _die(f"cannot read procfs {args.path_procfs}: {getattr(e, 'strerror', None) or e}", 1)
-    output = exporter.exposition(scrape=False)  # the snapshot already taken
+    output = b"".join(exporter.exposition(scrape=False))  # the snapshot already taken
     exporter.close()
     try:
         sys.stdout.buffer.write(output)

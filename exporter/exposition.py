@@ -108,18 +108,19 @@ class GroupRenderer:
         name = PREFIX + spec.name
         return {name + "_total", name} if spec.kind == "counter" else {name}
 
-    def render(self, groups: Sequence, openmetrics: bool = False, names: Optional[set] = None) -> str:
-        """The group families as exposition text (OpenMetrics without its '# EOF' line).
+    def render(self, groups: Sequence, openmetrics: bool = False, names: Optional[set] = None) -> list:
+        """The group families as exposition text (OpenMetrics without its '# EOF' line), a
+        list of UTF-8 chunks, one per family, so a large exposition is never copied whole.
         ``names`` keeps only families with one of these sample names (``?name[]=``)."""
         known = self._labels
         labels = {g.name: known.get(g.name) or escape_label_value(g.name) for g in groups}
         self._labels = labels
         fmt = go_float
-        out = []
+        chunks = []
         for spec, headers, parts in self._families:
             if names is not None and not (self.sample_names(spec) & names):
                 continue
-            lines = []
+            lines = [headers[openmetrics]]
             append = lines.append
             for g in groups:
                 label = labels[g.name]
@@ -127,7 +128,6 @@ class GroupRenderer:
                     value = get(g)
                     if value is not None:
                         append(f"{before}{label}{after}{fmt(value)}\n")
-            if lines:
-                out.append(headers[openmetrics])
-                out.append("".join(lines))
-        return "".join(out)
+            if len(lines) > 1:
+                chunks.append("".join(lines).encode())
+        return chunks

@@ -8,12 +8,12 @@ one :meth:`Exporter.scrape` (single-flight: concurrent requests share a snapshot
 
 from __future__ import annotations
 
-import gzip
 import html
 import logging
 import socket
 import socketserver
 import threading
+import zlib
 from socketserver import ThreadingMixIn
 from typing import Optional
 from urllib.parse import parse_qs
@@ -71,18 +71,19 @@ def _metrics(exporter, environ, start_response):
     params = parse_qs(environ.get("QUERY_STRING", ""))
     names = set(params["name[]"]) if "name[]" in params else None
     try:
-        output = exporter.exposition(openmetrics, names)
+        chunks = exporter.exposition(openmetrics, names)
     except Exception as e:  # the snapshot failed: say so, Prometheus marks the target down
         log.error("scrape failed: %s", e)
         start_response("500 Internal Server Error", [("Content-Type", "text/plain; charset=utf-8")])
         return [f"scrape failed: {e}\n".encode("utf-8", "replace")]
     headers = [("Content-Type", content_type)]
     if gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING")):
-        output = gzip.compress(output, compresslevel=GZIP_LEVEL)
+        gz = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)  # wbits 31: a gzip stream
+        chunks = [gz.compress(chunk) for chunk in chunks] + [gz.flush()]
         headers.append(("Content-Encoding", "gzip"))
-    headers.append(("Content-Length", str(len(output))))
+    headers.append(("Content-Length", str(sum(map(len, chunks)))))
     start_response("200 OK", headers)
-    return [output]
+    return chunks
 
 
 # -- the server ------------------------------------------------------------------------
