@@ -1,5 +1,5 @@
-"""The exporter: owns the snapshot Collector, the Grouper and the metric families, and
-runs one scrape (snapshot -> grouper step) behind a single-flight gate.
+"""The exporter: owns the snapshot Collector, the Grouper and the exposition, and runs
+one scrape (snapshot -> grouper step -> exposition) behind a single-flight gate.
 
 Single-flight: a scrape that arrives while a snapshot is running does not start another
 one; it waits for the running one and gets the same :class:`ScrapeResult`. So the
@@ -33,7 +33,7 @@ class _Flight:
 
 
 class Exporter:
-    """snapshot source + grouper + registry.
+    """snapshot source + grouper + renderer.
 
     ``collector`` has ``snapshot() -> Snapshot`` (exporter.collector.Collector);
     ``grouper_factory(config)`` returns an object with ``update(snapshot) -> [GroupStats]``.
@@ -52,7 +52,7 @@ class Exporter:
         self.version = version
         self.runtime = runtime_registry()
         self._renderer = GroupRenderer()
-        self._rendered = None  # (result, openmetrics, names, text): shared by one flight's scrapers
+        self._rendered = None  # (result, openmetrics, names, chunks): shared by one flight's scrapers
 
     # -- one scrape ------------------------------------------------------------------
 
