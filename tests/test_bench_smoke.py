@@ -57,8 +57,10 @@ def test_every_contender_reported_with_numeric_medians(results):
         if c.get("skipped"):
             assert not _must_run(key), f"{key} skipped: {c['skipped']}"
             continue
-        for field in ("median_ms", "p95_ms", "cpu_ms_per_scrape"):
+        for field in ("median_ms", "p95_ms"):
             assert isinstance(c[field], (int, float)) and c[field] > 0, (key, field, c[field])
+        # CPU comes in clock ticks (10 ms): a scrape of 50 processes may take none
+        assert isinstance(c["cpu_ms_per_scrape"], (int, float)) and c["cpu_ms_per_scrape"] >= 0, key
         assert c["scrapes"] == 2
         assert isinstance(c["peak_rss_mb"], (int, float)), key
         if key.endswith(("_grouped", "_per_process", "_exporter")):
