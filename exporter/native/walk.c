@@ -322,11 +322,11 @@ static int walk_failed(ps_walker *w, int pid, int err)
     return 0;
 }
 
-/* Entries of an open directory without "." and "..", as len(os.listdir(fd)). */
-static int walk_dir_count(ps_walker *w, int fd, uint64_t *count, int *err)
+/* Calls each(w, name, arg) for every entry of the open directory fd, from its offset, in
+ * getdents64 order; each returns 0, or -1 with errno set to stop. 0 or -1 with *err. */
+static int walk_each_entry(ps_walker *w, int fd, int (*each)(ps_walker *, const char *, void *),
+                           void *arg, int *err)
 {
-    uint64_t c = 0;
-
     for (;;) {
         long n = syscall(SYS_getdents64, fd, w->dents, DENTS_SIZE);
         long off;
@@ -337,23 +337,33 @@ static int walk_dir_count(ps_walker *w, int fd, uint64_t *count, int *err)
             return -1;
         }
         if (n == 0)
-            break;
+            return 0;
         for (off = 0; off < n;) {
             struct linux_dirent64 *d = (struct linux_dirent64 *)(w->dents + off);
-            const char *s = d->d_name;
-            if (!(s[0] == '.' && (s[1] == '\0' || (s[1] == '.' && s[2] == '\0'))))
-                c++;
             off += d->d_reclen;
+            if (each(w, d->d_name, arg) < 0) {
+                *err = errno;
+                return -1;
+            }
         }
     }
-    *count = c;
+}
+
+static int walk_count_entry(ps_walker *w, const char *s, void *count)
+{
+    if (!(s[0] == '.' && (s[1] == '\0' || (s[1] == '.' && s[2] == '\0'))))
+        ++*(uint64_t *)count;
     return 0;
 }
 
-/* Open fds: the size of a procfs fd dir (Linux >= 6.2), else the number of entries.
- * The directory is opened first, as procfs.py does: the open is the access check (a
- * stat() of the path needs none, and would show another user's count). The open dir is
- * kept with the other fds; a failing kept one (exit, pid reuse) is opened afresh. */
+/* Entries of an open directory without "." and "..", as len(os.listdir(fd)). */
+static int walk_dir_count(ps_walker *w, int fd, uint64_t *count, int *err)
+{
+    *count = 0;
+    return walk_each_entry(w, fd, walk_count_entry, count, err);
+}
+
+/* Open fds: the size of a procfs fd dir (Linux >= 6.2), else the number of entries. */
 static int walk_fd_count(ps_walker *w, int pid, uint64_t *count, int *err)
 {
     char path[48];
@@ -678,6 +688,31 @@ static int walk_cmp_int(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+/* A numeric name of the root (up to the largest pid_t) into w->pids. */
+static int walk_add_pid(ps_walker *w, const char *s, void *unused)
+{
+    long pid = 0;
+
+    if (*s == '\0')
+        return 0;
+    for (; *s >= '0' && *s <= '9' && pid <= 0x7fffffff; s++)
+        pid = pid * 10 + (*s - '0');
+    if (*s != '\0' || pid > 0x7fffffff) /* not a pid (or beyond any pid_t) */
+        return 0;
+    if (w->npids == w->cap_pids) {
+        size_t cap = w->cap_pids ? 2 * w->cap_pids : 1024;
+        int *pids = realloc(w->pids, cap * sizeof(*pids));
+        if (pids == NULL) {
+            errno = ENOMEM;
+            return -1;
+        }
+        w->pids = pids;
+        w->cap_pids = cap;
+    }
+    w->pids[w->npids++] = (int)pid;
+    return 0;
+}
+
 /* The numeric names of the root, sorted. 0 or -1 with *err. */
 static int walk_root(ps_walker *w, int *err)
 {
@@ -692,41 +727,8 @@ static int walk_root(ps_walker *w, int *err)
         *err = errno;
         return -1;
     }
-    for (;;) {
-        long n = syscall(SYS_getdents64, w->rootfd, w->dents, DENTS_SIZE);
-        long off;
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            *err = errno;
-            return -1;
-        }
-        if (n == 0)
-            break;
-        for (off = 0; off < n;) {
-            struct linux_dirent64 *d = (struct linux_dirent64 *)(w->dents + off);
-            const char *s = d->d_name;
-            long pid = 0;
-            off += d->d_reclen;
-            if (*s == '\0')
-                continue;
-            for (; *s >= '0' && *s <= '9' && pid <= 0x7fffffff; s++)
-                pid = pid * 10 + (*s - '0');
-            if (*s != '\0' || pid > 0x7fffffff) /* not a pid (or beyond any pid_t) */
-                continue;
-            if (w->npids == w->cap_pids) {
-                size_t cap = w->cap_pids ? 2 * w->cap_pids : 1024;
-                int *pids = realloc(w->pids, cap * sizeof(*pids));
-                if (pids == NULL) {
-                    *err = ENOMEM;
-                    return -1;
-                }
-                w->pids = pids;
-                w->cap_pids = cap;
-            }
-            w->pids[w->npids++] = (int)pid;
-        }
-    }
+    if (walk_each_entry(w, w->rootfd, walk_add_pid, NULL, err) < 0)
+        return -1;
     qsort(w->pids, w->npids, sizeof(*w->pids), walk_cmp_int);
     return 0;
 }
