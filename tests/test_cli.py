@@ -1,7 +1,6 @@
 """The procsnap command: flags, env twins, --version/--help, config errors, SIGHUP reload,
 the fd limit. Runs the installed console script (.venv/bin/procsnap) as a subprocess."""
 
-import http.client
 import os
 import resource
 import signal
@@ -14,17 +13,12 @@ import pytest
 
 from exporter import __version__
 from exporter.cli import FLAGS, env_name, parse_args
+from helpers import clean_env, free_port, http_get
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROC_BASIC = os.path.join(HERE, "fixtures", "proc-basic")
 GOLDEN_CONFIG = os.path.join(HERE, "fixtures", "config", "golden.yaml")
 PROCSNAP = os.path.join(os.path.dirname(sys.executable), "procsnap")
-
-
-def clean_env(**extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROCSNAP_")}
-    env.update(extra)
-    return env
 
 
 def run(*args, env=None, timeout=60):
@@ -41,12 +35,6 @@ def num_procs(stdout: bytes) -> dict:
         if family.name == "namedprocess_namegroup_num_procs":
             return {s.labels["groupname"]: s.value for s in family.samples}
     return {}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- version, help ---------------------------------------------------------------------
@@ -266,16 +254,6 @@ def test_native_backend_falls_back_with_warning():
 
 
 # -- serving: listen errors, SIGHUP reload, fd limit --------------------------------------
-
-
-def http_get(port, path="/metrics"):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
 
 
 def start_server(*args, log_path, env=None, preexec_fn=None):

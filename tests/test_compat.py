@@ -2,18 +2,15 @@
 group names and the same num_procs/num_threads for processes this test starts. Both
 exporters run for real on the live /proc, on 127.0.0.1."""
 
-import http.client
 import os
-import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from helpers import free_port, http_get, stop_processes
 
 PROCSNAP = os.path.join(os.path.dirname(sys.executable), "procsnap")
 PROCESS_EXPORTER = shutil.which("prometheus-process-exporter") or "/usr/bin/prometheus-process-exporter"
@@ -29,22 +26,12 @@ time.sleep(600)
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def fetch(port):
     try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        conn.request("GET", "/metrics")
-        resp = conn.getresponse()
-        body = resp.read().decode()
-        conn.close()
+        status, body = http_get(port)
     except OSError:
         return None
-    return body if resp.status == 200 else None
+    return body.decode() if status == 200 else None
 
 
 def metadata(body):
@@ -112,17 +99,7 @@ def workload(tmp_path):
     try:
         yield str(config), expected, spawn
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-            if p.stdout:
-                p.stdout.close()
+        stop_processes(procs)
 
 
 def test_same_groups_and_counts_as_process_exporter(workload, tmp_path):

@@ -8,14 +8,10 @@ Rewrite the golden file after an intended change with
 and review the diff.
 """
 
-import ctypes
-import http.client
 import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +20,7 @@ import urllib.parse
 import pytest
 
 from exporter import __version__
+from helpers import clean_env, free_port, http_get, stop_processes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROC_BASIC = os.path.join(HERE, "fixtures", "proc-basic")
@@ -35,28 +32,6 @@ PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 
 needs_prometheus = pytest.mark.skipif(not os.access(PROMETHEUS, os.X_OK), reason="prometheus not installed")
 needs_promtool = pytest.mark.skipif(not os.access(PROMTOOL, os.X_OK), reason="promtool not installed")
-
-
-def clean_env(**extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROCSNAP_")}
-    env.update(extra)
-    return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http_get(port, path, timeout=10):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
 
 
 def promtool_check(exposition: bytes):
@@ -263,17 +238,7 @@ class Stack:
         return self.api("query", query=promql)["result"]
 
     def stop(self):
-        for p in reversed(self.procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-            if p.stdout:
-                p.stdout.close()
+        stop_processes(self.procs)
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ import pytest
 
 from conftest import PROC_BASIC, make_proc_trees, needs_native, pinned_facts
 from exporter.hostfacts import HostFacts
-from exporter.collector import Collector, Process, native_available
+from exporter.collector import Collector, Process
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BOOT = 1700000000

@@ -1,0 +1,46 @@
+"""Helpers the end-to-end tests share: ports, plain HTTP GETs, child processes."""
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+
+
+def clean_env(**extra):
+    """The environment without PROCSNAP_* variables (they would set flags), plus extra."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROCSNAP_")}
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(port, path="/metrics", timeout=10):
+    """(status, body bytes) of GET http://127.0.0.1:port/path."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def stop_processes(procs):
+    """SIGTERM each (last started first), wait up to 10 s each, then SIGKILL."""
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        if p.stdout:
+            p.stdout.close()
