@@ -118,6 +118,22 @@ static void walk_close_fd(int *fd)
     }
 }
 
+/* Make room for one more element in a growing array (doubling from first). 0 or -1. */
+static int walk_grow(void **array, size_t len, size_t *cap, size_t first, size_t size)
+{
+    size_t n;
+    void *grown;
+
+    if (len < *cap)
+        return 0;
+    n = *cap ? 2 * *cap : first;
+    if ((grown = realloc(*array, n * size)) == NULL)
+        return -1;
+    *array = grown;
+    *cap = n;
+    return 0;
+}
+
 /* Append n bytes to the text arena. 0 or -1 (ENOMEM). */
 static int walk_arena_put(ps_walker *w, const char *p, size_t n, ps_span *out)
 {
@@ -146,14 +162,8 @@ static int walk_set(ps_walker *w, ps_record *r, int f, const ps_num *x, const ch
     r->has |= 1u << f;
     if (x->big) {
         ps_big *b;
-        if (w->nbigs == w->cap_bigs) {
-            size_t cap = w->cap_bigs ? 2 * w->cap_bigs : 16;
-            ps_big *bigs = realloc(w->bigs, cap * sizeof(*bigs));
-            if (bigs == NULL)
-                return -1;
-            w->bigs = bigs;
-            w->cap_bigs = cap;
-        }
+        if (walk_grow((void **)&w->bigs, w->nbigs, &w->cap_bigs, 16, sizeof(*w->bigs)) < 0)
+            return -1;
         b = &w->bigs[w->nbigs];
         if (walk_arena_put(w, buf + x->off, x->len, &b->digits) < 0)
             return -1;
@@ -603,14 +613,8 @@ static int walk_process(ps_walker *w, int pid)
         return 0;
     }
 
-    if (w->nrecords == w->cap_records) {
-        size_t cap = w->cap_records ? 2 * w->cap_records : 1024;
-        ps_record *records = realloc(w->records, cap * sizeof(*records));
-        if (records == NULL)
-            return -1;
-        w->records = records;
-        w->cap_records = cap;
-    }
+    if (walk_grow((void **)&w->records, w->nrecords, &w->cap_records, 1024, sizeof(*w->records)) < 0)
+        return -1;
     r = &w->records[w->nrecords++];
     memset(r, 0, sizeof(*r));
     r->pid = pid;
@@ -699,15 +703,9 @@ static int walk_add_pid(ps_walker *w, const char *s, void *unused)
         pid = pid * 10 + (*s - '0');
     if (*s != '\0' || pid > 0x7fffffff) /* not a pid (or beyond any pid_t) */
         return 0;
-    if (w->npids == w->cap_pids) {
-        size_t cap = w->cap_pids ? 2 * w->cap_pids : 1024;
-        int *pids = realloc(w->pids, cap * sizeof(*pids));
-        if (pids == NULL) {
-            errno = ENOMEM;
-            return -1;
-        }
-        w->pids = pids;
-        w->cap_pids = cap;
+    if (walk_grow((void **)&w->pids, w->npids, &w->cap_pids, 1024, sizeof(*w->pids)) < 0) {
+        errno = ENOMEM;
+        return -1;
     }
     w->pids[w->npids++] = (int)pid;
     return 0;
