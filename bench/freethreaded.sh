@@ -5,28 +5,15 @@
 #
 # No free-threaded CPython is packaged for this machine (Debian 12, pyenv's builds have
 # the GIL), so the first run builds one from Debian 13's python3.13 source package (a
-# registry download, ~23 MB) into .tools/py313t: about 10 minutes on 2 cores, once.
+# registry download, ~23 MB) into .tools/py313t with bench/build_python.sh py313t: about
+# 10 minutes on 2 cores, once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 PREFIX=$ROOT/.tools/py313t
 PY=$PREFIX/bin/python3.13t
 
-if [[ ! -x $PY ]]; then
-  work=$(mktemp -d)
-  trap 'rm -rf "$work"' EXIT
-  mkdir -p "$work/lists/partial"
-  echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main" > "$work/sources.list"
-  apt_opts=(-q -o "Dir::State::Lists=$work/lists" -o "Dir::Etc::SourceList=$work/sources.list" -o Dir::Etc::SourceParts=/dev/null)
-  echo "freethreaded: fetching the python3.13 source package"
-  apt-get "${apt_opts[@]}" update >/dev/null
-  (cd "$work" && apt-get "${apt_opts[@]}" source --download-only python3.13 >/dev/null 2>&1)
-  tar -C "$work" -xf "$work"/python3.13_*.orig.tar.xz
-  src=$(echo "$work"/Python-3.13*/)
-  echo "freethreaded: building CPython --disable-gil into $PREFIX (about 10 minutes)"
-  (cd "$src" && ./configure -q --disable-gil --prefix="$PREFIX" --without-ensurepip >/dev/null \
-     && make -s -j"$(nproc)" >/dev/null 2>&1 && make -s install >/dev/null 2>&1)
-fi
+bash bench/build_python.sh py313t >/dev/null
 
 "$PY" -c 'import sysconfig, sys; assert sysconfig.get_config_var("Py_GIL_DISABLED") == 1, "not a free-threaded build"'
 out=$(mktemp -d)
