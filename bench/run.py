@@ -3,8 +3,9 @@
 For each size N (idle `sleep` processes spawned for the run), every contender is started,
 warmed with one scrape, then scraped round-robin for several rounds (the order rotates
 each round). Per contender: median / p95 scrape time, CPU per scrape (utime+stime of the
-contender's process around each scrape), peak RSS (VmHWM), series count, and, in a
-separate phase under `strace -c -f`, syscalls per process per scrape.
+contender's process around each scrape), peak RSS (VmHWM), peak memory charged to the
+contender's own memory cgroup (user + kernel, and the kernel part: bench/memcg.py), series
+count, and, in a separate phase under `strace -c -f`, syscalls per process per scrape.
 
 Contenders:
   procsnap_grouped       procsnap CLI, default config (grouped by comm), GET /metrics
@@ -24,6 +25,7 @@ Writes bench/results/latest.json and latest.md (or --out DIR). Timing assertions
 belong in tests: this prints PASS/FAIL against the targets, it never fails the build on them.
 
     .venv/bin/python bench/run.py [--quick] [--sizes 500,2000] [--rounds 7] [--no-strace]
+                                  [--only procsnap_grouped,pe_grouped] [--procsnap-args "..."]
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import platform
 import re
 import resource
 import select
+import shlex
 import shutil
 import signal
 import socket
@@ -51,6 +54,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
+from memcg import MemCgroups, mib  # noqa: E402
 from spawn import IdleProcesses, capacity_check, die_with_parent  # noqa: E402
 
 PE_BIN = shutil.which("prometheus-process-exporter") or "/usr/bin/prometheus-process-exporter"
@@ -227,6 +231,10 @@ class Contender:
     startup_seconds: Optional[float] = None
     crashes: list = field(default_factory=list)
     failures: list = field(default_factory=list)  # scrapes that failed while the process lived
+    cgroups: Optional[MemCgroups] = None
+    cgroup: Optional[str] = None  # this contender's own memory cgroup (joined before exec)
+    mem: dict = field(default_factory=dict)  # bytes charged to it, see bench_size
+    mem_reason: Optional[str] = None  # why there are no charged figures
 
     @property
     def pid(self) -> int:
@@ -239,6 +247,16 @@ class Contender:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def _preexec(self) -> None:
+        """In the forked child, before exec: die with the harness, join the memory cgroup
+        (so start-up allocations are charged to it too)."""
+        die_with_parent()
+        MemCgroups.join(self.cgroup)
+
+    def _check_cgroup(self) -> None:
+        if self.cgroup and self.cgroups and not self.cgroups.member(self.cgroup, self.pid):
+            self.mem_reason = f"process {self.pid} did not join {self.cgroup}"  # no figures then
 
     def start(self, timeout: float) -> None:
         raise NotImplementedError
@@ -278,8 +296,9 @@ class HttpContender(Contender):
         with open(self.stderr_path, "ab") as err:
             self.proc = subprocess.Popen(
                 self.cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                preexec_fn=die_with_parent, cwd=ROOT,
+                preexec_fn=self._preexec, cwd=ROOT,
             )
+        self._check_cgroup()
         deadline = t0 + timeout
         last_error = ""
         while time.monotonic() < deadline:
@@ -329,8 +348,9 @@ class PipeContender(Contender):
         with open(self.stderr_path, "ab") as err:
             self.proc = subprocess.Popen(
                 self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
-                preexec_fn=die_with_parent, cwd=ROOT,
+                preexec_fn=self._preexec, cwd=ROOT,
             )
+        self._check_cgroup()
         if self.expect_ready:
             reply = self._readline(timeout)
             if "error" in reply:
@@ -529,12 +549,15 @@ def make_contenders(workdir: str, floor_bin: Optional[str], env: dict, wanted: s
         contenders.append(c)
 
     backend = env["procsnap_backend"]
+    extra = list(env.get("procsnap_args") or [])  # --procsnap-args, appended as given
     ps_note = f"backend {backend}" + ("" if env["native"] else " (native extension not built: CLI falls back to python)")
+    if extra:
+        ps_note += f"; extra args: {shlex.join(extra)}"
     http("procsnap_grouped",
-         lambda p: [PROCSNAP_BIN, "--web.listen-address", f"127.0.0.1:{p}", "--backend", backend], ps_note)
+         lambda p: [PROCSNAP_BIN, "--web.listen-address", f"127.0.0.1:{p}", "--backend", backend] + extra, ps_note)
     http("procsnap_per_process",
          lambda p: [PROCSNAP_BIN, "--web.listen-address", f"127.0.0.1:{p}", "--config.path", cfg_per_process,
-                    "--backend", backend], ps_note)
+                    "--backend", backend] + extra, ps_note)
     http("pe_grouped",
          lambda p: [PE_BIN, "-web.listen-address", f"127.0.0.1:{p}", "-config.path", cfg_grouped],
          "process-exporter defaults (-threads, -gather-smaps, -children)")
@@ -573,6 +596,9 @@ def summarize(c: Contender, nprocs: int) -> dict:
         "cpu_ms_per_scrape": statistics.mean(cpus) * 1000,
         "cpu_over_wall": sum(cpus) / sum(walls) if sum(walls) > 0 else None,
         "peak_rss_mb": c.rss_kb / 1024 if c.rss_kb is not None else None,
+        "peak_charged_mib": mib(c.mem.get("peak")),
+        "kernel_charged_mib": mib(c.mem.get("kernel_peak")),
+        "memcg": memcg_summary(c),
         "series": c.series,
         "procs_seen": c.samples[-1].procs if c.samples[-1].procs is not None else nprocs,
         "startup_seconds": c.startup_seconds,
@@ -584,9 +610,92 @@ def summarize(c: Contender, nprocs: int) -> dict:
     return out
 
 
+def memcg_summary(c: Contender) -> dict:
+    """The charged figures of c's cgroup in MiB, or why there are none."""
+    if not c.mem:
+        return {"error": c.mem_reason or "not measured"}
+    out = {}
+    for k, v in c.mem.items():
+        if k != "scrapes" and isinstance(v, int):
+            out[k + "_mib"] = mib(v)
+        else:
+            out[k] = v
+    if c.mem_reason:
+        out["error"] = c.mem_reason
+    return out
+
+
+def mem_after_warmup(c: Contender) -> None:
+    """Charged so far (start-up + the warm-up scrape); then start a new peak for the rounds."""
+    cg, path = c.cgroups, c.cgroup
+    if cg is None or path is None or c.mem_reason or not c.alive():
+        return
+    c.mem["version"] = cg.version
+    c.mem["cgroup"] = path
+    c.mem["warmup_peak"] = cg.peak(path)
+    c.mem["warmup_kernel_peak"] = cg.kernel_peak(path)
+    c.mem["warmup_usage"] = cg.usage(path)
+    c.mem["warmup_kernel"] = cg.kernel(path)
+    if not cg.reset_peak(path):
+        c.mem["reset"] = "peak not resettable here (cgroup v2 needs Linux >= 6.12): no separate peak over the rounds"
+    mem_sample(c)
+
+
+def mem_sample(c: Contender) -> None:
+    """cgroup v2 keeps no kernel peak: sample the kernel part after each scrape instead."""
+    cg, path = c.cgroups, c.cgroup
+    if cg is None or path is None or cg.version != "v2" or "warmup_peak" not in c.mem:
+        return
+    k = cg.kernel(path)
+    if k is not None:
+        c.mem["kernel_sampled_max"] = max(k, c.mem.get("kernel_sampled_max") or 0)
+
+
+def _max(*values) -> Optional[int]:
+    present = [v for v in values if v is not None]
+    return max(present) if present else None
+
+
+def mem_after_rounds(c: Contender) -> None:
+    """Peak charged over start-up, warm-up and the rounds; its kernel part; usage at the end."""
+    cg, path = c.cgroups, c.cgroup
+    if cg is None or path is None or "warmup_peak" not in c.mem:
+        return
+    if c.mem_reason:  # a restart did not join the cgroup: the figures would miss it
+        c.mem.clear()
+        return
+    mem_sample(c)
+    m = c.mem
+    m["scrapes"] = 1 + len(c.samples)  # the warm-up and the recorded ones
+    rounds_peak = cg.peak_since_reset(path) if "reset" not in m else None
+    m["rounds_peak"] = rounds_peak
+    if cg.version == "v1":  # the reset lowered the counter: the peak is the larger of the two halves
+        m["peak"] = _max(m["warmup_peak"], cg.peak(path))
+        m["kernel_peak"] = _max(m["warmup_kernel_peak"], cg.kernel_peak(path))
+        m["kernel_source"] = "memory.kmem.max_usage_in_bytes (peak of the kernel part alone)"
+    else:  # memory.peak read afresh ignores the per-fd reset
+        m["peak"] = cg.peak(path)
+        m["kernel_peak"] = m.get("kernel_sampled_max")
+        m["kernel_source"] = "memory.stat kernel, largest value sampled after each scrape"
+    m["end_usage"] = cg.usage(path)
+    m["end_kernel"] = cg.kernel(path)
+    m["end_anon"], m["end_file"] = cg.anon_file(path)
+    if c.crashes:
+        m["note"] = "the process was restarted: figures span all its lives (their kernel charges stay)"
+
+
 def bench_size(n: int, args, env: dict, workdir: str, floor_bin: Optional[str], deadline: float) -> dict:
     wanted = set(args.contenders)
     contenders = make_contenders(workdir, floor_bin, env, wanted)
+    cgroups: Optional[MemCgroups] = env.get("memcg")
+    for c in contenders:
+        c.cgroups = cgroups
+        if cgroups is None or not cgroups.available:
+            c.mem_reason = cgroups.reason if cgroups else "not measured"
+            continue
+        c.cgroup = cgroups.create(f"n{n}-{c.key}")
+        if c.cgroup is None:
+            c.mem_reason = cgroups.reason
 
     def start_with_retries(c: Contender) -> None:
         """Start c; a peer may die at start on a transient process (e.g. process-exporter
@@ -673,9 +782,14 @@ def bench_size(n: int, args, env: dict, workdir: str, floor_bin: Optional[str], 
                 c.series = s.series
             if record:
                 c.samples.append(s)
+            mem_sample(c)
 
         for c in live:  # warm-up scrape, not recorded
             one(c, record=False)
+        # dentries/inodes go to the first process that looks them up: this order matters
+        result["warmup_order"] = [c.key for c in live]
+        for c in live:
+            mem_after_warmup(c)
         busy0 = cpu_busy()
         rounds_t0 = time.monotonic()
         result["loadavg_before"] = os.getloadavg()
@@ -701,6 +815,7 @@ def bench_size(n: int, args, env: dict, workdir: str, floor_bin: Optional[str], 
                 c.rss_kb = status_kb(c.pid, "VmHWM")
                 if c.crashes:
                     c.note = (c.note + "; " if c.note else "") + "peak RSS of the last restart"
+            mem_after_rounds(c)  # before strace: its phase is not part of the figure
         if not args.no_strace:
             if not shutil.which("strace"):
                 log("  strace not installed: no syscall counts (make tools installs it)")
@@ -719,6 +834,10 @@ def bench_size(n: int, args, env: dict, workdir: str, floor_bin: Optional[str], 
     finally:
         for c in contenders:
             c.stop()
+            if cgroups is not None and c.cgroup:
+                why = cgroups.remove(c.cgroup)
+                if why:
+                    log(f"  {c.key}: {why}")
     return result
 
 
@@ -767,6 +886,8 @@ def evaluate(size: dict) -> tuple:
     target("procsnap_grouped: peak RSS <= 45 MB", get("procsnap_grouped", "peak_rss_mb"), 45, "<=", " MB")
     target("procsnap_per_process: peak RSS <= process-exporter per-process",
            get("procsnap_per_process", "peak_rss_mb"), get("pe_per_process", "peak_rss_mb"), "<=", " MB")
+    target("procsnap_grouped peak charged <= pe_grouped peak charged",
+           get("procsnap_grouped", "peak_charged_mib"), get("pe_grouped", "peak_charged_mib"), "<=", " MiB")
     for key in ("procsnap_grouped", "procsnap_per_process"):
         target(f"{key}: CPU per scrape <= 1.1x wall", get(key, "cpu_over_wall"), 1.1, "<=", "x")
     return ratios, targets
@@ -787,6 +908,54 @@ def verdict(ok) -> str:
     return "–" if ok is None else ("PASS" if ok else "FAIL")
 
 
+def memcg_line(results: dict) -> str:
+    mc = results.get("memcg")
+    if not mc:
+        return ""
+    if mc.get("error"):
+        return f"Peak charged: {mc['error']}."
+    return f"Cgroup {mc['version']}, one child of {mc['parent']} per contender and size."
+
+
+def memcg_section(size: dict, measured: bool) -> list:
+    """The charged memory in detail, and what it depends on (who touched /proc first)."""
+    cs = size.get("contenders", {})
+    rows = []
+    for key in ORDER:
+        c = cs.get(key) or {}
+        mc = c.get("memcg") or {}
+        if c.get("skipped") or "peak_mib" not in mc:
+            if measured and not c.get("skipped") and mc.get("error"):
+                rows.append(f"| {key} | {one_line(mc['error'], 100)} | | | | | |")
+            continue
+        rows.append(f"| {key} | {mc.get('scrapes', '?')} | {fmt(mc.get('warmup_peak_mib'))} | "
+                    f"{fmt(mc.get('rounds_peak_mib'))} | {fmt(mc.get('peak_mib'))} | "
+                    f"{fmt(mc.get('end_usage_mib'))} / {fmt(mc.get('end_kernel_mib'))} | "
+                    f"{fmt(mc.get('end_anon_mib'))} / {fmt(mc.get('end_file_mib'))} |")
+    if not rows:
+        return []
+    any_mc = next((cs[k]["memcg"] for k in ORDER if "peak_mib" in ((cs.get(k) or {}).get("memcg") or {})), {})
+    out = [
+        "| memory charged to the cgroup | scrapes | peak MiB, start + warm-up scrape | peak MiB over the rounds | "
+        "peak MiB, all | at end MiB: total / kernel | at end MiB: anon / page cache |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ] + rows + [""]
+    order = size.get("warmup_order") or []
+    out.append(
+        "Kernel part of the peak: " + (any_mc.get("kernel_source") or "?") + ". "
+        "Dentries and inodes are charged to the process that first looks them up, page cache to the one that "
+        "first reads a file; nothing is dropped between contenders (a shared machine), so a contender may find "
+        "/proc/PID dentries already cached by one before it and be charged less. Warm-up order (first toucher "
+        f"first): {', '.join(order) if order else '?'}. Counters batch charges per CPU (~0.25 MiB each).")
+    for key in ORDER:
+        mc = (cs.get(key) or {}).get("memcg") or {}
+        for k in ("reset", "note"):
+            if mc.get(k):
+                out.append(f"- {key}: {mc[k]}")
+    out.append("")
+    return out
+
+
 def markdown(results: dict) -> str:
     m = results["machine"]
     lines = [
@@ -796,11 +965,15 @@ def markdown(results: dict) -> str:
         f"Python {m['python']}, psutil {m['psutil']}, process-exporter {m['process_exporter']}. "
         f"procsnap {m['procsnap_commit']}. Run {results['started']} "
         f"({results['duration_seconds']:.0f} s; {results['args']['rounds']} interleaved rounds after a warm-up; "
-        f"`bench/run.py {' '.join(results['argv'])}`).",
+        f"`bench/run.py {shlex.join(results['argv'])}`).",
         "",
         "Scrape time is the wall time of GET /metrics (HTTP contenders) or of one iteration (floor, snapshot). "
         "CPU is utime+stime of the contender's process per scrape; RSS is its VmHWM; "
-        "syscalls come from a separate `strace -c -f` phase.",
+        "syscalls come from a separate `strace -c -f` phase. "
+        "Peak charged is the peak memory charged to the contender's own memory cgroup (joined before exec), "
+        "user + kernel, over its start-up, the warm-up scrape and the timed rounds; the kernel part "
+        "(kept-open /proc files' seq_file buffers and struct files, dentries, inodes, page tables) is what RSS "
+        f"does not show. {memcg_line(results)}",
         "",
     ]
     for note in results.get("notes", []):
@@ -818,23 +991,25 @@ def markdown(results: dict) -> str:
                          f"{size['loadavg_before'][0]:.1f} / {size['loadavg_after'][0]:.1f}.")
             lines.append("")
         anchors = ANCHORS_5000 if str(n) == "5000" else {}
-        head = "| contender | median ms | p95 ms | CPU ms/scrape | CPU/wall | peak RSS MB | series | syscalls/proc/scrape |"
+        head = ("| contender | median ms | p95 ms | CPU ms/scrape | CPU/wall | peak RSS MB | peak charged MiB | "
+                "of which kernel MiB | series | syscalls/proc/scrape |")
         if anchors:
             head += " anchor median ms |"
         lines.append(head)
-        lines.append("|---|" + "---:|" * (8 if anchors else 7))
+        lines.append("|---|" + "---:|" * (10 if anchors else 9))
         for key in ORDER:
             c = size.get("contenders", {}).get(key)
             if c is None:
                 continue
             if c.get("skipped"):
-                row = f"| {key} | skipped: {one_line(c['skipped'])} | | | | | | |"
+                row = f"| {key} | skipped: {one_line(c['skipped'])} |" + " |" * 8
                 if anchors:
                     row += " |"
                 lines.append(row)
                 continue
             row = (f"| {key} | {fmt(c['median_ms'])} | {fmt(c['p95_ms'])} | {fmt(c['cpu_ms_per_scrape'])} | "
-                   f"{fmt(c['cpu_over_wall'], 2)} | {fmt(c['peak_rss_mb'])} | {fmt(c['series'])} | "
+                   f"{fmt(c['cpu_over_wall'], 2)} | {fmt(c['peak_rss_mb'])} | {fmt(c.get('peak_charged_mib'))} | "
+                   f"{fmt(c.get('kernel_charged_mib'))} | {fmt(c['series'])} | "
                    f"{fmt(c['syscalls_per_proc_per_scrape'])} |")
             if anchors:
                 row += f" {fmt(anchors.get(key, {}).get('median_ms'))} |"
@@ -852,6 +1027,7 @@ def markdown(results: dict) -> str:
                 lines.append(f"- {key}: {one_line(c['error'])} (figures are from the scrapes before)")
         if any((size.get("contenders", {}).get(k) or {}).get(f) for k in ORDER for f in ("crashes", "error", "failed_scrapes")):
             lines.append("")
+        lines.extend(memcg_section(size, bool(results.get("memcg")) and not results["memcg"].get("error")))
         lines.append("| ratio | value |")
         lines.append("|---|---:|")
         for name, value in size.get("ratios", {}).items():
@@ -1002,6 +1178,12 @@ def probe_procsnap() -> tuple:
 
 
 def parse_args(argv) -> argparse.Namespace:
+    # `--procsnap-args "--flag=x"`: a value that starts with "--" would read as an option
+    argv = list(argv)
+    for i, a in enumerate(argv[:-1]):
+        if a == "--procsnap-args":
+            argv[i:i + 2] = [f"--procsnap-args={argv[i + 1]}"]
+            break
     ap = argparse.ArgumentParser(description="procsnap benchmark (make bench ARGS=...)")
     ap.add_argument("--sizes", default=None, help="comma-separated N of idle processes (default 500,2000,5000,10000)")
     ap.add_argument("--rounds", type=int, default=None, help="interleaved timed rounds per size (default 7; --quick 3)")
@@ -1012,7 +1194,13 @@ def parse_args(argv) -> argparse.Namespace:
                          "process-exporter scrape ~20x slower here, and the per-process count does not depend on N)")
     ap.add_argument("--no-gil", action="store_true", help="skip the GIL proof")
     ap.add_argument("--no-psutil-micro", action="store_true", help="skip reproducing psutil's oneshot/process_iter claims")
-    ap.add_argument("--contenders", default=",".join(ORDER), help="comma-separated subset of: " + ",".join(ORDER))
+    ap.add_argument("--contenders", "--only", dest="contenders", default=",".join(ORDER),
+                    help="run only these (comma-separated) of: " + ",".join(ORDER))
+    ap.add_argument("--procsnap-args", default="", metavar="ARGS",
+                    help='extra CLI flags appended to the procsnap contenders\' command lines, split like a shell '
+                         'would (e.g. --procsnap-args "--procfs.keep-open=off")')
+    ap.add_argument("--no-cgroups", action="store_true",
+                    help="do not run the contenders in their own memory cgroups (no peak charged memory)")
     ap.add_argument("--gil-size", type=int, default=None,
                     help="N for the GIL proof and the psutil claims (default 5000 if run, else the largest)")
     ap.add_argument("--out", default=os.path.join(HERE, "results"), help="directory for latest.json / latest.md")
@@ -1039,7 +1227,11 @@ def parse_args(argv) -> argparse.Namespace:
     args.contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
     unknown = set(args.contenders) - set(ORDER)
     if unknown:
-        ap.error(f"--contenders: unknown {', '.join(sorted(unknown))}")
+        ap.error(f"--contenders/--only: unknown {', '.join(sorted(unknown))}")
+    try:
+        args.procsnap_argv = shlex.split(args.procsnap_args)
+    except ValueError as e:
+        ap.error(f"--procsnap-args: {e}")
     return args
 
 
@@ -1087,7 +1279,17 @@ def main(argv=None) -> int:
     log(f"machine: {m['nproc']} CPUs, {m['cpu_model']}, Linux {m['kernel']}, Python {m['python']}")
 
     workdir = tempfile.mkdtemp(prefix="procsnap-bench-")
+    cgroups = None
     try:
+        if args.no_cgroups:
+            results["memcg"] = {"error": "not measured: --no-cgroups"}
+        else:
+            cgroups = MemCgroups()
+            results["memcg"] = {"version": cgroups.version, "parent": cgroups.parent,
+                                "error": None if cgroups.available else f"not measured: {cgroups.reason}"}
+        log(f"memory cgroups: {cgroups.describe() if cgroups else 'off (--no-cgroups)'}")
+        if args.procsnap_argv:
+            results["notes"].append(f"procsnap contenders run with extra args: `{shlex.join(args.procsnap_argv)}`")
         floor_bin, floor_reason = build_floor(workdir)
         if floor_reason:
             log(f"C floor unavailable: {floor_reason}")
@@ -1105,6 +1307,8 @@ def main(argv=None) -> int:
             "native": native,
             "procsnap_backend": "native" if native else "python",
             "floor_reason": floor_reason,
+            "procsnap_args": args.procsnap_argv,
+            "memcg": cgroups,
         }
         largest = None
         for n in args.sizes:
@@ -1139,6 +1343,9 @@ def main(argv=None) -> int:
             results["notes"].append("GIL proof not run: its size was skipped")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+        if cgroups is not None:
+            for why in cgroups.cleanup():
+                log(f"memory cgroups: {why}")
 
     results["duration_seconds"] = time.monotonic() - started_mono
     os.makedirs(args.out, exist_ok=True)
