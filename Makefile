@@ -14,15 +14,16 @@ all: build
 $(VENV)/.stamp: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
-	$(PIP) install -q -e '.[test,bench]'
+	# setuptools warns that an editable install is an editable install: nothing to act on
+	PYTHONWARNINGS=ignore $(PIP) install -q -e '.[test,bench]'
 	touch $@
 
 # Rebuild the extension when any C source changes.
-exporter/_collector.stamp: $(VENV)/.stamp $(wildcard exporter/native/*.c exporter/native/*.h)
+exporter/_reader.stamp: $(VENV)/.stamp $(wildcard exporter/native/*.c exporter/native/*.h)
 	$(PY) setup.py -q build_ext --inplace
 	touch $@
 
-build: exporter/_collector.stamp
+build: exporter/_reader.stamp
 
 run: build
 	$(VENV)/bin/procsnap $(ARGS)
@@ -46,4 +47,4 @@ freethreaded:
 	bash bench/freethreaded.sh
 
 clean:
-	rm -rf $(VENV) build *.egg-info exporter/*.so exporter/_collector.stamp
+	rm -rf $(VENV) build *.egg-info exporter/*.so exporter/_reader.stamp

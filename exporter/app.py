@@ -1,10 +1,15 @@
-"""The exporter: owns the snapshot Collector, the Grouper and the exposition, and runs
-one scrape (snapshot -> grouper step -> exposition) behind a single-flight gate.
+"""The exporter: owns the reader, the tracker, the grouper and the exposition, and runs
+one scrape (read -> tracker step -> grouper update -> exposition) behind a single-flight
+gate.
 
-Single-flight: a scrape that arrives while a snapshot is running does not start another
+Single-flight: a scrape that arrives while a reading is running does not start another
 one; it waits for the running one and gets the same :class:`ScrapeResult`. So the
-grouper advances exactly once per snapshot, however many scrapers there are, and
+grouper advances exactly once per reading, however many scrapers there are, and
 concurrent scrapers see identical values.
+
+A scrape is all or nothing: the tracker and the grouper compute their next state aside
+and keep it only when both succeeded, so an exception answers that scrape with an error
+and leaves the state for the next one as it was.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, Optional
+from typing import Optional
 
 from exporter import __version__
 from exporter.exposition import GroupRenderer, encode_families
@@ -33,17 +38,16 @@ class _Flight:
 
 
 class Exporter:
-    """snapshot source + grouper + renderer.
+    """reader + tracker + grouper + renderer.
 
-    ``collector`` has ``snapshot() -> Snapshot`` (exporter.collector.Collector);
-    ``grouper_factory(config)`` returns an object with ``update(snapshot) -> [GroupStats]``.
+    ``tracker`` is an :class:`exporter.tracker.Tracker` (it holds the reader);
+    ``grouper`` has ``update(step) -> [GroupStats]`` and ``reload(config)``.
     """
 
-    def __init__(self, collector, config, grouper_factory: Callable, version: str = __version__):
-        self.collector = collector
-        self.config = config
-        self._grouper_factory = grouper_factory
-        self._grouper = grouper_factory(config)
+    def __init__(self, tracker, grouper, version: str = __version__):
+        self.tracker = tracker
+        self.reader = tracker.reader
+        self.grouper = grouper
         self._read_errors: dict = {}
         self._gate = threading.Lock()  # guards _inflight
         self._step = threading.Lock()  # one snapshot + grouper step (or a reload) at a time
@@ -59,12 +63,14 @@ class Exporter:
     def _run(self) -> ScrapeResult:
         with self._step:
             t0 = time.perf_counter()
-            snap = self.collector.snapshot()
-            groups = self._grouper.update(snap)
+            step = self.tracker.step(self.reader.read())
+            groups = self.grouper.update(step)  # on an exception nothing is committed
+            self.tracker.commit(step)
             duration = time.perf_counter() - t0
-            for reason, count in snap.errors.items():
-                self._read_errors[reason] = self._read_errors.get(reason, 0) + count
-            result = ScrapeResult(list(groups), len(snap.processes), duration, dict(self._read_errors), snap.timestamp)
+            errors = self._read_errors
+            for reason, count in step.errors.items():
+                errors[reason] = errors.get(reason, 0) + count
+            result = ScrapeResult(groups, len(step.records), duration, dict(errors))
             self.last = result
             return result
 
@@ -116,15 +122,10 @@ class Exporter:
 
     def reload(self, config) -> None:
         """Use a new config from the next scrape on. The grouper re-matches every process
-        and keeps the totals of group names that survive (a grouper without ``reload``
-        is replaced, its counters restart)."""
+        and keeps the totals of group names that survive."""
         with self._step:
-            if hasattr(self._grouper, "reload"):
-                self._grouper.reload(config)
-            else:
-                self._grouper = self._grouper_factory(config)
-            self.config = config
+            self.grouper.reload(config)
 
     def close(self) -> None:
-        self.collector.close()
+        self.reader.close()
 

@@ -71,6 +71,15 @@ def parse_path(text: str) -> str:
     return text
 
 
+def parse_keep_open(text: str) -> str:
+    from exporter.reader import parse_keep_open as parse
+
+    try:
+        return parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def parse_choice(choices: Sequence[str]) -> Callable[[str], str]:
     def parse(text: str) -> str:
         value = text.strip().lower()
@@ -126,6 +135,16 @@ FLAGS = (
         "procfs mount to read processes from (a fake tree works, for tests).",
         metavar="DIR",
         aliases=("--procfs",),
+    ),
+    _Flag(
+        "procfs.keep-open",
+        "auto",
+        parse_keep_open,
+        "Keep /proc/PID/{stat,status,io} open between scrapes for this many processes: "
+        "'auto' (the first 1000: most of the speed, about 16 MiB of kernel memory), 'all' "
+        "(fastest; each process pins about 16 KiB of kernel memory), 'off', or a number. "
+        "Capped by the open-files limit.",
+        metavar="{auto,all,off,N}",
     ),
     _Flag(
         "children",
@@ -274,7 +293,7 @@ def parse_args(argv: Optional[Sequence[str]] = None, environ=None) -> argparse.N
 
 
 def raise_nofile_limit() -> None:
-    """Soft RLIMIT_NOFILE up to the hard limit: the native collector keeps files open."""
+    """Soft RLIMIT_NOFILE up to the hard limit: the native reader keeps files open."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = hard
     if hard == resource.RLIM_INFINITY:
@@ -315,25 +334,37 @@ def _config_error_line(e: BaseException, path) -> str:
 
 
 def _choose_backend(requested: str) -> str:
-    from exporter.collector import native_available
+    from exporter.reader import native_available
 
     if requested == "native" and not native_available():
-        log.warning("the native collector (exporter._collector) is not built; using the python backend")
+        log.warning("the native reader (exporter._reader) is not built; using the python backend")
         return "python"
     return requested
+
+
+# With the default config (one group per comm), a group that stays empty this long is
+# dropped: short-lived uniquely named processes must not pile up series for good.
+DEFAULT_CONFIG_EMPTY_GRACE = 300.0
 
 
 def make_exporter(args, config):
     from exporter.app import Exporter
     from exporter.grouper import Grouper
-    from exporter.collector import Collector
+    from exporter.hostfacts import HostFacts
+    from exporter.reader import Reader
+    from exporter.tracker import Tracker
 
-    collector = Collector(args.path_procfs, _choose_backend(args.backend))
-    return Exporter(
-        collector,
+    facts = HostFacts(procfs=args.path_procfs)
+    reader = Reader(args.path_procfs, _choose_backend(args.backend), facts.page_size, args.procfs_keep_open)
+    grouper = Grouper(
         config,
-        lambda cfg: Grouper(cfg, children=args.children, remove_empty_groups=args.remove_empty_groups),
+        facts.clock_ticks,
+        facts.boot_time,
+        children=args.children,
+        remove_empty_groups=args.remove_empty_groups,
+        empty_grace_seconds=DEFAULT_CONFIG_EMPTY_GRACE if args.config_path is None else None,
     )
+    return Exporter(Tracker(reader, facts), grouper)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -356,10 +387,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         exporter = make_exporter(args, config)
         first = exporter.scrape()
-    except OSError as e:
-        return _die(f"cannot read procfs {args.path_procfs}: {e.strerror or e}", 1)
-    except ValueError as e:
-        return _die(f"cannot read procfs {args.path_procfs}: {e}", 1)
+    except (OSError, ValueError) as e:
+        return _die(_procfs_problem(e, args.path_procfs), 1)
     log.debug("first snapshot: %d processes, %d groups", first.processes, len(first.groups))
     # What start-up made (modules, config, the first snapshot's static facts) lives on:
     # keep it out of the cyclic GC's full collections, which run during scrapes.
@@ -370,22 +399,36 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return _serve(exporter, args)
 
 
+def _procfs_problem(e: BaseException, procfs: str) -> str:
+    """One line on why the procfs root cannot be read (the message names the file)."""
+    detail = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+    return f"{detail} (--path.procfs {procfs})"
+
+
 def _print_once(exporter, args) -> int:
     # The first snapshot is taken; with a delay, a second one that far apart is printed.
     if args.once_delay > 0:
-        time.sleep(args.once_delay)
+        try:
+            time.sleep(args.once_delay)
+        except KeyboardInterrupt:
+            return _die("interrupted during --once.delay; nothing printed", 130)
         try:
             exporter.scrape()
         except (OSError, ValueError) as e:
-            return _die(f"cannot read procfs {args.path_procfs}: {getattr(e, 'strerror', None) or e}", 1)
+            return _die(_procfs_problem(e, args.path_procfs), 1)
     output = b"".join(exporter.exposition(scrape=False))  # the snapshot already taken
     exporter.close()
     try:
         sys.stdout.buffer.write(output)
         sys.stdout.flush()
+        return 0
     except BrokenPipeError:  # `procsnap --once | head`: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return 0
+        status = 0
+    except OSError as e:  # a full disk, /dev/full
+        status = _die(f"cannot write the exposition to stdout: {e.strerror or e}", 1)
+    # stdout still holds the unwritten bytes: let the exit flush go nowhere
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return status
 
 
 def _serve(exporter, args) -> int:
@@ -420,7 +463,7 @@ def _serve(exporter, args) -> int:
         __version__,
         f"[{host}]:{server.port}" if ":" in host else f"{host}:{server.port}",
         args.web_telemetry_path,
-        exporter.collector.backend,
+        exporter.reader.backend,
     )
     try:
         while not pending["stop"]:

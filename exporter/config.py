@@ -184,6 +184,11 @@ class Config:
         are left out: their comms churn (kworker/u8:0-events) and would pile up series."""
         return cls([Matcher(compile_template("{{.Comm}}"), user_space_only=True, where="default config")])
 
+    @property
+    def literal_names(self) -> frozenset:
+        """Group names the config gives whatever the process (templates without fields)."""
+        return frozenset(m.template.source for m in self.matchers if not m.template.fields)
+
     def match(self, process):
         """(matcher, captures) of the first matcher that matches, or (None, None)."""
         for matcher in self.matchers:

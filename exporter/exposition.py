@@ -6,7 +6,7 @@ namedprocess_namegroup_* samples are written straight from GroupStats: each grou
 text is escaped once and kept while the group lives, each family's HELP/TYPE header is
 rendered once per format by prometheus_client itself, and values are formatted by its
 ``floatToGoString``. The result is byte for byte what prometheus_client's encoders give
-for :func:`exporter.families.group_families` (the tests hold the two equal), in the
+for the same families built as prometheus_client objects (the tests hold the two equal), in the
 Prometheus text format or OpenMetrics; the few other families (procsnap's own, the
 process/platform/gc collectors) still go through prometheus_client's encoders.
 """

@@ -10,16 +10,16 @@ Next to them, procsnap's own metrics: ``procsnap_scrape_duration_seconds``,
 ``procsnap_processes``, ``procsnap_read_errors_total{reason}`` and
 ``procsnap_build_info{version}``.
 
-This module only renders: it never reads /proc and keeps no state between scrapes. The
-:class:`ProcsnapCollector` asks a *source* (a callable, in practice
-``Exporter.scrape`` from :mod:`exporter.app`) for the current :class:`ScrapeResult`.
+This module only describes and renders: it never reads /proc and keeps no state between
+scrapes. The group families are written by :mod:`exporter.exposition` from the
+:data:`GROUP_FAMILIES` specs; the others through prometheus_client's encoders.
 """
 
 from __future__ import annotations
 
 import os
 from operator import attrgetter
-from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Sequence
+from typing import Callable, Iterable, NamedTuple, Optional, Sequence
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -36,7 +36,6 @@ class ScrapeResult(NamedTuple):
     processes: int  # processes seen in the snapshot
     duration_seconds: float  # snapshot + grouping
     read_errors: dict  # reason -> count, accumulated over all snapshots so far
-    timestamp: float  # epoch seconds when the snapshot started
 
 
 class FamilySpec(NamedTuple):
@@ -120,23 +119,6 @@ def empty_family(spec: FamilySpec) -> Metric:
     return kind(PREFIX + spec.name, spec.help, labels=["groupname"] + ([spec.label] if spec.label else []))
 
 
-def group_families(groups: Sequence, keep_empty: bool = False) -> list:
-    """The namedprocess_namegroup_* families for a list of GroupStats (in that order), as
-    prometheus_client objects. Families without samples are dropped unless ``keep_empty``.
-    (The server writes the same bytes faster with :mod:`exporter.exposition`.)"""
-    families = []
-    for spec in GROUP_FAMILIES:
-        family = empty_family(spec)
-        for g in groups:
-            for label_value, get in spec.parts:
-                value = get(g)
-                if value is not None:
-                    family.add_metric([g.name] if spec.label is None else [g.name, label_value], float(value))
-        if family.samples or keep_empty:
-            families.append(family)
-    return families
-
-
 def self_families(result: Optional[ScrapeResult], version: str, keep_empty: bool = False) -> list:
     """procsnap's own metrics. ``result`` is None when the snapshot failed."""
     families = []
@@ -167,26 +149,6 @@ def self_families(result: Optional[ScrapeResult], version: str, keep_empty: bool
     build.add_metric([version], 1.0)
     families.append(build)
     return [f for f in families if f.samples or keep_empty]
-
-
-class ProcsnapCollector:
-    """A prometheus_client custom collector: every ``collect()`` (one per exposition)
-    asks ``source`` for the current ScrapeResult and yields its families."""
-
-    def __init__(self, source: Callable[[], ScrapeResult], version: str):
-        self._source = source
-        self._version = version
-
-    def collect(self) -> Iterator[Metric]:
-        result = self._source()
-        yield from group_families(result.groups)
-        yield from self_families(result, self._version)
-
-    def describe(self) -> Iterable[Metric]:
-        """The families without samples: lets the registry know our names (for
-        ``?name[]=`` filtering and clash checks) without taking a snapshot."""
-        empty = ScrapeResult((), 0, 0.0, {}, 0.0)
-        return group_families((), keep_empty=True) + self_families(empty, self._version, keep_empty=True)
 
 
 class SelfProcessCollector(ProcessCollector):
@@ -242,10 +204,3 @@ def runtime_registry() -> CollectorRegistry:
     GCCollector(registry=registry)
     return registry
 
-
-def build_registry(collector) -> CollectorRegistry:
-    """The runtime registry plus ``collector`` (a ProcsnapCollector): the plain
-    prometheus_client way to serve procsnap, e.g. from an application's own registry."""
-    registry = runtime_registry()
-    registry.register(collector)
-    return registry

@@ -1,23 +1,33 @@
 """Grouper: maps tracked processes to named groups and accumulates their metrics.
 
-Each identity is matched against the config once (again after exec) and keeps its group
-name. With ``children`` on, a process that no matcher names joins the group of its
-nearest named ancestor, found through the ppid map of the same snapshot.
+Each identity is matched against the config once (again after an exec or a reload) and
+keeps its group name. With ``children`` on, a process that no matcher names joins the
+group of its nearest named ancestor, found through the ppid map of the same reading.
 
-Counters. A group's counter is ``base + sum of its members' cumulative values``; when a
-member exits, its last values move into ``base``, so totals never go down when members
-or threads exit or pids are reused, and nothing has to be kept per process. Processes
-already running at the first snapshot start from 0 (their past is not the group's
-history, as in process-exporter); processes that start later count in full. An exec'd
-process that changes group counts in the new one only from then on. A reported counter
-is also clamped to never decrease (a member turning unreadable must not take it down).
+Counters. A group's counter is ``base + the sum of its members' current values``. A
+member joins with a baseline (``base -= baseline``) and leaves with its last values
+(``base += last``), so:
+
+* processes already running at the first reading count from then (their past is not the
+  group's history, as in process-exporter), and so does a process whose past procsnap
+  could not see (unreadable until now); a process that started since the last reading
+  counts in full;
+* a process that moves (exec, or a reload that names it differently) leaves its old group
+  with its values at the last reading and joins the new one with the same values: the
+  growth since the last reading counts once, in the new group;
+* a counter that becomes readable for the first time counts from then (``Step.readable``);
+* a reported counter never decreases and is never negative.
+
+CPU is summed in clock ticks (exact integers) and shown in seconds.
 
 Empty groups keep their counters (rates stay continuous) unless their name is per
-process ({{.PID}}, {{.StartTime}}) or ``remove_empty_groups`` is set: then they are
-dropped, so series do not pile up with churn.
+process ({{.PID}}, {{.StartTime}}) or ``remove_empty_groups`` is set: then they go at
+once. A group of the default config (one per comm) goes after ``empty_grace_seconds``
+empty, so churning comms do not pile up series. After a reload, a group without members
+goes unless the new config names it literally.
 
-Per-process Python work is limited to what changed (started, exec'd, exited); the rest is
-column sums over the snapshot's records.
+``update()`` works on copies and swaps them in at the end: an exception leaves the
+grouper as it was before that reading.
 """
 
 from __future__ import annotations
@@ -27,8 +37,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from exporter.config import Facts
-from exporter.collector import FIELDS
-from exporter.tracker import Tracker
+from exporter.reader import F
 
 # process-exporter's state buckets, from the one-letter stat state.
 STATE_NAMES = ("Running", "Sleeping", "Waiting", "Zombie", "Other")
@@ -38,8 +47,8 @@ _NO_MATCH = object()
 
 # cumulative per-process counters, and per-process gauges summed over a group
 COUNTERS = (
-    "cpu_user_seconds",
-    "cpu_system_seconds",
+    "utime_ticks",
+    "stime_ticks",
     "read_bytes",
     "write_bytes",
     "major_faults",
@@ -48,12 +57,10 @@ COUNTERS = (
     "ctx_nonvoluntary",
 )
 GAUGE_SUMS = ("rss_bytes", "vms_bytes", "swap_bytes", "open_fds", "num_threads")
-_COUNTER_AT = tuple(FIELDS.index(n) for n in COUNTERS)
-_GAUGE_AT = tuple(FIELDS.index(n) for n in GAUGE_SUMS)
-_FLOAT_COUNTERS = frozenset(i for i, n in enumerate(COUNTERS) if n.startswith("cpu_"))
-_OPEN_FDS, _MAX_FDS, _START_TIME, _STATE = (
-    FIELDS.index(n) for n in ("open_fds", "max_fds", "start_time_seconds", "state")
-)
+_COUNTER_AT = tuple(F[n] for n in COUNTERS)
+_COUNTER_INDEX = {at: i for i, at in enumerate(_COUNTER_AT)}
+_GAUGE_AT = tuple(F[n] for n in GAUGE_SUMS)
+_OPEN_FDS, _START, _STATE, _PPID = F["open_fds"], F["start_ticks"], F["state"], F["ppid"]
 
 
 @dataclass(slots=True)
@@ -83,106 +90,157 @@ class GroupStats:
     states: dict = field(default_factory=lambda: dict.fromkeys(STATE_NAMES, 0))
 
 
-class _Group:
-    __slots__ = ("name", "per_process", "base", "reported", "members")
+class Grouper:
+    def __init__(self, config, clock_ticks: int, boot_time: float, children: bool = True,
+                 remove_empty_groups: bool = False, empty_grace_seconds: Optional[float] = None):
+        self.config = config
+        self.clock_ticks = clock_ticks
+        self.boot_time = boot_time
+        self.children = children
+        self.remove_empty_groups = remove_empty_groups
+        self.empty_grace_seconds = empty_grace_seconds
+        self.group_of: dict = {}  # identity -> group name, or None (not exported)
+        self.base: dict = {}  # name -> [counter] (exited members' last values - baselines)
+        self.reported: dict = {}  # name -> (last reported counter totals; None: never read)
+        self.per_process: dict = {}  # name -> the name differs for every process
+        self.empty_since: dict = {}  # name -> timestamp of the first reading it was empty at
+        self._reload = None  # a config to switch to at the next update
 
-    def __init__(self, name: str, per_process: bool):
-        self.name = name
-        self.per_process = per_process
-        self.base = [0] * len(COUNTERS)  # exited members' last values, minus baselines
-        self.reported = [None] * len(COUNTERS)  # last reported totals (None: never readable)
-        self.members = []  # this snapshot's processes
+    def reload(self, config) -> None:
+        """Use a new config from the next update: every identity is matched again; group
+        totals are kept for names that survive."""
+        self._reload = config
 
-    def shift_base(self, process, sign: int) -> None:
-        base = self.base
+    def update(self, step) -> list:
+        """Advance by one tracker step; return [GroupStats] sorted by name."""
+        work = _Update(self, step)
+        stats = work.run()
+        work.commit()
+        return stats
+
+
+class _Update:
+    """One update's working copies of the grouper's state."""
+
+    def __init__(self, grouper: Grouper, step):
+        self.g = grouper
+        self.step = step
+        self.config = grouper._reload or grouper.config
+        self.group_of = dict(grouper.group_of)
+        self.base = dict(grouper.base)
+        self.copied: set = set()  # names whose base list is this update's own copy
+        self.per_process = dict(grouper.per_process)
+        self.empty_since = dict(grouper.empty_since)
+        self.reported: dict = {}
+
+    def own_base(self, name) -> list:
+        """The group's base list, copied before this update's first change to it."""
+        base = self.base[name]
+        if name not in self.copied:
+            base = self.base[name] = list(base)
+            self.copied.add(name)
+        return base
+
+    def shift(self, name, record, sign: int) -> None:
+        if name is None:
+            return
+        base = self.own_base(name)
         for i, at in enumerate(_COUNTER_AT):
-            value = process[at]
+            value = record[at]
             if value is not None:
                 base[i] += sign * value
 
+    def run(self) -> list:
+        step, group_of = self.step, self.group_of
+        reloading = self.g._reload is not None
 
-class Grouper:
-    def __init__(self, config, children: bool = True, remove_empty_groups: bool = False):
-        self.config = config
-        self.children = children
-        self.remove_empty_groups = remove_empty_groups
-        self.tracker = Tracker()
-        self.groups: dict = {}  # name -> _Group
-        self.group_of: dict = {}  # identity -> group name, or None (not exported)
-        self._rematch = False
+        for identity, last in step.exited:
+            self.shift(group_of.pop(identity, None), last, +1)
 
-    def reload(self, config) -> None:
-        """Use a new config: every identity is matched again at the next update; group
-        totals are kept for names that survive."""
-        self.config = config
-        self._rematch = True
-
-    def update(self, snapshot) -> list:
-        """Advance by one snapshot; return [GroupStats] sorted by name."""
-        processes = snapshot.processes
-        changes = self.tracker.update(processes)
-        group_of, groups = self.group_of, self.groups
-
-        for identity, last in changes.exited:
+        # identities to match again: exec'd ones, and every known one on a reload
+        again = list(group_of) if reloading else step.execed
+        moved = []
+        for identity in again:
+            previous = step.previous.get(identity)
             name = group_of.pop(identity, None)
-            if name is not None and name in groups:
-                groups[name].shift_base(last, +1)
-
-        moved = []  # (identity, previous record) of exec'd members that left a group
-        if self._rematch:
-            self._rematch = False
-            execed = [(k, self.tracker.records[k]) for k in group_of]
-        else:
-            execed = changes.execed
-        for identity, previous in execed:
-            name = group_of.pop(identity, None)
-            if name is not None and name in groups:
-                groups[name].shift_base(previous, +1)
+            if previous is not None:
+                self.shift(name, previous, +1)
                 moved.append((identity, previous))
 
-        if changes.started or execed:  # identities without a group yet
-            self._assign_all(changes.identities, processes)
-        if changes.first:  # processes already running start from 0
-            for identity, p in zip(changes.identities, processes):
-                name = group_of[identity]
-                if name is not None:
-                    groups[name].shift_base(p, -1)
-        for identity, previous in moved:  # count only from the exec on
-            name = group_of[identity]
-            if name is not None:
-                groups[name].shift_base(previous, -1)
+        records, identities = step.records, step.identities
+        if step.started or again:
+            self.assign(identities, records)
 
-        for group in groups.values():
-            group.members = []
-        for name, p in zip(map(group_of.__getitem__, changes.identities), processes):
+        position = None
+        for identity in step.started:
+            if identity in step.from_now:
+                if position is None:
+                    position = {identity: i for i, identity in enumerate(identities)}
+                self.shift(group_of[identity], records[position[identity]], -1)
+        for identity, previous in moved:  # the growth since the last reading counts here
+            self.shift(group_of[identity], previous, -1)
+        for identity, at, value in step.readable:
+            name = group_of.get(identity)
             if name is not None:
-                groups[name].members.append(p)
+                self.own_base(name)[_COUNTER_INDEX[at]] -= value
+
+        members: dict = {}
+        for i, name in enumerate(map(group_of.__getitem__, identities)):
+            if name is not None:
+                members.setdefault(name, []).append(i)
 
         stats = []
-        for name in sorted(groups):
-            group = groups[name]
-            if not group.members and (group.per_process or self.remove_empty_groups):
-                del groups[name]
+        for name in sorted(self.base):
+            idx = members.get(name)
+            if idx is None and self.drop(name, reloading):
                 continue
-            stats.append(_stats(group))
+            if idx is None:
+                self.empty_since.setdefault(name, step.timestamp)
+            else:
+                self.empty_since.pop(name, None)
+            stats.append(self.stats(name, idx or ()))
         return stats
+
+    def drop(self, name, reloading: bool) -> bool:
+        """Forget an empty group? (its counters restart if the name comes back)"""
+        g = self.g
+        since = self.empty_since.get(name, self.step.timestamp)
+        literal = name in self.config.literal_names
+        gone = (
+            self.per_process[name]
+            or g.remove_empty_groups
+            or (reloading and not literal)
+            or (g.empty_grace_seconds is not None and self.step.timestamp - since >= g.empty_grace_seconds)
+        )
+        if gone:
+            del self.base[name]
+            del self.per_process[name]
+            self.empty_since.pop(name, None)
+        return gone
+
+    def commit(self) -> None:
+        g = self.g
+        if g._reload is not None:
+            g.config, g._reload = self.config, None
+        g.group_of, g.base, g.reported = self.group_of, self.base, self.reported
+        g.per_process, g.empty_since = self.per_process, self.empty_since
 
     # -- assignment ------------------------------------------------------------------
 
-    def _assign_all(self, identities, processes) -> None:
+    def assign(self, identities, records) -> None:
         group_of = self.group_of
-        by_pid = None  # pid -> (identity, process), built only if an ancestry walk needs it
-        for identity, p in zip(identities, processes):
+        procs = self.step.procs
+        by_pid = None  # pid -> (identity, record), built only if an ancestry walk needs it
+        for identity, rec in zip(identities, records):
             if identity in group_of:
                 continue
-            name = self._match(identity, p)
-            if name is not _NO_MATCH:
+            if self.match(identity, procs[identity]) is not _NO_MATCH:
                 continue
             if by_pid is None:
-                by_pid = {identity[0]: (identity, p) for identity, p in zip(identities, processes)}
-            self._inherit(identity, p, by_pid)
+                by_pid = {i[0]: (i, r) for i, r in zip(identities, records)}
+            self.inherit(identity, rec, by_pid)
 
-    def _match(self, identity, p):
+    def match(self, identity, p):
         """Name the identity by its own first matching matcher, or return _NO_MATCH."""
         matcher, captures = self.config.match(p)
         if matcher is None:
@@ -191,67 +249,77 @@ class Grouper:
             Facts(p.comm, p.cmdline or (), p.username, p.pid, p.start_time_seconds, p.cgroup, captures)
         )
         self.group_of[identity] = name
-        if name not in self.groups:
-            self.groups[name] = _Group(name, matcher.template.per_process)
+        if name not in self.base:
+            self.base[name] = [0] * len(COUNTERS)
+            self.copied.add(name)
+            self.per_process[name] = matcher.template.per_process
         return name
 
-    def _inherit(self, identity, p, by_pid: dict) -> None:
+    def inherit(self, identity, rec, by_pid: dict) -> None:
         """An identity no matcher names: with children on, it takes the group of its
         nearest named ancestor (deciding unassigned ancestors on the way), else None."""
-        group_of = self.group_of
+        group_of, procs = self.group_of, self.step.procs
         chain = [identity]
         name = None
-        seen = {p.pid}
-        pid = p.ppid
-        while self.children and pid in by_pid and pid not in seen and len(chain) < _MAX_ANCESTRY:
+        seen = {identity[0]}
+        pid = rec[_PPID]
+        while self.g.children and pid in by_pid and pid not in seen and len(chain) < _MAX_ANCESTRY:
             seen.add(pid)
             ancestor, a = by_pid[pid]
             if ancestor in group_of:
                 name = group_of[ancestor]
                 break
-            name = self._match(ancestor, a)
+            name = self.match(ancestor, procs[ancestor])
             if name is not _NO_MATCH:
                 break
             name = None
             chain.append(ancestor)
-            pid = a.ppid
+            pid = a[_PPID]
         for unnamed in chain:
             group_of[unnamed] = name
 
+    # -- one group's numbers -----------------------------------------------------------
 
-def _stats(group: _Group) -> GroupStats:
-    members = group.members
-    n = len(members)
-    # one column per field; a lone member (one group per process) is its own columns
-    columns = list(zip(*members)) if n > 1 else [(v,) for v in members[0]] if n else None
-    totals = []
-    for i, at in enumerate(_COUNTER_AT):
-        reported = group.reported[i]
-        column = columns[at] if n else ()
-        readable = n - column.count(None) if n else 0
-        if reported is None and not readable:
-            totals.append(None)
-            continue
-        total = group.base[i] + sum(filter(None, column))
-        if i in _FLOAT_COUNTERS:
-            total = round(total, 9)  # float sums drift by 1e-16 per exit
-        if reported is not None and total < reported:
-            total = reported
-        total = max(total, 0)
-        group.reported[i] = total
-        totals.append(total)
-    gauges = []
-    for at in _GAUGE_AT:
-        column = columns[at] if n else ()
-        gauges.append(sum(filter(None, column)) if not n or column.count(None) < n else None)
-    ratio = None
-    oldest = None
-    states = dict.fromkeys(STATE_NAMES, 0)
-    if n:
-        ratios = [o / m for o, m in zip(columns[_OPEN_FDS], columns[_MAX_FDS]) if o is not None and m]
-        ratio = max(ratios) if ratios else None
-        oldest = min(columns[_START_TIME])
-        for state, count in Counter(columns[_STATE]).items():
-            states[_STATE_OF.get(state, "Other")] += count
-    rss, vms, swap, fds, threads = gauges
-    return GroupStats(group.name, n, *totals, rss, vms, swap, fds, ratio, oldest, threads, states)
+    def stats(self, name: str, idx) -> GroupStats:
+        step = self.step
+        records = step.records
+        n = len(idx)
+        members = [records[i] for i in idx]
+        # one column per field; a lone member (one group per process) is its own columns
+        columns = list(zip(*members)) if n > 1 else [(v,) for v in members[0]] if n else None
+        before = self.g.reported.get(name)
+        base = self.base[name]
+        totals = []
+        for i, at in enumerate(_COUNTER_AT):
+            column = columns[at] if n else ()
+            readable = n - column.count(None) if n else 0
+            last = before[i] if before is not None else None
+            if last is None and not readable:
+                totals.append(None)
+                continue
+            total = max(base[i] + sum(filter(None, column)), 0)
+            if last is not None and total < last:
+                total = last
+            totals.append(total)
+        self.reported[name] = tuple(totals)
+        gauges = []
+        for at in _GAUGE_AT:
+            column = columns[at] if n else ()
+            gauges.append(sum(filter(None, column)) if not n or column.count(None) < n else None)
+        ratio = oldest = None
+        states = dict.fromkeys(STATE_NAMES, 0)
+        if n:
+            nofile = step.nofile
+            ratios = [
+                records[i][_OPEN_FDS] / limit
+                for i in idx
+                if records[i][_OPEN_FDS] is not None and (limit := nofile.get(step.identities[i]))
+            ]
+            ratio = max(ratios) if ratios else None
+            oldest = self.g.boot_time + min(columns[_START]) / self.g.clock_ticks
+            for state, count in Counter(columns[_STATE]).items():
+                states[_STATE_OF.get(state, "Other")] += count
+        hz = self.g.clock_ticks
+        user, system = (None if t is None else t / hz for t in totals[:2])
+        rss, vms, swap, fds, threads = gauges
+        return GroupStats(name, n, user, system, *totals[2:], rss, vms, swap, fds, ratio, oldest, threads, states)

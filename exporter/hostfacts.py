@@ -1,6 +1,6 @@
-"""Memoized facts about the host that the collectors need but that rarely change.
+"""Memoized facts about the host that the tracker and grouper need but that rarely change.
 
-cpu count, clock ticks, page size and boot time are read once. The two lookup tables,
+Clock ticks, page size and boot time are read once. The two lookup tables,
 uid -> user name and tty device number -> terminal name, are memoized with refresh on a
 miss: users and pseudo-terminals come and go, so a miss re-reads (rate-limited) rather
 than trusting a table frozen at start.
@@ -16,12 +16,19 @@ import time
 
 
 def read_boot_time(procfs: str) -> int:
-    """btime of <procfs>/stat: the epoch second the host booted."""
-    with open(os.path.join(procfs, "stat"), "rb") as f:
-        for line in f:
-            if line.startswith(b"btime "):
-                return int(line.split()[1])
-    raise ValueError(f"{procfs}/stat has no btime line")
+    """btime of <procfs>/stat: the epoch second the host booted. Raises OSError or
+    ValueError with a message naming that file."""
+    path = os.path.join(procfs, "stat")
+    try:
+        with open(path, "rb") as f:
+            for line in f:
+                if line.startswith(b"btime "):
+                    return int(line.split()[1])
+    except OSError as e:
+        raise OSError(e.errno, f"cannot read {path}: {e.strerror}") from None
+    except (ValueError, IndexError):
+        raise ValueError(f"{path}: malformed btime line") from None
+    raise ValueError(f"{path} has no btime line (is {procfs} a procfs?)")
 
 
 class UserNames(dict):
@@ -97,7 +104,8 @@ class Terminals(dict):
 
 
 class HostFacts:
-    """Static facts of one host, computed once. Tests pin clock_ticks and page_size."""
+    """Static facts of one host, computed once. Tests pin clock_ticks, page_size and
+    boot_time, and may give the terminal map (tty_nr -> name) instead of a /dev scan."""
 
     def __init__(
         self,
@@ -106,11 +114,11 @@ class HostFacts:
         clock_ticks: int | None = None,
         page_size: int | None = None,
         boot_time: int | None = None,
+        ttys: dict | None = None,
     ):
         self.procfs = procfs
         self.clock_ticks = clock_ticks or os.sysconf("SC_CLK_TCK")
         self.page_size = page_size or os.sysconf("SC_PAGE_SIZE")
         self.boot_time = boot_time if boot_time is not None else read_boot_time(procfs)
-        self.cpu_count = os.cpu_count() or 1
         self.usernames = UserNames()
-        self.ttys = Terminals(devroot)
+        self.ttys = Terminals(devroot) if ttys is None else ttys  # tty_nr -> name

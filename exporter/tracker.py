@@ -1,48 +1,240 @@
-"""Tracker: follows process identities (pid, starttime) from one snapshot to the next.
+"""Tracker: the one place that knows which process is which.
 
-For each snapshot it tells which identities started, which exec'd (same identity, new
-comm) and which exited (with their last record), so later stages do per-process Python
-work only for what changed. Pid reuse is a new identity (new starttime) plus an exit.
-It keeps only the last snapshot's records, so its memory follows the live process
-count, not the churn. The set differences run in C (dict views and sets), not in a
-Python loop over every process.
+Identity is (pid, start_ticks). From one reading to the next the tracker tells which
+identities started, exec'd or exited, and keeps, per identity, the static facts it asked
+the reader for once (cmdline, exe, cgroup, user), its fd limit (re-read every
+``LIMITS_EVERY`` reads, staggered by pid) and its last record.
+
+* Exec is seen from evidence that changes on every exec: the comm, or the mm addresses in
+  stat (the record's ``mark``: arg_start and friends, shown to who may ptrace the
+  process). python -> python keeps the comm but not the addresses. A mark that turns 0
+  (a zombie, or a process we may no longer look into) is no exec.
+* Unreadable is not exited: a pid whose stat could not be read this time, while its
+  directory is there, keeps its identity and its last record (and the read error is
+  counted), so it is never counted twice when it comes back.
+* A counter that could be read before and not now (io of a process that turned
+  non-dumpable) keeps its last value; one that becomes readable for the first time is
+  reported in ``Step.readable``, so the grouper counts it from then on, not from birth.
+
+``step()`` computes the next state without changing the current one; ``commit()`` makes
+it current. A scrape that fails half-way leaves the tracker as it was.
 """
 
 from __future__ import annotations
 
 from operator import itemgetter
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
-from exporter.collector import FIELDS
+from exporter.reader import F, PF_KTHREAD, UNLIMITED, WANT_ALL, WANT_NOFILE, reason
 
-_PID, _START, _COMM = (itemgetter(FIELDS.index(name)) for name in ("pid", "start_ticks", "comm"))
+LIMITS_EVERY = 16  # re-read a known process' fd limit every 16th read (staggered by pid)
+
+PID, START, COMM, MARK = F["pid"], F["start_ticks"], F["comm"], F["mark"]
+# Counters whose file may become unreadable while the process lives (status, io); the
+# stat ones (CPU, faults) come with the record itself.
+CARRIED = tuple(F[n] for n in ("ctx_voluntary", "ctx_nonvoluntary", "read_bytes", "write_bytes"))
+_pids = itemgetter(PID)
+_starts = itemgetter(START)
+_keys = itemgetter(PID, START, COMM, MARK)
 
 
-class Changes(NamedTuple):
-    identities: list  # (pid, start_ticks) of each process, in snapshot order
-    started: list  # identities seen for the first time
-    execed: list  # [(identity, previous Process)] of identities whose comm changed
-    exited: list  # [(identity, last Process)] of identities that are gone
-    first: bool  # this was the tracker's first snapshot
+class Proc:
+    """The static facts of one identity: read once, again only after an exec."""
+
+    __slots__ = ("pid", "start_ticks", "start_time_seconds", "comm", "mark", "is_kernel_thread",
+                 "cmdline", "exe", "cgroup", "uid", "username")
+
+    def __init__(self, record, fact, start_time_seconds: float, username: Optional[str]):
+        self.pid = record[PID]
+        self.start_ticks = record[START]
+        self.start_time_seconds = start_time_seconds
+        self.comm = record[COMM]
+        self.mark = record[MARK]
+        self.is_kernel_thread = bool(record[F["flags"]] & PF_KTHREAD)
+        self.cmdline = parse_cmdline(fact.cmdline)
+        self.exe = None if fact.exe is None else fact.exe.decode("utf-8", "replace")
+        self.cgroup = None if fact.cgroup is None else fact.cgroup.decode("utf-8", "replace").rstrip("\n")
+        self.uid = record[F["uid"]]
+        self.username = username
+
+    def with_mark(self, mark: int) -> "Proc":
+        twin = object.__new__(Proc)
+        for name in Proc.__slots__:
+            setattr(twin, name, getattr(self, name))
+        twin.mark = mark
+        return twin
+
+
+def parse_cmdline(data: Optional[bytes]) -> Optional[tuple]:
+    """/proc/PID/cmdline -> argv. All trailing NULs go (setproctitle pads with them), as
+    prometheus/procfs does; () for kernel threads and zombies; None when unreadable."""
+    if data is None:
+        return None
+    data = data.rstrip(b"\0")
+    if not data:
+        return ()
+    return tuple(arg.decode("utf-8", "replace") for arg in data.split(b"\0"))
+
+
+class Step(NamedTuple):
+    """What one reading changed, and the tracker's state after it (not yet committed)."""
+
+    records: list  # this read's records, plus the last one of each unreadable identity
+    identities: list  # (pid, start_ticks) of each record
+    procs: dict  # identity -> Proc
+    last: dict  # identity -> record
+    nofile: dict  # identity -> fd limit (None: unlimited or unknown)
+    started: list  # identities first seen now
+    from_now: set  # of those, the ones whose past procsnap did not see (count from now)
+    execed: list  # identities that exec'd (facts read again)
+    exited: list  # [(identity, last record)]
+    readable: list  # [(identity, field, value)]: a counter readable for the first time
+    previous: dict  # identity -> record of the last step (the committed state)
+    errors: dict  # reason -> count of this read (stat of unreadable pids included)
+    unreadable_pids: frozenset
+    timestamp: float
+    first: bool
 
 
 class Tracker:
-    def __init__(self):
-        self.records: dict = {}  # identity -> its Process in the last snapshot
-        self._triples: set = set()  # (pid, start_ticks, comm) of the last snapshot
-        self._updates = 0
+    def __init__(self, reader, facts):
+        """``reader``: an :class:`exporter.reader.Reader`; ``facts``: HostFacts (clock
+        ticks, boot time, user names)."""
+        self.reader = reader
+        self.facts = facts
+        self.procs: dict = {}
+        self.last: dict = {}
+        self.nofile: dict = {}
+        self._keys: set = set()
+        self._by_pid: dict = {}
+        self._unreadable_pids: frozenset = frozenset()
+        self._gen = 0
 
-    def update(self, processes) -> Changes:
-        pids = list(map(_PID, processes))
-        starts = list(map(_START, processes))
-        identities = list(zip(pids, starts))
-        records = dict(zip(identities, processes))
-        triples = set(zip(pids, starts, map(_COMM, processes)))
-        previous = self.records
-        started = [k for k in records.keys() - previous.keys()]
-        changed = triples - self._triples  # started or exec'd
-        execed = [((pid, start), previous[pid, start]) for pid, start, _ in changed if (pid, start) in previous]
-        exited = [(k, previous[k]) for k in previous.keys() - records.keys()]
-        self.records, self._triples = records, triples
-        self._updates += 1
-        return Changes(identities, started, execed, exited, self._updates == 1)
+    def start_time_seconds(self, start_ticks: int) -> float:
+        return self.facts.boot_time + start_ticks / self.facts.clock_ticks
+
+    def step(self, reading) -> Step:
+        records = reading.records
+        identities = list(zip(map(_pids, records), map(_starts, records)))
+        old_procs, old_last = self.procs, self.last
+        errors = dict(reading.errors)
+        first = self._gen == 0
+
+        # unreadable is not exited: carry the last record of a known identity
+        unreadable_pids = frozenset(pid for pid, _ in reading.unreadable)
+        carried = False
+        for pid, err in reading.unreadable:
+            key = reason(err)
+            errors[key] = errors.get(key, 0) + 1
+            identity = self._by_pid.get(pid)
+            if identity is not None and identity in old_last:
+                records.append(old_last[identity])
+                identities.append(identity)
+                carried = True
+        if carried:
+            order = sorted(range(len(records)), key=lambda i: identities[i][0])
+            records = [records[i] for i in order]
+            identities = [identities[i] for i in order]
+
+        # a counter readable before and not now keeps its last value
+        readable = []
+        for i, rec in enumerate(records):
+            if None in rec:
+                before = old_last.get(identities[i])
+                if before is None:
+                    continue
+                patched = None
+                for f in CARRIED:
+                    if rec[f] is None and before[f] is not None:
+                        patched = patched or list(rec)
+                        patched[f] = before[f]
+                    elif rec[f] is not None and before[f] is None:
+                        readable.append((identities[i], f, rec[f]))
+                if patched is not None:
+                    records[i] = tuple(patched)
+            elif identities[i] in old_last:
+                before = old_last[identities[i]]
+                if None in before:
+                    for f in CARRIED:
+                        if before[f] is None:
+                            readable.append((identities[i], f, rec[f]))
+
+        # started and exec'd: only identities whose (pid, start, comm, mark) changed
+        keys = set(map(_keys, records))
+        started, execed, remarked = [], [], []
+        index = None
+        for key in keys - self._keys:
+            identity = key[:2]
+            proc = old_procs.get(identity)
+            if proc is None:
+                started.append(identity)
+            elif key[2] != proc.comm or (key[3] and proc.mark and key[3] != proc.mark):
+                execed.append(identity)
+            elif key[3] and key[3] != proc.mark:
+                remarked.append((identity, key[3]))
+        current = set(identities)
+        exited = [(identity, old_last[identity]) for identity in old_last.keys() - current]
+
+        # facts: everything for started and exec'd identities, the fd limit when due
+        self._gen += 1
+        gen = self._gen
+        want = {identity: WANT_ALL for identity in started}
+        want.update((identity, WANT_ALL) for identity in execed)
+        for identity in identities:
+            if (identity[0] + gen) % LIMITS_EVERY == 0 and identity not in want:
+                want[identity] = WANT_NOFILE
+        requests = [(pid, start, bits) for (pid, start), bits in want.items()]
+        facts, fact_errors = self.reader.read_facts(requests)
+        for key, count in fact_errors.items():
+            errors[key] = errors.get(key, 0) + count
+
+        procs = dict(old_procs)
+        nofile = dict(self.nofile)
+        for identity, _ in exited:
+            del procs[identity]
+            nofile.pop(identity, None)
+        for identity, mark in remarked:
+            procs[identity] = procs[identity].with_mark(mark)
+        position = {identity: i for i, identity in enumerate(identities)} if (started or execed) else None
+        dropped = set()
+        for (pid, start, bits), fact in zip(requests, facts):
+            identity = (pid, start)
+            if fact.gone:
+                if bits == WANT_ALL:  # exited before its facts were read: not seen at all
+                    dropped.add(identity)
+                continue
+            if bits == WANT_ALL:
+                record = records[position[identity]]
+                uid = record[F["uid"]]
+                username = None if uid is None else self.facts.usernames[uid]
+                procs[identity] = Proc(record, fact, self.start_time_seconds(start), username)
+            if fact.nofile is not None or bits == WANT_ALL:
+                nofile[identity] = None if fact.nofile in (None, UNLIMITED) else fact.nofile
+        if dropped:
+            keep = [i for i, identity in enumerate(identities) if identity not in dropped]
+            records = [records[i] for i in keep]
+            identities = [identities[i] for i in keep]
+            started = [identity for identity in started if identity not in dropped]
+            for identity in dropped:
+                if identity in old_procs:  # an exec'd one that exited meanwhile
+                    exited.append((identity, old_last[identity]))
+                    del procs[identity]
+                else:
+                    procs.pop(identity, None)
+                nofile.pop(identity, None)
+            execed = [identity for identity in execed if identity not in dropped]
+
+        from_now = set(started) if first else {i for i in started if i[0] in self._unreadable_pids}
+        return Step(
+            records, identities, procs, dict(zip(identities, records)), nofile, started, from_now,
+            execed, exited, readable, old_last, errors, unreadable_pids, reading.timestamp, first,
+        )
+
+    def commit(self, step: Step) -> None:
+        self.procs = step.procs
+        self.last = step.last
+        self.nofile = step.nofile
+        self._keys = set(map(_keys, step.records))
+        self._by_pid = {identity[0]: identity for identity in step.identities}
+        self._unreadable_pids = step.unreadable_pids
+

@@ -1,6 +1,7 @@
-"""Shared pytest fixtures: the fake /proc trees, a device directory, pinned host facts and
-the backend parametrization (the native one is skipped only while the extension is not
-built)."""
+"""Shared pytest fixtures: the fake /proc trees, pinned host facts (with a terminal map,
+so fixture tests run as any user), a device directory for the root-only test of the
+/dev scan, and the backend parametrization (the native one is skipped only while the
+extension is not built)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import stat
 import pytest
 
 from exporter.hostfacts import HostFacts
-from exporter.collector import native_available
+from exporter.reader import native_available
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 PROC_BASIC = os.path.join(FIXTURES, "proc-basic")
@@ -30,7 +31,7 @@ BACKENDS = [
     "python",
     pytest.param(
         "native",
-        marks=pytest.mark.skipif(not native_available(), reason="exporter._collector not built (setup.py build_ext --inplace)"),
+        marks=pytest.mark.skipif(not native_available(), reason="exporter._reader not built (make build)"),
     ),
 ]
 
@@ -40,7 +41,7 @@ def backend(request) -> str:
     return request.param
 
 
-needs_native = pytest.mark.skipif(not native_available(), reason="exporter._collector not built")
+needs_native = pytest.mark.skipif(not native_available(), reason="exporter._reader not built")
 
 # Character devices of the test device directory: name relative to /dev -> (major, minor).
 DEVICES = {
@@ -62,21 +63,19 @@ def make_devroot(path, devices=DEVICES):
     return str(path)
 
 
-@pytest.fixture
-def devroot(tmp_path):
-    try:
-        return make_devroot(tmp_path / "dev")
-    except PermissionError:
-        pytest.skip("cannot make character devices here (needs root / CAP_MKNOD)")
+# The terminal map those devices give (tty_nr -> name), for fixture tests as any user.
+FIXTURE_TTYS = {os.makedev(major, minor): name for name, (major, minor) in DEVICES.items() if name != "null"}
 
 
-@pytest.fixture
-def empty_devroot(tmp_path):
-    path = tmp_path / "dev-empty"
-    path.mkdir()
-    return str(path)
+class TtyMap(dict):
+    """A fixed terminal map: an unknown tty_nr has no name (as the /dev scan answers)."""
+
+    def __missing__(self, device):
+        return None
 
 
-def pinned_facts(procfs: str, devroot: str) -> HostFacts:
-    """Host facts pinned to the values the expected records are computed with."""
-    return HostFacts(procfs=procfs, devroot=devroot, clock_ticks=100, page_size=4096)
+def pinned_facts(procfs: str, ttys=None) -> HostFacts:
+    """Host facts pinned to the values the expected records are computed with; the
+    terminal map is FIXTURE_TTYS unless given (an empty one: no terminals known)."""
+    return HostFacts(procfs=procfs, clock_ticks=100, page_size=4096,
+                     ttys=TtyMap(FIXTURE_TTYS if ttys is None else ttys))

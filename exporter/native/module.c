@@ -1,9 +1,9 @@
-/* exporter._collector: the module table and the Collector type.
+/* exporter._reader: the module table and the Reader type.
  *
- * collect() takes the lock and runs the walk (walk.c) with the GIL released; with the GIL
- * back it turns the C records into Process tuples and the errno counts into a dict.
- * Cached Python objects of static facts (comm, cmdline, exe, cgroup) live in the cache
- * entries and are reused by later collects.
+ * read() and read_facts() take the reader's lock and run the walk (walk.c) with the GIL
+ * released; with the GIL back they turn the C output into plain tuples (their layout is
+ * exporter/reader.py's) and the errno counts into a dict. The only Python object the
+ * cache keeps is each pid's comm str, reused while the comm is the same.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -12,196 +12,100 @@
 #include <errno.h>
 #include <string.h>
 
-#include "collector.h"
+#include "reader.h"
 
-#define PS_NFIELDS 27
-#define PS_EXACT (1ULL << 53) /* integers below this are exact doubles */
+#define PS_RECORD_LEN (F_COUNT + 3) /* pid, comm, state beside the numeric fields */
 #define PS_ARENA_KEEP (4u << 20)
+#define PS_BUF_KEEP (64u << 10)
 
 typedef struct {
     PyObject_HEAD
-    PyObject *procfs;      /* as given, for messages */
-    PyObject *record_type; /* the Process NamedTuple class */
-    PyObject *hz_obj, *page_obj;
-    uint64_t hz, page;
-    double boot;           /* boot_time as Python's int + float converts it */
+    PyObject *procfs; /* as given, for messages */
     PyThread_type_lock lock;
-    int ready;             /* w is initialized */
+    int ready;        /* w is initialized */
     ps_walker w;
-} CollectorObject;
+} ReaderObject;
 
-/* ---- the cache's Python objects ------------------------------------------------------ */
-
-static void collector_release_evicted(ps_walker *w)
+static void reader_release_evicted(ps_walker *w)
 {
     while (w->evicted != NULL) {
         ps_entry *e = w->evicted;
         w->evicted = e->next;
         Py_XDECREF(e->comm_obj);
-        Py_XDECREF(e->cmdline_obj);
-        Py_XDECREF(e->exe_obj);
-        Py_XDECREF(e->cgroup_obj);
         walk_entry_free(e);
     }
 }
 
-static PyObject *collector_text(const char *p, size_t n)
+/* Give back what one call with huge files or many new processes made grow. */
+static void reader_trim(ps_walker *w)
 {
-    return PyUnicode_DecodeUTF8(p, (Py_ssize_t)n, "replace");
-}
-
-static PyObject *collector_span_text(const ps_walker *w, ps_span s)
-{
-    if (s.at == PS_NONE)
-        Py_RETURN_NONE;
-    return collector_text(w->arena + s.at, s.len);
-}
-
-/* cmdline -> tuple of str: () when empty, one trailing NUL dropped, split on NUL. */
-static PyObject *collector_cmdline(const ps_walker *w, ps_span s)
-{
-    const char *p;
-    size_t count, m, pos = 0, off, len;
-    Py_ssize_t i = 0;
-    PyObject *args;
-
-    if (s.at == PS_NONE)
-        Py_RETURN_NONE;
-    p = w->arena + s.at;
-    count = parse_cmdline_count(p, s.len, &m);
-    args = PyTuple_New((Py_ssize_t)count);
-    if (args == NULL || count == 0)
-        return args;
-    while (parse_cmdline_next(p, m, &pos, &off, &len)) {
-        PyObject *arg = collector_text(p + off, len);
-        if (arg == NULL) {
-            Py_DECREF(args);
-            return NULL;
-        }
-        PyTuple_SET_ITEM(args, i++, arg);
+    if (w->arena_cap > PS_ARENA_KEEP) {
+        free(w->arena);
+        w->arena = NULL;
+        w->arena_cap = w->arena_len = 0;
     }
-    PyObject_GC_UnTrack(args); /* strs only: no cycle (it lives as long as its process) */
-    return args;
+    if (w->buf_cap > PS_BUF_KEEP) {
+        char *small = realloc(w->buf, 4096);
+        if (small != NULL) {
+            w->buf = small;
+            w->buf_cap = 4096;
+        }
+    }
 }
 
-/* The static facts read by this walk become the entry's objects. */
-static int collector_facts(const ps_walker *w, const ps_record *r)
+static PyObject *reader_text(const ps_walker *w, ps_span s)
+{
+    return PyUnicode_DecodeUTF8(w->arena + s.at, (Py_ssize_t)s.len, "replace");
+}
+
+static PyObject *reader_bytes(const ps_walker *w, ps_span s)
+{
+    if (s.at == PS_NONE)
+        Py_RETURN_NONE;
+    return PyBytes_FromStringAndSize(w->arena + s.at, (Py_ssize_t)s.len);
+}
+
+/* The comm of record r as a str: the cached one while its bytes are the same. */
+static PyObject *reader_comm(ps_walker *w, const ps_record *r)
 {
     ps_entry *e = r->entry;
-    PyObject *cmdline, *exe = NULL, *cgroup = NULL;
+    const char *p = w->arena + r->comm.at;
+    PyObject *comm;
+    char *copy;
 
-    cmdline = collector_cmdline(w, r->cmdline);
-    if (cmdline == NULL)
-        goto error;
-    exe = collector_span_text(w, r->exe);
-    if (exe == NULL)
-        goto error;
-    cgroup = collector_span_text(w, r->cgroup);
-    if (cgroup == NULL)
-        goto error;
-    Py_XSETREF(e->cmdline_obj, cmdline);
-    Py_XSETREF(e->exe_obj, exe);
-    Py_XSETREF(e->cgroup_obj, cgroup);
-    e->facts_ok = 1;
-    return 0;
-error:
-    Py_XDECREF(cmdline);
-    Py_XDECREF(exe);
-    return -1;
+    if (e->comm_obj != NULL && e->comm_len == r->comm.len && memcmp(e->comm, p, r->comm.len) == 0)
+        return Py_NewRef(e->comm_obj);
+    comm = reader_text(w, r->comm);
+    if (comm == NULL)
+        return NULL;
+    copy = malloc(r->comm.len ? r->comm.len : 1);
+    if (copy != NULL) { /* no copy: just not cached */
+        memcpy(copy, p, r->comm.len);
+        free(e->comm);
+        e->comm = copy;
+        e->comm_len = r->comm.len;
+        Py_XSETREF(e->comm_obj, Py_NewRef(comm));
+    }
+    return comm;
 }
 
-/* ---- records ------------------------------------------------------------------------- */
-
-/* Numeric field f as an int (new reference); None when absent. */
-static PyObject *collector_int(const ps_record *r, int f, PyObject *const *bigs)
+static PyObject *reader_num(const ps_record *r, int f)
 {
     if (!(r->has & (1u << f)))
         Py_RETURN_NONE;
-    if (r->bigmask & (1u << f))
-        return Py_NewRef(bigs[f]);
     return PyLong_FromUnsignedLongLong(r->num[f]);
 }
 
-/* ticks / hz with Python's int / int: correctly rounded. Exact operands divide as
- * doubles (CPython's fast path); others go through Python. 0 or -1. */
-static int collector_seconds(CollectorObject *self, const ps_record *r, int f,
-                             PyObject *const *bigs, double *out)
+/* Record i as a plain tuple (PyTuple_New: its hash is a tuple's on every CPython). */
+static PyObject *reader_record(ps_walker *w, size_t i)
 {
-    PyObject *ticks, *q;
-
-    if (!(r->bigmask & (1u << f)) && r->num[f] < PS_EXACT && self->hz < PS_EXACT) {
-        *out = (double)r->num[f] / (double)self->hz;
-        return 0;
-    }
-    ticks = collector_int(r, f, bigs);
-    if (ticks == NULL)
-        return -1;
-    q = PyNumber_TrueDivide(ticks, self->hz_obj);
-    Py_DECREF(ticks);
-    if (q == NULL)
-        return -1;
-    *out = PyFloat_AsDouble(q);
-    Py_DECREF(q);
-    return *out == -1.0 && PyErr_Occurred() ? -1 : 0;
-}
-
-/* Field f times k (new reference), None when absent; beyond 64 bits Python multiplies
- * (by k_obj when given). */
-static PyObject *collector_product(const ps_record *r, int f, PyObject *const *bigs, uint64_t k,
-                                   PyObject *k_obj)
-{
-    PyObject *v, *kv = NULL, *res = NULL;
-    uint64_t x;
-
-    if (!(r->has & (1u << f)))
-        Py_RETURN_NONE;
-    if (!(r->bigmask & (1u << f)) && !__builtin_mul_overflow(r->num[f], k, &x))
-        return PyLong_FromUnsignedLongLong(x);
-    v = collector_int(r, f, bigs);
-    if (v != NULL && (kv = k_obj ? Py_NewRef(k_obj) : PyLong_FromUnsignedLongLong(k)) != NULL)
-        res = PyNumber_Multiply(v, kv);
-    Py_XDECREF(v);
-    Py_XDECREF(kv);
-    return res;
-}
-
-/* Record i of the walk as a Process tuple. *bigpos walks w->bigs along the records. */
-static PyObject *collector_record(CollectorObject *self, size_t i, size_t *bigpos,
-                                  PyObject *usernames, PyObject *ttys)
-{
-    ps_walker *w = &self->w;
     const ps_record *r = &w->records[i];
-    ps_entry *e = r->entry;
-    PyObject *bigs[F_COUNT] = {NULL};
-    PyObject *rec = NULL, *v, *uid = NULL, *tty;
+    PyObject *rec = PyTuple_New(PS_RECORD_LEN), *v;
     Py_ssize_t k = 0;
-    double secs;
     int f;
 
-    for (; *bigpos < w->nbigs && w->bigs[*bigpos].rec == i; (*bigpos)++) {
-        const ps_big *b = &w->bigs[*bigpos];
-        PyObject *digits = PyUnicode_FromStringAndSize(w->arena + b->digits.at,
-                                                       (Py_ssize_t)b->digits.len);
-        if (digits == NULL)
-            goto error;
-        Py_XSETREF(bigs[b->field], PyLong_FromUnicodeObject(digits, 10));
-        Py_DECREF(digits);
-        if (bigs[b->field] == NULL)
-            goto error;
-    }
-    if (r->facts_new && collector_facts(w, r) < 0)
-        goto error;
-    if (e->comm_stale) {
-        Py_CLEAR(e->comm_obj);
-        e->comm_stale = 0;
-    }
-    if (e->comm_obj == NULL && (e->comm_obj = collector_text(e->comm, e->comm_len)) == NULL)
-        goto error;
-
-    rec = ((PyTypeObject *)self->record_type)->tp_alloc((PyTypeObject *)self->record_type,
-                                                         PS_NFIELDS);
     if (rec == NULL)
-        goto error;
+        return NULL;
 #define SET(expr)                                                                          \
     do {                                                                                   \
         if ((v = (expr)) == NULL)                                                          \
@@ -209,122 +113,64 @@ static PyObject *collector_record(CollectorObject *self, size_t i, size_t *bigpo
         PyTuple_SET_ITEM(rec, k++, v);                                                     \
     } while (0)
     SET(PyLong_FromLong(r->pid));
-    SET(collector_int(r, F_PPID, bigs));
-    SET(Py_NewRef(e->comm_obj));
-    SET(collector_text(w->arena + r->state.at, r->state.len));
-    SET(PyBool_FromLong((r->num[F_FLAGS] & PS_PF_KTHREAD) != 0)); /* low bits survive wrap */
-    SET(collector_int(r, F_START, bigs));
-    if (collector_seconds(self, r, F_START, bigs, &secs) < 0)
-        goto error;
-    SET(PyFloat_FromDouble(self->boot + secs));
-    for (f = F_UTIME; f <= F_STIME; f++) {
-        if (collector_seconds(self, r, f, bigs, &secs) < 0)
-            goto error;
-        SET(PyFloat_FromDouble(secs));
-    }
-    SET(collector_int(r, F_MINFLT, bigs));
-    SET(collector_int(r, F_MAJFLT, bigs));
-    SET(collector_int(r, F_THREADS, bigs));
-    SET(collector_product(r, F_RSS, bigs, self->page, self->page_obj));
-    SET(collector_int(r, F_VSIZE, bigs));
-    SET(collector_product(r, F_SWAP_KB, bigs, 1024, NULL));
-    SET(collector_int(r, F_CTXV, bigs));
-    SET(collector_int(r, F_CTXNV, bigs));
-    SET(collector_int(r, F_READ, bigs));
-    SET(collector_int(r, F_WRITE, bigs));
-    SET(collector_int(r, F_OPEN_FDS, bigs));
-    if (r->max_from_prlimit) /* resource.prlimit() gives rlim_t as a signed long long */
-        SET(PyLong_FromLongLong((long long)r->num[F_MAX_FDS]));
-    else
-        SET(collector_int(r, F_MAX_FDS, bigs));
-    SET(collector_int(r, F_UID, bigs));
-    uid = Py_NewRef(v);
-    SET(uid == Py_None ? Py_NewRef(Py_None) : PyObject_GetItem(usernames, uid));
-    if ((r->bigmask & (1u << F_TTY)) || r->num[F_TTY] != 0) {
-        if ((tty = collector_int(r, F_TTY, bigs)) == NULL)
-            goto error;
-        v = PyObject_GetItem(ttys, tty);
-        Py_DECREF(tty);
-        SET(v);
-    } else {
-        SET(Py_NewRef(Py_None));
-    }
-    SET(Py_NewRef(e->cmdline_obj));
-    SET(Py_NewRef(e->exe_obj));
-    SET(Py_NewRef(e->cgroup_obj));
+    SET(reader_num(r, F_PPID));
+    SET(reader_comm(w, r));
+    SET(reader_text(w, r->state));
+    for (f = F_FLAGS; f < F_COUNT; f++)
+        SET(reader_num(r, f));
 #undef SET
-    assert(k == PS_NFIELDS);
-    /* A record holds only ints, floats, strs and a tuple of strs, so it can be in no
-     * reference cycle: untracked, the cyclic GC does not walk the thousands of records
-     * a scrape makes and the tracker keeps. */
+    /* ints and strs only: in no reference cycle, so the cyclic GC need not walk the
+     * thousands of records a read makes */
     PyObject_GC_UnTrack(rec);
-    goto done;
-error:
-    Py_CLEAR(rec);
-done:
-    Py_XDECREF(uid);
-    for (f = 0; f < F_COUNT; f++)
-        Py_XDECREF(bigs[f]);
     return rec;
+error:
+    Py_DECREF(rec);
+    return NULL;
 }
 
-/* errno counts -> {errno.errorcode name (or str(errno)): count, "malformed": count} */
-static PyObject *collector_errors(const ps_walker *w)
+/* errno counts -> {errno: count}, PS_MALFORMED (-1) for files that do not parse. */
+static PyObject *reader_errors(const ps_walker *w)
 {
-    PyObject *errors = PyDict_New(), *codes = NULL, *key = NULL, *name = NULL, *count = NULL;
+    PyObject *errors = PyDict_New(), *key = NULL, *count = NULL;
     int i;
 
     if (errors == NULL)
         return NULL;
-    for (i = 0; i <= PS_ERRNO_MAX; i++) {
-        if (w->errors[i] == 0)
+    for (i = -1; i <= PS_ERRNO_MAX; i++) {
+        uint32_t n = i < 0 ? w->malformed : w->errors[i];
+        if (n == 0)
             continue;
-        if (codes == NULL) {
-            PyObject *mod = PyImport_ImportModule("errno");
-            if (mod == NULL)
-                goto error;
-            codes = PyObject_GetAttrString(mod, "errorcode");
-            Py_DECREF(mod);
-            if (codes == NULL)
-                goto error;
-        }
-        if ((key = PyLong_FromLong(i)) == NULL)
-            goto error;
-        name = PyObject_GetItem(codes, key);
-        if (name == NULL) {
-            if (!PyErr_ExceptionMatches(PyExc_KeyError))
-                goto error;
-            PyErr_Clear();
-            if ((name = PyObject_Str(key)) == NULL)
-                goto error;
-        }
-        if ((count = PyLong_FromUnsignedLong(w->errors[i])) == NULL ||
-            PyDict_SetItem(errors, name, count) < 0)
+        if ((key = PyLong_FromLong(i)) == NULL || (count = PyLong_FromUnsignedLong(n)) == NULL ||
+            PyDict_SetItem(errors, key, count) < 0)
             goto error;
         Py_CLEAR(key);
-        Py_CLEAR(name);
         Py_CLEAR(count);
     }
-    if (w->malformed) {
-        if ((count = PyLong_FromUnsignedLong(w->malformed)) == NULL ||
-            PyDict_SetItemString(errors, "malformed", count) < 0)
-            goto error;
-        Py_CLEAR(count);
-    }
-    Py_XDECREF(codes);
     return errors;
 error:
-    Py_XDECREF(codes);
     Py_XDECREF(key);
-    Py_XDECREF(name);
     Py_XDECREF(count);
     Py_DECREF(errors);
     return NULL;
 }
 
-/* ---- the Collector type -------------------------------------------------------------- */
+static void reader_raise(ReaderObject *self, int err)
+{
+    PyObject *exc;
 
-static void collector_lock(CollectorObject *self)
+    if (err == ENOMEM) {
+        PyErr_NoMemory();
+        return;
+    }
+    exc = PyObject_CallFunction(PyExc_OSError, "iNO", err,
+                                PyUnicode_FromString(strerror(err)), self->procfs);
+    if (exc != NULL) {
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        Py_DECREF(exc);
+    }
+}
+
+static void reader_lock(ReaderObject *self)
 {
     if (!PyThread_acquire_lock(self->lock, NOWAIT_LOCK)) {
         Py_BEGIN_ALLOW_THREADS
@@ -333,130 +179,181 @@ static void collector_lock(CollectorObject *self)
     }
 }
 
-PyDoc_STRVAR(Collector_collect_doc,
-"collect(usernames, ttys) -> (records sorted by pid, {reason: count})\n\n"
-"One walk of the procfs root with the GIL released. usernames and ttys are\n"
-"mappings (uid -> name, tty_nr -> name) asked only for known uids / tty_nr != 0.");
+PyDoc_STRVAR(Reader_read_doc,
+"read() -> (records, unreadable, errors)\n\n"
+"One walk of the procfs root with the GIL released. records: a tuple per process\n"
+"(layout: exporter.reader.FIELDS), sorted by pid, None where a file could not be\n"
+"read. unreadable: [(pid, errno)] of pids whose stat could not be read or parsed\n"
+"(errno -1) though their directory is there. errors: {errno: count} of the other\n"
+"files (-1: malformed). Raises OSError when the root cannot be listed.");
 
-static PyObject *Collector_collect(CollectorObject *self, PyObject *args)
+static PyObject *Reader_read(ReaderObject *self, PyObject *unused)
 {
     ps_walker *w = &self->w;
-    PyObject *usernames, *ttys, *list = NULL, *errors = NULL, *result = NULL;
-    size_t i, bigpos = 0;
+    PyObject *records = NULL, *unreadable = NULL, *errors = NULL, *result = NULL, *item;
+    size_t i;
     int rc, err = 0;
 
-    if (!PyArg_ParseTuple(args, "OO:collect", &usernames, &ttys))
-        return NULL;
+    (void)unused;
     Py_BEGIN_ALLOW_THREADS
     PyThread_acquire_lock(self->lock, WAIT_LOCK);
     rc = walk_collect(w, &err);
     Py_END_ALLOW_THREADS
-    collector_release_evicted(w);
+    reader_release_evicted(w);
     if (rc < 0) {
-        if (err == ENOMEM) {
-            PyErr_NoMemory();
-        } else {
-            PyObject *exc = PyObject_CallFunction(PyExc_OSError, "iN", err,
-                PyUnicode_FromFormat("cannot list procfs root %S: %s", self->procfs,
-                                     strerror(err)));
-            if (exc != NULL) {
-                PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
-                Py_DECREF(exc);
-            }
-        }
-        goto error;
+        reader_raise(self, err);
+        goto done;
     }
-    if ((list = PyList_New((Py_ssize_t)w->nrecords)) == NULL)
-        goto error;
+    if ((records = PyList_New((Py_ssize_t)w->nrecords)) == NULL)
+        goto done;
     for (i = 0; i < w->nrecords; i++) {
-        PyObject *rec = collector_record(self, i, &bigpos, usernames, ttys);
-        if (rec == NULL)
-            goto error;
-        PyList_SET_ITEM(list, (Py_ssize_t)i, rec);
+        if ((item = reader_record(w, i)) == NULL)
+            goto done;
+        PyList_SET_ITEM(records, (Py_ssize_t)i, item);
     }
-    if ((errors = collector_errors(w)) == NULL)
-        goto error;
-    result = PyTuple_Pack(2, list, errors);
-error:
-    if (w->arena_cap > PS_ARENA_KEEP) { /* a walk with many new huge cmdlines */
-        free(w->arena);
-        w->arena = NULL;
-        w->arena_cap = w->arena_len = 0;
+    if ((unreadable = PyList_New((Py_ssize_t)w->nunreadable)) == NULL)
+        goto done;
+    for (i = 0; i < w->nunreadable; i++) {
+        if ((item = Py_BuildValue("(ii)", w->unreadable[i].pid, w->unreadable[i].err)) == NULL)
+            goto done;
+        PyList_SET_ITEM(unreadable, (Py_ssize_t)i, item);
     }
+    if ((errors = reader_errors(w)) == NULL)
+        goto done;
+    result = PyTuple_Pack(3, records, unreadable, errors);
+done:
+    reader_trim(w);
     PyThread_release_lock(self->lock);
-    Py_XDECREF(list);
+    Py_XDECREF(records);
+    Py_XDECREF(unreadable);
     Py_XDECREF(errors);
     return result;
 }
 
-PyDoc_STRVAR(Collector_close_doc,
-"close()\n\nClose the kept file descriptors and drop the cached static facts.");
+PyDoc_STRVAR(Reader_read_facts_doc,
+"read_facts(requests) -> (facts, errors)\n\n"
+"requests: [(pid, starttime, want)], want a bit set of exporter.reader.WANT_*.\n"
+"facts: [(pid, gone, cmdline, exe, cgroup, nofile)] in request order; gone is True\n"
+"when the process exited or its pid holds another process now (then nothing else is\n"
+"given); cmdline, exe and cgroup are bytes (None: not asked or unreadable); nofile\n"
+"is the soft RLIMIT_NOFILE (2**64-1: unlimited). errors as for read().");
 
-static PyObject *Collector_close(CollectorObject *self, PyObject *unused)
+static PyObject *Reader_read_facts(ReaderObject *self, PyObject *requests)
+{
+    ps_walker *w = &self->w;
+    PyObject *seq, *facts = NULL, *errors = NULL, *result = NULL, *item;
+    ps_fact *want = NULL;
+    Py_ssize_t n, i;
+    int rc, err = 0, locked = 0;
+
+    seq = PySequence_Fast(requests, "requests must be a sequence of (pid, starttime, want)");
+    if (seq == NULL)
+        return NULL;
+    n = PySequence_Fast_GET_SIZE(seq);
+    if ((want = PyMem_Calloc(n ? (size_t)n : 1, sizeof(*want))) == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (i = 0; i < n; i++) {
+        unsigned long long start;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "iKI:read_facts", &want[i].pid,
+                              &start, &want[i].want))
+            goto done;
+        want[i].start = start;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    PyThread_acquire_lock(self->lock, WAIT_LOCK);
+    rc = walk_facts(w, want, (size_t)n, &err);
+    Py_END_ALLOW_THREADS
+    locked = 1;
+    if (rc < 0) {
+        reader_raise(self, err);
+        goto done;
+    }
+    if ((facts = PyList_New(n)) == NULL)
+        goto done;
+    for (i = 0; i < n; i++) {
+        const ps_fact *f = &want[i];
+        PyObject *cmdline = reader_bytes(w, f->cmdline), *exe = reader_bytes(w, f->exe),
+                 *cgroup = reader_bytes(w, f->cgroup), *nofile;
+        nofile = f->has_nofile ? PyLong_FromUnsignedLongLong(f->nofile) : Py_NewRef(Py_None);
+        item = NULL;
+        if (cmdline != NULL && exe != NULL && cgroup != NULL && nofile != NULL)
+            item = Py_BuildValue("(iOOOOO)", f->pid, f->gone ? Py_True : Py_False, cmdline, exe,
+                                 cgroup, nofile);
+        Py_XDECREF(cmdline);
+        Py_XDECREF(exe);
+        Py_XDECREF(cgroup);
+        Py_XDECREF(nofile);
+        if (item == NULL)
+            goto done;
+        PyList_SET_ITEM(facts, i, item);
+    }
+    if ((errors = reader_errors(w)) == NULL)
+        goto done;
+    result = PyTuple_Pack(2, facts, errors);
+done:
+    if (locked) {
+        reader_trim(w);
+        PyThread_release_lock(self->lock);
+    }
+    PyMem_Free(want);
+    Py_DECREF(seq);
+    Py_XDECREF(facts);
+    Py_XDECREF(errors);
+    return result;
+}
+
+PyDoc_STRVAR(Reader_close_doc, "close()\n\nClose the kept file descriptors.");
+
+static PyObject *Reader_close(ReaderObject *self, PyObject *unused)
 {
     (void)unused;
-    collector_lock(self);
+    reader_lock(self);
     walk_close_all(&self->w);
-    collector_release_evicted(&self->w);
+    reader_release_evicted(&self->w);
     PyThread_release_lock(self->lock);
     Py_RETURN_NONE;
 }
 
-static PyObject *Collector_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
-{
-    static char *kwlist[] = {"procfs", "record_type", "clock_ticks", "page_size", "boot_time",
-                             NULL};
-    PyObject *procfs, *record_type, *hz, *page, *boot, *path = NULL, *fields = NULL;
-    CollectorObject *self = NULL;
-    Py_ssize_t nfields;
+PyDoc_STRVAR(Reader_kept_doc, "kept() -> number of processes whose files are kept open now");
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO:Collector", kwlist, &procfs,
-                                     &record_type, &hz, &page, &boot))
+static PyObject *Reader_kept(ReaderObject *self, PyObject *unused)
+{
+    size_t kept;
+
+    (void)unused;
+    reader_lock(self);
+    kept = self->w.nkept;
+    PyThread_release_lock(self->lock);
+    return PyLong_FromSize_t(kept);
+}
+
+static PyObject *Reader_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"procfs", "page_size", "keep_open", NULL};
+    PyObject *procfs, *path = NULL;
+    unsigned long long page_size;
+    Py_ssize_t keep_open;
+    ReaderObject *self = NULL;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OKn:Reader", kwlist, &procfs, &page_size,
+                                     &keep_open))
         return NULL;
-    if (!PyType_Check(record_type) ||
-        !PyType_IsSubtype((PyTypeObject *)record_type, &PyTuple_Type)) {
-        PyErr_SetString(PyExc_TypeError, "record_type must be a tuple subclass");
-        return NULL;
-    }
-    fields = PyObject_GetAttrString(record_type, "_fields");
-    nfields = fields ? PyObject_Length(fields) : -1;
-    Py_XDECREF(fields);
-    if (nfields != PS_NFIELDS) {
-        PyErr_Clear();
-        PyErr_Format(PyExc_TypeError, "record_type must have %d fields, not %zd", PS_NFIELDS,
-                     nfields);
-        return NULL;
-    }
-    if (!PyLong_Check(hz) || !PyLong_Check(page)) {
-        PyErr_SetString(PyExc_TypeError, "clock_ticks and page_size must be int");
+    if (page_size == 0 || keep_open < 0) {
+        PyErr_SetString(PyExc_ValueError, "page_size must be > 0 and keep_open >= 0");
         return NULL;
     }
     if (!PyUnicode_FSConverter(procfs, &path))
         return NULL;
-    if ((self = (CollectorObject *)type->tp_alloc(type, 0)) == NULL)
+    if ((self = (ReaderObject *)type->tp_alloc(type, 0)) == NULL)
         goto error;
     self->procfs = Py_NewRef(procfs);
-    self->record_type = Py_NewRef(record_type);
-    self->hz_obj = Py_NewRef(hz);
-    self->page_obj = Py_NewRef(page);
-    self->hz = PyLong_AsUnsignedLongLong(hz);
-    if (PyErr_Occurred())
-        goto error;
-    if (self->hz == 0) {
-        PyErr_SetString(PyExc_ValueError, "clock_ticks must be > 0");
-        goto error;
-    }
-    self->page = PyLong_AsUnsignedLongLong(page);
-    if (PyErr_Occurred())
-        goto error;
-    self->boot = PyFloat_AsDouble(boot);
-    if (self->boot == -1.0 && PyErr_Occurred())
-        goto error;
     if ((self->lock = PyThread_allocate_lock()) == NULL) {
         PyErr_NoMemory();
         goto error;
     }
-    if (walk_init(&self->w, PyBytes_AS_STRING(path)) < 0) {
+    if (walk_init(&self->w, PyBytes_AS_STRING(path), page_size, (size_t)keep_open) < 0) {
         PyErr_NoMemory();
         goto error;
     }
@@ -469,75 +366,69 @@ error:
     return NULL;
 }
 
-static int Collector_traverse(CollectorObject *self, visitproc visit, void *arg)
+static int Reader_traverse(ReaderObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->procfs);
-    Py_VISIT(self->record_type);
-    Py_VISIT(self->hz_obj);
-    Py_VISIT(self->page_obj);
     return 0;
 }
 
-static int Collector_clear(CollectorObject *self)
+static int Reader_clear(ReaderObject *self)
 {
     Py_CLEAR(self->procfs);
-    Py_CLEAR(self->record_type);
-    Py_CLEAR(self->hz_obj);
-    Py_CLEAR(self->page_obj);
     return 0;
 }
 
-static void Collector_dealloc(CollectorObject *self)
+static void Reader_dealloc(ReaderObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
 
     PyObject_GC_UnTrack(self);
     if (self->ready) {
         walk_close_all(&self->w);
-        collector_release_evicted(&self->w);
+        reader_release_evicted(&self->w);
         walk_free(&self->w);
     }
     if (self->lock != NULL)
         PyThread_free_lock(self->lock);
-    Collector_clear(self);
+    Reader_clear(self);
     tp->tp_free(self);
     Py_DECREF(tp);
 }
 
-static PyMethodDef Collector_methods[] = {
-    {"collect", (PyCFunction)Collector_collect, METH_VARARGS, Collector_collect_doc},
-    {"close", (PyCFunction)Collector_close, METH_NOARGS, Collector_close_doc},
+static PyMethodDef Reader_methods[] = {
+    {"read", (PyCFunction)Reader_read, METH_NOARGS, Reader_read_doc},
+    {"read_facts", (PyCFunction)Reader_read_facts, METH_O, Reader_read_facts_doc},
+    {"close", (PyCFunction)Reader_close, METH_NOARGS, Reader_close_doc},
+    {"kept", (PyCFunction)Reader_kept, METH_NOARGS, Reader_kept_doc},
     {NULL, NULL, 0, NULL},
 };
 
-PyDoc_STRVAR(Collector_doc,
-"Collector(procfs, record_type, clock_ticks, page_size, boot_time)\n\n"
-"Snapshots of every process under a procfs root; keeps /proc/PID/{stat,status,io}\n"
-"open between snapshots and the static facts of each identity.");
+PyDoc_STRVAR(Reader_doc,
+"Reader(procfs, page_size, keep_open)\n\n"
+"Reads every process under a procfs root. Keeps /proc/PID/{stat,status,io} open\n"
+"between reads for at most keep_open processes (a real procfs only).");
 
-static PyType_Slot Collector_slots[] = {
-    {Py_tp_new, Collector_new},
-    {Py_tp_dealloc, Collector_dealloc},
-    {Py_tp_traverse, Collector_traverse},
-    {Py_tp_clear, Collector_clear},
-    {Py_tp_methods, Collector_methods},
-    {Py_tp_doc, (void *)Collector_doc},
+static PyType_Slot Reader_slots[] = {
+    {Py_tp_new, Reader_new},
+    {Py_tp_dealloc, Reader_dealloc},
+    {Py_tp_traverse, Reader_traverse},
+    {Py_tp_clear, Reader_clear},
+    {Py_tp_methods, Reader_methods},
+    {Py_tp_doc, (void *)Reader_doc},
     {0, NULL},
 };
 
-static PyType_Spec Collector_spec = {
-    .name = "exporter._collector.Collector",
-    .basicsize = sizeof(CollectorObject),
+static PyType_Spec Reader_spec = {
+    .name = "exporter._reader.Reader",
+    .basicsize = sizeof(ReaderObject),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .slots = Collector_slots,
+    .slots = Reader_slots,
 };
-
-/* ---- the module ---------------------------------------------------------------------- */
 
 static int module_exec(PyObject *module)
 {
-    PyObject *type = PyType_FromModuleAndSpec(module, &Collector_spec, NULL);
+    PyObject *type = PyType_FromModuleAndSpec(module, &Reader_spec, NULL);
     int rc;
 
     if (type == NULL)
@@ -557,13 +448,13 @@ static PyModuleDef_Slot module_slots[] = {
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "exporter._collector",
-    .m_doc = "The C collector of procsnap: one batched, GIL-free walk of a procfs root.",
+    .m_name = "exporter._reader",
+    .m_doc = "The C reader of procsnap: one batched, GIL-free walk of a procfs root.",
     .m_size = 0,
     .m_slots = module_slots,
 };
 
-PyMODINIT_FUNC PyInit__collector(void)
+PyMODINIT_FUNC PyInit__reader(void)
 {
     return PyModuleDef_Init(&module_def);
 }

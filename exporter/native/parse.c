@@ -1,14 +1,15 @@
 /* Pure parsers of /proc text: a byte buffer in, numbers and offsets out.
  *
  * Every function takes (buf, n) and never reads outside [buf, buf+n); buffers are not
- * NUL-terminated and may contain NULs. The rules are those of exporter/procfs.py:
- * Python's bytes.split() whitespace, bytes.isdigit() numbers, the comm between the
- * first '(' and the LAST ')'.
+ * NUL-terminated and may contain NULs. The rules are those of exporter/procfs.py, the
+ * twin: Python's bytes.split() whitespace, ASCII-digit numbers that fit in 64 bits (the
+ * kernel prints u64: more digits are a malformed file), the comm between the first '('
+ * and the LAST ')'.
  */
 #define _GNU_SOURCE
 #include <string.h>
 
-#include "collector.h"
+#include "reader.h"
 
 const char *const ps_status_keys[PS_ST_NKEYS] = {
     "Uid", "VmSwap", "voluntary_ctxt_switches", "nonvoluntary_ctxt_switches",
@@ -40,39 +41,44 @@ static int parse_token(const char *buf, size_t end, size_t *pos, size_t *off, si
     return 1;
 }
 
-/* An unsigned decimal of ASCII digits only (bytes.isdigit()); 0 or -1 (malformed).
- * Digits beyond 64 bits set out->big (the value wraps modulo 2^64). */
-int parse_uint(const char *buf, size_t off, size_t len, ps_num *out)
+/* An unsigned decimal of ASCII digits only that fits in 64 bits; 0 or -1 (malformed). */
+int parse_uint(const char *buf, size_t off, size_t len, uint64_t *out)
 {
     uint64_t v = 0;
-    int big = 0;
     size_t i;
 
     if (len == 0)
         return -1;
     for (i = off; i < off + len; i++) {
         unsigned d = (unsigned char)buf[i] - '0';
-        if (d > 9)
+        if (d > 9 || __builtin_mul_overflow(v, 10, &v) || __builtin_add_overflow(v, d, &v))
             return -1;
-        if (__builtin_mul_overflow(v, 10, &v))
-            big = 1;
-        if (__builtin_add_overflow(v, d, &v))
-            big = 1;
     }
-    out->v = v;
-    out->off = (uint32_t)off;
-    out->len = (uint32_t)len;
-    out->big = big;
+    *out = v;
     return 0;
 }
 
+static uint64_t parse_rotl(uint64_t x, int k)
+{
+    return (x << k) | (x >> (64 - k));
+}
+
+/* Token i after the comm, as a number. */
+#define STAT_UINT(i, dst) parse_uint(buf, off[i], len[i], dst)
+
 /* /proc/PID/stat. Tokens are counted after the last ')': state (0) .. starttime (19) must
- * be there; vsize (20) and rss (21) may be missing. 0 or -1 (malformed). */
+ * be there; vsize (20) and rss (21) may be missing. The exec evidence (mark) mixes the mm
+ * addresses start_code (23), end_code (24), start_stack (25), arg_start (45), arg_end (46)
+ * and env_end (48): an exec maps a new mm, and with address-space randomisation (or other
+ * arguments) they change. The kernel shows them only to who may ptrace the process
+ * (else arg_start is 0): then, and for kernel threads, zombies and short stat lines, the
+ * mark is 0. 0 or -1 (malformed). */
 int parse_stat(const char *buf, size_t n, ps_stat *out)
 {
     const char *left, *right;
-    size_t off[22], len[22], pos;
-    int ntok = 0;
+    size_t off[49], len[49], pos;
+    uint64_t mm[6];
+    int ntok = 0, i;
 
     memset(out, 0, sizeof(*out));
     left = memchr(buf, '(', n);
@@ -80,7 +86,7 @@ int parse_stat(const char *buf, size_t n, ps_stat *out)
     if (left == NULL || right == NULL || right < left)
         return -1;
     pos = (size_t)(right - buf) + 1;
-    while (ntok < 22 && parse_token(buf, n, &pos, &off[ntok], &len[ntok]))
+    while (ntok < 49 && parse_token(buf, n, &pos, &off[ntok], &len[ntok]))
         ntok++;
     if (ntok < 20)
         return -1;
@@ -89,33 +95,42 @@ int parse_stat(const char *buf, size_t n, ps_stat *out)
     out->comm_len = (size_t)(right - left) - 1;
     out->state_off = off[0];
     out->state_len = len[0];
-    if (parse_uint(buf, off[1], len[1], &out->ppid) < 0 ||
-        parse_uint(buf, off[4], len[4], &out->tty_nr) < 0 ||
-        parse_uint(buf, off[6], len[6], &out->flags) < 0 ||
-        parse_uint(buf, off[7], len[7], &out->minflt) < 0 ||
-        parse_uint(buf, off[9], len[9], &out->majflt) < 0 ||
-        parse_uint(buf, off[11], len[11], &out->utime) < 0 ||
-        parse_uint(buf, off[12], len[12], &out->stime) < 0 ||
-        parse_uint(buf, off[17], len[17], &out->num_threads) < 0 ||
-        parse_uint(buf, off[19], len[19], &out->starttime) < 0)
+    if (STAT_UINT(1, &out->ppid) < 0 || STAT_UINT(4, &out->tty_nr) < 0 ||
+        STAT_UINT(6, &out->flags) < 0 || STAT_UINT(7, &out->minflt) < 0 ||
+        STAT_UINT(9, &out->majflt) < 0 || STAT_UINT(11, &out->utime) < 0 ||
+        STAT_UINT(12, &out->stime) < 0 || STAT_UINT(17, &out->num_threads) < 0 ||
+        STAT_UINT(19, &out->starttime) < 0)
         return -1;
     if (ntok > 20) {
-        if (parse_uint(buf, off[20], len[20], &out->vsize) < 0)
+        if (STAT_UINT(20, &out->vsize) < 0)
             return -1;
         out->has_vsize = 1;
     }
     if (ntok > 21) {
-        if (parse_uint(buf, off[21], len[21], &out->rss) < 0)
+        if (STAT_UINT(21, &out->rss) < 0)
             return -1;
         out->has_rss = 1;
     }
+    if (ntok == 49) {
+        static const int at[6] = {45, 46, 48, 23, 24, 25};
+        for (i = 0; i < 6; i++)
+            if (STAT_UINT(at[i], &mm[i]) < 0)
+                return -1;
+        if (mm[0] != 0) {
+            out->mark = mm[0] ^ parse_rotl(mm[1], 13) ^ parse_rotl(mm[2], 29) ^
+                        parse_rotl(mm[3], 41) ^ parse_rotl(mm[4], 47) ^ parse_rotl(mm[5], 53);
+            if (out->mark == 0)
+                out->mark = 1;
+        }
+    }
     return 0;
 }
+#undef STAT_UINT
 
 /* Lines "Key:<ws>value ..." (status, io). For each wanted key (the text before the first
  * colon, compared exactly) the first token after the colon must be a number; a later
  * line of the same key wins. Sets bit k of *found for keys[k]. 0 or -1 (malformed). */
-int parse_keyed(const char *buf, size_t n, const char *const *keys, int nkeys, ps_num *out,
+int parse_keyed(const char *buf, size_t n, const char *const *keys, int nkeys, uint64_t *out,
                 unsigned *found)
 {
     size_t pos = 0;
@@ -146,15 +161,14 @@ int parse_keyed(const char *buf, size_t n, const char *const *keys, int nkeys, p
     return 0;
 }
 
-/* The soft limit of the first line starting "Max open files" of /proc/PID/limits.
- * 0 (value in *out, or *unlimited set) or -1 (malformed, or no such line). */
-int parse_limits_nofile(const char *buf, size_t n, ps_num *out, int *unlimited)
+/* The soft limit of the first line starting "Max open files" of /proc/PID/limits:
+ * PS_UNLIMITED for "unlimited". 0 or -1 (malformed, or no such line). */
+int parse_limits_nofile(const char *buf, size_t n, uint64_t *out)
 {
     static const char prefix[] = "Max open files";
     const size_t plen = sizeof(prefix) - 1;
     size_t pos = 0;
 
-    *unlimited = 0;
     while (pos < n) {
         const char *nl = memchr(buf + pos, '\n', n - pos);
         size_t end = nl ? (size_t)(nl - buf) : n;
@@ -164,7 +178,7 @@ int parse_limits_nofile(const char *buf, size_t n, ps_num *out, int *unlimited)
             if (!parse_token(buf, end, &tpos, &toff, &tlen))
                 return -1;
             if (tlen == 9 && memcmp(buf + toff, "unlimited", 9) == 0) {
-                *unlimited = 1;
+                *out = PS_UNLIMITED;
                 return 0;
             }
             return parse_uint(buf, toff, tlen, out);
@@ -172,39 +186,4 @@ int parse_limits_nofile(const char *buf, size_t n, ps_num *out, int *unlimited)
         pos = end + 1;
     }
     return -1;
-}
-
-/* /proc/PID/cmdline: the number of arguments, and in *m the length to split (without
- * one trailing NUL). Empty data has no arguments; "\0" has one, "". */
-size_t parse_cmdline_count(const char *buf, size_t n, size_t *m)
-{
-    size_t count = 1, i;
-
-    if (n == 0) {
-        *m = 0;
-        return 0;
-    }
-    if (buf[n - 1] == '\0')
-        n--;
-    *m = n;
-    for (i = 0; i < n; i++)
-        count += buf[i] == '\0';
-    return count;
-}
-
-/* The next NUL-separated argument of buf[0, m) starting at *pos (0 first): 1 and its
- * span, or 0 after the last one. */
-int parse_cmdline_next(const char *buf, size_t m, size_t *pos, size_t *arg_off, size_t *arg_len)
-{
-    const char *z;
-    size_t end;
-
-    if (*pos > m)
-        return 0;
-    z = *pos < m ? memchr(buf + *pos, '\0', m - *pos) : NULL;
-    end = z ? (size_t)(z - buf) : m;
-    *arg_off = *pos;
-    *arg_len = end - *pos;
-    *pos = end + 1;
-    return 1;
 }

@@ -1,13 +1,13 @@
-/* The walk: one getdents64 pass over the procfs root, the per-pid reads, and the per-pid
- * cache (kept fds, identity of the static facts).
+/* The walk: one getdents64 pass over the procfs root and the per-pid reads; the reads of
+ * static facts for the pids the tracker asks for; the per-pid cache of kept-open files.
  *
  * Runs with the GIL released: system calls and parsing into C memory only, no Python
- * API. Errors are counted per errno; exporter/procfs.py is the oracle for which ones.
+ * API. It reports what it read and the errno of what it could not; what that means
+ * (exited, unreadable, exec) is the tracker's business.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,10 +17,10 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "collector.h"
+#include "reader.h"
 
 #define DENTS_SIZE 32768
-#define PS_KEEP_RESERVE 512 /* fds left to the rest of the process */
+#define BUF_FIRST 4096
 
 enum { K_STAT, K_STATUS, K_IO };
 
@@ -31,10 +31,6 @@ struct linux_dirent64 {
     unsigned char d_type;
     char d_name[];
 };
-
-/* Processes whose files are kept open, over all walkers of this process: they share one
- * RLIMIT_NOFILE, so they share one budget. */
-static atomic_size_t walk_kept_processes;
 
 /* ---- small helpers ----------------------------------------------------------------- */
 
@@ -100,22 +96,30 @@ static ssize_t walk_pread(int fd, char *buf, size_t cap)
     return n;
 }
 
-static int walk_openat(int dirfd, const char *path, int flags)
-{
-    int fd;
-
-    do
-        fd = openat(dirfd, path, flags | O_CLOEXEC);
-    while (fd < 0 && errno == EINTR);
-    return fd;
-}
-
 static void walk_close_fd(int *fd)
 {
     if (*fd >= 0) {
         close(*fd);
         *fd = -1;
     }
+}
+
+/* Open PID/name for reading. Never blocks (a FIFO in a fixture tree), and outside a real
+ * procfs only a regular file is read. fd, or -1 with errno. */
+static int walk_open(ps_walker *w, const char *path)
+{
+    struct stat st;
+    int fd;
+
+    do
+        fd = openat(w->rootfd, path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    while (fd < 0 && errno == EINTR);
+    if (fd >= 0 && !w->is_procfs && (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))) {
+        close(fd);
+        errno = EINVAL;
+        return -1;
+    }
+    return fd;
 }
 
 /* Make room for one more element in a growing array (doubling from first). 0 or -1. */
@@ -155,152 +159,62 @@ static int walk_arena_put(ps_walker *w, const char *p, size_t n, ps_span *out)
     return 0;
 }
 
-/* Field f of the last record := x (parsed from buf). 0 or -1 (ENOMEM). */
-static int walk_set(ps_walker *w, ps_record *r, int f, const ps_num *x, const char *buf)
+/* Read a whole file from offset 0 into w->buf: a read that fills the buffer is done again
+ * with a bigger one, up to PS_FILE_MAX. Bytes read, or -1 with errno. *full is set when
+ * the file is PS_FILE_MAX bytes or more (then only that much was read). */
+static ssize_t walk_read_fd(ps_walker *w, int fd, int *full)
 {
-    r->num[f] = x->v;
-    r->has |= 1u << f;
-    if (x->big) {
-        ps_big *b;
-        if (walk_grow((void **)&w->bigs, w->nbigs, &w->cap_bigs, 16, sizeof(*w->bigs)) < 0)
-            return -1;
-        b = &w->bigs[w->nbigs];
-        if (walk_arena_put(w, buf + x->off, x->len, &b->digits) < 0)
-            return -1;
-        b->rec = w->nrecords - 1;
-        b->field = f;
-        w->nbigs++;
-        r->bigmask |= 1u << f;
-    }
-    return 0;
-}
+    ssize_t n;
 
-/* ---- the cache --------------------------------------------------------------------- */
-
-static size_t walk_hash(ps_walker *w, int pid)
-{
-    return ((uint32_t)pid * 2654435761u) & (w->nbuckets - 1);
-}
-
-static int walk_cache_grow(ps_walker *w)
-{
-    size_t nb = w->nbuckets ? 2 * w->nbuckets : 1024, i;
-    ps_entry **old = w->buckets, **buckets = calloc(nb, sizeof(*buckets));
-    size_t oldn = w->nbuckets;
-
-    if (buckets == NULL)
-        return -1;
-    w->buckets = buckets;
-    w->nbuckets = nb;
-    for (i = 0; i < oldn; i++) {
-        ps_entry *e = old[i], *next;
-        for (; e != NULL; e = next) {
-            size_t h = walk_hash(w, e->pid);
-            next = e->next;
-            e->next = buckets[h];
-            buckets[h] = e;
+    *full = 0;
+    for (;;) {
+        n = walk_pread(fd, w->buf, w->buf_cap);
+        if (n < 0 || (size_t)n < w->buf_cap)
+            return n;
+        if (w->buf_cap >= PS_FILE_MAX) {
+            *full = 1;
+            return n;
         }
-    }
-    free(old);
-    return 0;
-}
-
-/* The entry of pid, created when new. NULL on ENOMEM. */
-static ps_entry *walk_cache_get(ps_walker *w, int pid)
-{
-    ps_entry *e;
-    size_t h;
-
-    if (w->nentries >= w->nbuckets && walk_cache_grow(w) < 0)
-        return NULL;
-    h = walk_hash(w, pid);
-    for (e = w->buckets[h]; e != NULL; e = e->next)
-        if (e->pid == pid)
-            break;
-    if (e == NULL) {
-        e = calloc(1, sizeof(*e));
-        if (e == NULL)
-            return NULL;
-        e->pid = pid;
-        e->fd[K_STAT] = e->fd[K_STATUS] = e->fd[K_IO] = -1;
-        e->next = w->buckets[h];
-        w->buckets[h] = e;
-        w->nentries++;
-    }
-    if (!e->keeps && w->is_procfs && atomic_load(&walk_kept_processes) < w->budget) {
-        e->keeps = 1;
-        atomic_fetch_add(&walk_kept_processes, 1);
-    }
-    return e;
-}
-
-static void walk_entry_close(ps_walker *w, ps_entry *e)
-{
-    walk_close_fd(&e->fd[K_STAT]);
-    walk_close_fd(&e->fd[K_STATUS]);
-    walk_close_fd(&e->fd[K_IO]);
-    if (e->keeps) {
-        e->keeps = 0;
-        atomic_fetch_sub(&walk_kept_processes, 1);
-    }
-}
-
-void walk_entry_free(ps_entry *e)
-{
-    free(e->comm);
-    free(e->start_big);
-    free(e);
-}
-
-/* Unlink the entries not recorded by the walk of generation gen (all when all is set)
- * onto w->evicted, closing their fds. Their Python objects are the caller's. */
-static void walk_evict(ps_walker *w, int all)
-{
-    size_t i;
-
-    for (i = 0; i < w->nbuckets; i++) {
-        ps_entry **pp = &w->buckets[i];
-        while (*pp != NULL) {
-            ps_entry *e = *pp;
-            if (all || e->gen != w->gen) {
-                *pp = e->next;
-                walk_entry_close(w, e);
-                e->next = w->evicted;
-                w->evicted = e;
-                w->nentries--;
-            } else {
-                pp = &e->next;
+        {
+            char *bigger = realloc(w->buf, 2 * w->buf_cap);
+            if (bigger == NULL) {
+                errno = ENOMEM;
+                return -1;
             }
+            w->buf = bigger;
+            w->buf_cap *= 2;
         }
     }
 }
 
-/* ---- reads of one process ------------------------------------------------------------ */
-
-/* One pread of at most cap bytes at offset 0 of PID/name, through the kept fd of slot
- * (slot >= 0, e != NULL) when there is one. A failing kept fd (the process exited, the
- * pid may be reused) is closed and the file opened afresh, as Python would.
- * Bytes read, or -1 with *err. */
+/* Read PID/name whole through the kept fd of slot (slot >= 0, e != NULL) when there is
+ * one. A failing kept fd (the process exited, the pid may be reused) is closed and the
+ * file opened afresh. Bytes read, or -1 with *err (ENOMEM is fatal). A file that filled
+ * PS_FILE_MAX is malformed unless cut is set (cmdline, cut as process-exporter does). */
 static ssize_t walk_read(ps_walker *w, ps_entry *e, int slot, int pid, const char *name,
-                         char *buf, size_t cap, int *err)
+                         int cut, int *err)
 {
     char path[48];
     ssize_t n;
-    int fd;
+    int fd, full;
 
     if (slot >= 0 && e->fd[slot] >= 0) {
-        n = walk_pread(e->fd[slot], buf, cap);
+        n = walk_read_fd(w, e->fd[slot], &full);
         if (n >= 0)
-            return n;
+            goto done;
+        if (errno == ENOMEM) {
+            *err = ENOMEM;
+            return -1;
+        }
         walk_close_fd(&e->fd[slot]);
     }
     walk_path(path, pid, name);
-    fd = walk_openat(w->rootfd, path, O_RDONLY);
+    fd = walk_open(w, path);
     if (fd < 0) {
         *err = errno;
         return -1;
     }
-    n = walk_pread(fd, buf, cap);
+    n = walk_read_fd(w, fd, &full);
     if (n < 0) {
         *err = errno;
         close(fd);
@@ -310,6 +224,11 @@ static ssize_t walk_read(ps_walker *w, ps_entry *e, int slot, int pid, const cha
         e->fd[slot] = fd;
     else
         close(fd);
+done:
+    if (full && !cut) {
+        *err = PS_MALFORMED;
+        return -1;
+    }
     return n;
 }
 
@@ -323,9 +242,11 @@ static int walk_gone(ps_walker *w, int pid)
 }
 
 /* A secondary file failed with err: 1 when the process vanished (drop it quietly),
- * else the errno is counted and 0 returned (the field is None). */
+ * -1 on ENOMEM, else the errno is counted and 0 returned (the field is None). */
 static int walk_failed(ps_walker *w, int pid, int err)
 {
+    if (err == ENOMEM)
+        return -1;
     if (walk_is_gone_errno(err) && walk_gone(w, pid))
         return 1;
     walk_count(w, err);
@@ -366,13 +287,6 @@ static int walk_count_entry(ps_walker *w, const char *s, void *count)
     return 0;
 }
 
-/* Entries of an open directory without "." and "..", as len(os.listdir(fd)). */
-static int walk_dir_count(ps_walker *w, int fd, uint64_t *count, int *err)
-{
-    *count = 0;
-    return walk_each_entry(w, fd, walk_count_entry, count, err);
-}
-
 /* Open fds: the size of a procfs fd dir (Linux >= 6.2), else the number of entries. */
 static int walk_fd_count(ps_walker *w, int pid, uint64_t *count, int *err)
 {
@@ -393,148 +307,158 @@ static int walk_fd_count(ps_walker *w, int pid, uint64_t *count, int *err)
             return 0;
         }
     }
-    fd = walk_openat(w->rootfd, path, O_RDONLY | O_DIRECTORY);
+    do
+        fd = openat(w->rootfd, path, O_RDONLY | O_DIRECTORY | O_NONBLOCK | O_CLOEXEC);
+    while (fd < 0 && errno == EINTR);
     if (fd < 0) {
         *err = errno;
         return -1;
     }
-    rc = walk_dir_count(w, fd, count, err);
+    *count = 0;
+    rc = walk_each_entry(w, fd, walk_count_entry, count, err);
     close(fd);
     return rc;
 }
 
-/* The soft RLIMIT_NOFILE: prlimit(2) in our own procfs, else PID/limits.
- * 0 (field set unless unlimited), -1 with *err, -2 malformed, -3 ENOMEM. */
-static int walk_max_fds(ps_walker *w, ps_entry *e, ps_record *r, int pid, int fresh, int *err)
-{
-    ps_num x;
-    ssize_t n;
-    int unlimited;
+/* ---- the cache --------------------------------------------------------------------- */
 
-    if (w->own_procfs) {
-        struct rlimit old;
-        /* A limit seldom changes: prlimit a known identity only every PS_NOFILE_EVERY
-         * walks (staggered by pid), saving a syscall per process per scrape. */
-        if (!fresh && e->nofile_known && ((unsigned)pid + w->gen) % PS_NOFILE_EVERY != 0) {
-            old.rlim_cur = e->nofile;
-        } else if (prlimit(pid, RLIMIT_NOFILE, NULL, &old) == 0) {
-            e->nofile = old.rlim_cur;
-            e->nofile_known = 1;
-        } else {
-            e->nofile_known = 0;
+static size_t walk_hash(ps_walker *w, int pid)
+{
+    return ((uint32_t)pid * 2654435761u) & (w->nbuckets - 1);
+}
+
+static int walk_cache_grow(ps_walker *w)
+{
+    size_t nb = w->nbuckets ? 2 * w->nbuckets : 1024, i;
+    ps_entry **old = w->buckets, **buckets = calloc(nb, sizeof(*buckets));
+    size_t oldn = w->nbuckets;
+
+    if (buckets == NULL)
+        return -1;
+    w->buckets = buckets;
+    w->nbuckets = nb;
+    for (i = 0; i < oldn; i++) {
+        ps_entry *e = old[i], *next;
+        for (; e != NULL; e = next) {
+            size_t h = walk_hash(w, e->pid);
+            next = e->next;
+            e->next = buckets[h];
+            buckets[h] = e;
         }
-        if (e->nofile_known) {
-            if (old.rlim_cur != RLIM_INFINITY) {
-                r->num[F_MAX_FDS] = old.rlim_cur;
-                r->has |= 1u << F_MAX_FDS;
-                r->max_from_prlimit = 1;
+    }
+    free(old);
+    return 0;
+}
+
+static ps_entry *walk_cache_find(ps_walker *w, int pid)
+{
+    ps_entry *e;
+
+    for (e = w->buckets[walk_hash(w, pid)]; e != NULL; e = e->next)
+        if (e->pid == pid)
+            return e;
+    return NULL;
+}
+
+/* The entry of pid, created when new. NULL on ENOMEM. */
+static ps_entry *walk_cache_get(ps_walker *w, int pid)
+{
+    ps_entry *e;
+    size_t h;
+
+    if (w->nentries >= w->nbuckets && walk_cache_grow(w) < 0)
+        return NULL;
+    e = walk_cache_find(w, pid);
+    if (e == NULL) {
+        e = calloc(1, sizeof(*e));
+        if (e == NULL)
+            return NULL;
+        e->pid = pid;
+        e->fd[K_STAT] = e->fd[K_STATUS] = e->fd[K_IO] = -1;
+        h = walk_hash(w, pid);
+        e->next = w->buckets[h];
+        w->buckets[h] = e;
+        w->nentries++;
+    }
+    if (!e->keeps && w->is_procfs && w->nkept < w->keep_open) {
+        e->keeps = 1;
+        w->nkept++;
+    }
+    return e;
+}
+
+static void walk_entry_close(ps_walker *w, ps_entry *e)
+{
+    int i;
+
+    for (i = 0; i < PS_KEPT_FDS; i++)
+        walk_close_fd(&e->fd[i]);
+    if (e->keeps) {
+        e->keeps = 0;
+        w->nkept--;
+    }
+}
+
+void walk_entry_free(ps_entry *e)
+{
+    free(e->comm);
+    free(e);
+}
+
+/* Unlink the entries not recorded by the walk of generation gen (all when all is set)
+ * onto w->evicted, closing their fds. Their Python objects are the caller's. */
+static void walk_evict(ps_walker *w, int all)
+{
+    size_t i;
+
+    for (i = 0; i < w->nbuckets; i++) {
+        ps_entry **pp = &w->buckets[i];
+        while (*pp != NULL) {
+            ps_entry *e = *pp;
+            if (all || e->gen != w->gen) {
+                *pp = e->next;
+                walk_entry_close(w, e);
+                e->next = w->evicted;
+                w->evicted = e;
+                w->nentries--;
+            } else {
+                pp = &e->next;
             }
-            return 0;
-        }
-        if (errno != EPERM && errno != EACCES) { /* EPERM: another user's; read limits */
-            *err = errno;
-            return -1;
         }
     }
-    n = walk_read(w, NULL, -1, pid, "limits", w->buf, PS_LIMITS_CAP, err);
-    if (n < 0)
+}
+
+/* ---- one process --------------------------------------------------------------------- */
+
+static void walk_set(ps_record *r, int f, uint64_t v)
+{
+    r->num[f] = v;
+    r->has |= 1u << f;
+}
+
+/* A pid whose stat could not be read or parsed: alive, as far as we know. 0 or -1. */
+static int walk_unreadable(ps_walker *w, int pid, int err)
+{
+    if (walk_grow((void **)&w->unreadable, w->nunreadable, &w->cap_unreadable, 64,
+                  sizeof(*w->unreadable)) < 0)
         return -1;
-    if (parse_limits_nofile(w->buf, (size_t)n, &x, &unlimited) < 0)
-        return -2;
-    if (!unlimited && walk_set(w, r, F_MAX_FDS, &x, w->buf) < 0)
-        return -3;
+    w->unreadable[w->nunreadable].pid = pid;
+    w->unreadable[w->nunreadable].err = err;
+    w->nunreadable++;
     return 0;
 }
 
-/* The digits of a big number without leading zeros (compared as Python ints are). */
-static const char *walk_big_digits(const ps_num *x, const char *buf, size_t *len)
-{
-    const char *p = buf + x->off;
-
-    *len = x->len;
-    while (*len > 1 && *p == '0') {
-        p++;
-        (*len)--;
-    }
-    return p;
-}
-
-/* Does the entry's identity (starttime, comm) still hold for this stat? */
-static int walk_same_identity(const ps_entry *e, const ps_stat *st, const char *buf)
-{
-    const ps_num *s = &st->starttime;
-    const char *digits;
-    size_t len;
-
-    if (e->comm == NULL || e->start != s->v || e->comm_len != st->comm_len ||
-        memcmp(e->comm, buf + st->comm_off, st->comm_len) != 0)
-        return 0;
-    if (!s->big && e->start_big == NULL)
-        return 1;
-    if (!s->big || e->start_big == NULL)
-        return 0;
-    digits = walk_big_digits(s, buf, &len);
-    return strlen(e->start_big) == len && memcmp(e->start_big, digits, len) == 0;
-}
-
-/* Remember (starttime, comm) as the identity of the static facts read now. */
-static int walk_set_identity(ps_entry *e, const ps_stat *st, const char *buf)
-{
-    const ps_num *s = &st->starttime;
-    char *comm;
-
-    if (e->comm == NULL || e->comm_len != st->comm_len ||
-        memcmp(e->comm, buf + st->comm_off, st->comm_len) != 0) {
-        comm = malloc(st->comm_len ? st->comm_len : 1);
-        if (comm == NULL)
-            return -1;
-        memcpy(comm, buf + st->comm_off, st->comm_len);
-        free(e->comm);
-        e->comm = comm;
-        e->comm_len = st->comm_len;
-        e->comm_stale = 1;
-    }
-    free(e->start_big);
-    e->start_big = NULL;
-    if (s->big) {
-        size_t len;
-        const char *digits = walk_big_digits(s, buf, &len);
-        e->start_big = strndup(digits, len);
-        if (e->start_big == NULL)
-            return -1;
-    }
-    e->start = s->v;
-    e->facts_ok = 0;
-    return 0;
-}
-
-static int walk_set_stat(ps_walker *w, ps_record *r, const ps_stat *st, const char *b)
-{
-    if (walk_set(w, r, F_PPID, &st->ppid, b) < 0 || walk_set(w, r, F_TTY, &st->tty_nr, b) < 0 ||
-        walk_set(w, r, F_FLAGS, &st->flags, b) < 0 ||
-        walk_set(w, r, F_MINFLT, &st->minflt, b) < 0 ||
-        walk_set(w, r, F_MAJFLT, &st->majflt, b) < 0 ||
-        walk_set(w, r, F_UTIME, &st->utime, b) < 0 ||
-        walk_set(w, r, F_STIME, &st->stime, b) < 0 ||
-        walk_set(w, r, F_THREADS, &st->num_threads, b) < 0 ||
-        walk_set(w, r, F_START, &st->starttime, b) < 0 ||
-        (st->has_vsize && walk_set(w, r, F_VSIZE, &st->vsize, b) < 0) ||
-        (st->has_rss && walk_set(w, r, F_RSS, &st->rss, b) < 0))
-        return -1;
-    return walk_arena_put(w, b + st->state_off, st->state_len, &r->state);
-}
-
-/* status or io through its kept fd: fields set, None (counted), or the process
- * vanished. 0, 1 (vanished) or -1 (ENOMEM). */
+/* status or io: fields set, None (counted), or the process vanished.
+ * 0, 1 (vanished) or -1 (ENOMEM). */
 static int walk_keyed(ps_walker *w, ps_entry *e, ps_record *r, int slot, const char *name,
-                      size_t cap, const char *const *keys, int nkeys, int first_field)
+                      const char *const *keys, int nkeys, int first_field)
 {
-    ps_num x[PS_ST_NKEYS];
+    uint64_t x[PS_ST_NKEYS];
     unsigned found;
     ssize_t n;
     int err = 0, k;
 
-    n = walk_read(w, e, slot, r->pid, name, w->buf, cap, &err);
+    n = walk_read(w, e, slot, r->pid, name, 0, &err);
     if (n < 0)
         return walk_failed(w, r->pid, err);
     if (parse_keyed(w->buf, (size_t)n, keys, nkeys, x, &found) < 0) {
@@ -542,75 +466,57 @@ static int walk_keyed(ps_walker *w, ps_entry *e, ps_record *r, int slot, const c
         return 0;
     }
     for (k = 0; k < nkeys; k++)
-        if ((found & (1u << k)) && walk_set(w, r, first_field + k, &x[k], w->buf) < 0)
-            return -1;
+        if (found & (1u << k))
+            walk_set(r, first_field + k, x[k]);
     return 0;
 }
 
-/* A static-fact file (cmdline, cgroup) into *out, which stays PS_NONE when unreadable.
- * 0, 1 (vanished) or -1 (ENOMEM). */
-static int walk_fact(ps_walker *w, ps_record *r, const char *name, size_t cap, int strip,
-                     ps_span *out)
+/* Bytes: a value that does not fit 64 bits makes its file malformed (as the twin). */
+static int walk_scale(ps_record *r, int f, uint64_t k)
 {
-    ssize_t n;
-    int err = 0;
+    uint64_t x;
 
-    out->at = PS_NONE;
-    n = walk_read(w, NULL, -1, r->pid, name, w->buf, cap, &err);
-    if (n < 0)
-        return walk_failed(w, r->pid, err);
-    if (strip) /* rstrip("\n") */
-        while (n > 0 && w->buf[n - 1] == '\n')
-            n--;
-    return walk_arena_put(w, w->buf, (size_t)n, out) < 0 ? -1 : 0;
-}
-
-/* exe: ENOENT is no error (kernel threads, zombies) unless the process is gone.
- * 0, 1 (vanished) or -1 (ENOMEM). */
-static int walk_exe(ps_walker *w, ps_record *r)
-{
-    char path[48];
-    ssize_t n;
-
-    r->exe.at = PS_NONE;
-    walk_path(path, r->pid, "exe");
-    n = readlinkat(w->rootfd, path, w->buf, PS_EXE_CAP);
-    if (n < 0) {
-        int err = errno;
-        if (walk_is_gone_errno(err))
-            return walk_gone(w, r->pid);
-        walk_count(w, err);
+    if (!(r->has & (1u << f)))
         return 0;
-    }
-    return walk_arena_put(w, w->buf, (size_t)n, &r->exe) < 0 ? -1 : 0;
+    if (__builtin_mul_overflow(r->num[f], k, &x))
+        return -1;
+    r->num[f] = x;
+    return 0;
 }
 
-/* One process: 1 recorded, 0 dropped, -1 ENOMEM. The order of the reads (and so of the
- * error counts kept when a process vanishes half-way) is that of procfs.py. */
+/* One process: 1 recorded, 0 not (gone or unreadable), -1 ENOMEM. */
 static int walk_process(ps_walker *w, int pid)
 {
-    size_t arena_mark = w->arena_len, bigs_mark = w->nbigs;
+    size_t arena_mark = w->arena_len;
     ps_entry *e;
     ps_record *r;
     ps_stat st;
     uint64_t count;
     ssize_t n;
-    int err = 0, rc, same;
+    int err = 0, rc;
 
     w->npending = 0;
     e = walk_cache_get(w, pid);
     if (e == NULL)
         return -1;
 
-    n = walk_read(w, e, K_STAT, pid, "stat", w->stat_buf, PS_STAT_CAP, &err);
+    n = walk_read(w, e, K_STAT, pid, "stat", 0, &err);
     if (n < 0) {
-        if (!walk_is_gone_errno(err))
-            walk_tally(w, err);
-        return 0;
+        if (err == ENOMEM)
+            return -1;
+        if (walk_is_gone_errno(err))
+            return 0;
+        e->gen = w->gen; /* keep the entry: the process is there */
+        return walk_unreadable(w, pid, err);
     }
-    if (parse_stat(w->stat_buf, (size_t)n, &st) < 0) {
-        walk_tally(w, PS_MALFORMED);
-        return 0;
+    if (parse_stat(w->buf, (size_t)n, &st) < 0) {
+        e->gen = w->gen;
+        return walk_unreadable(w, pid, PS_MALFORMED);
+    }
+    if (e->start != st.starttime) { /* pid reuse: files of another process */
+        walk_close_fd(&e->fd[K_STATUS]);
+        walk_close_fd(&e->fd[K_IO]);
+        e->start = st.starttime;
     }
 
     if (walk_grow((void **)&w->records, w->nrecords, &w->cap_records, 1024, sizeof(*w->records)) < 0)
@@ -619,64 +525,49 @@ static int walk_process(ps_walker *w, int pid)
     memset(r, 0, sizeof(*r));
     r->pid = pid;
     r->entry = e;
-    r->cmdline.at = r->exe.at = r->cgroup.at = PS_NONE;
-    if (walk_set_stat(w, r, &st, w->stat_buf) < 0)
+    if (walk_arena_put(w, w->buf + st.comm_off, st.comm_len, &r->comm) < 0 ||
+        walk_arena_put(w, w->buf + st.state_off, st.state_len, &r->state) < 0)
         return -1;
-
-    same = e->facts_ok && walk_same_identity(e, &st, w->stat_buf);
-    if (!same) { /* new, exec or pid reuse: open afresh, so access is checked again */
-        walk_close_fd(&e->fd[K_STATUS]);
-        walk_close_fd(&e->fd[K_IO]);
-        if (walk_set_identity(e, &st, w->stat_buf) < 0)
-            return -1;
+    walk_set(r, F_PPID, st.ppid);
+    walk_set(r, F_FLAGS, st.flags);
+    walk_set(r, F_START, st.starttime);
+    walk_set(r, F_UTIME, st.utime);
+    walk_set(r, F_STIME, st.stime);
+    walk_set(r, F_MINFLT, st.minflt);
+    walk_set(r, F_MAJFLT, st.majflt);
+    walk_set(r, F_THREADS, st.num_threads);
+    if (st.has_vsize)
+        walk_set(r, F_VSIZE, st.vsize);
+    if (st.has_rss)
+        walk_set(r, F_RSS, st.rss);
+    walk_set(r, F_TTY, st.tty_nr);
+    walk_set(r, F_MARK, st.mark);
+    if (walk_scale(r, F_RSS, w->page_size) < 0) {
+        w->nrecords--;
+        w->arena_len = arena_mark;
+        e->gen = w->gen;
+        return walk_unreadable(w, pid, PS_MALFORMED);
     }
 
-    rc = walk_keyed(w, e, r, K_STATUS, "status", PS_STATUS_CAP, ps_status_keys, PS_ST_NKEYS,
-                    F_UID);
-    if (rc == 0)
-        rc = walk_keyed(w, e, r, K_IO, "io", PS_IO_CAP, ps_io_keys, PS_IO_NKEYS, F_READ);
-    if (rc != 0)
-        goto done;
-
-    if (walk_fd_count(w, pid, &count, &err) == 0) {
-        r->num[F_OPEN_FDS] = count;
-        r->has |= 1u << F_OPEN_FDS;
-    } else if (walk_failed(w, pid, err)) {
-        rc = 1;
-        goto done;
-    }
-
-    switch (walk_max_fds(w, e, r, pid, !same, &err)) {
-    case -1:
-        if (walk_failed(w, pid, err)) {
-            rc = 1;
-            goto done;
-        }
-        break;
-    case -2:
+    rc = walk_keyed(w, e, r, K_STATUS, "status", ps_status_keys, PS_ST_NKEYS, F_UID);
+    if (rc == 0 && walk_scale(r, F_SWAP, 1024) < 0) { /* status VmSwap is in kB */
+        r->has &= ~(1u << F_UID | 1u << F_SWAP | 1u << F_CTXV | 1u << F_CTXNV);
         walk_count(w, PS_MALFORMED);
-        break;
-    case -3:
-        return -1;
     }
-
-    if (!same) {
-        r->facts_new = 1;
-        rc = walk_fact(w, r, "cmdline", PS_CMDLINE_CAP, 0, &r->cmdline);
-        if (rc == 0)
-            rc = walk_exe(w, r);
-        if (rc == 0)
-            rc = walk_fact(w, r, "cgroup", PS_CGROUP_CAP, 1, &r->cgroup);
+    if (rc == 0)
+        rc = walk_keyed(w, e, r, K_IO, "io", ps_io_keys, PS_IO_NKEYS, F_READ);
+    if (rc == 0) {
+        if (walk_fd_count(w, pid, &count, &err) == 0)
+            walk_set(r, F_OPEN_FDS, count);
+        else
+            rc = walk_failed(w, pid, err);
     }
-
-done:
     if (rc < 0)
         return -1;
     if (rc > 0) { /* vanished: drop it quietly, with the errors it caused */
         w->npending = 0;
         w->nrecords--;
         w->arena_len = arena_mark;
-        w->nbigs = bigs_mark;
         return 0;
     }
     walk_commit(w);
@@ -711,17 +602,35 @@ static int walk_add_pid(ps_walker *w, const char *s, void *unused)
     return 0;
 }
 
+/* The root fd, opened when not kept (a fixture tree is opened afresh for each call, so
+ * it is listed as it is now). 0 or -1 with *err. */
+static int walk_open_root(ps_walker *w, int *err)
+{
+    if (w->rootfd >= 0)
+        return 0;
+    do
+        w->rootfd = openat(AT_FDCWD, w->procfs, O_RDONLY | O_DIRECTORY | O_NONBLOCK | O_CLOEXEC);
+    while (w->rootfd < 0 && errno == EINTR);
+    if (w->rootfd < 0) {
+        *err = errno;
+        return -1;
+    }
+    return 0;
+}
+
+static void walk_done_root(ps_walker *w)
+{
+    if (!w->is_procfs)
+        walk_close_fd(&w->rootfd);
+}
+
 /* The numeric names of the root, sorted. 0 or -1 with *err. */
 static int walk_root(ps_walker *w, int *err)
 {
     w->npids = 0;
-    if (w->rootfd < 0) {
-        w->rootfd = walk_openat(AT_FDCWD, w->procfs, O_RDONLY | O_DIRECTORY);
-        if (w->rootfd < 0) {
-            *err = errno;
-            return -1;
-        }
-    } else if (lseek(w->rootfd, 0, SEEK_SET) < 0) {
+    if (walk_open_root(w, err) < 0)
+        return -1;
+    if (lseek(w->rootfd, 0, SEEK_SET) < 0) {
         *err = errno;
         return -1;
     }
@@ -731,17 +640,13 @@ static int walk_root(ps_walker *w, int *err)
     return 0;
 }
 
-static void walk_budget(ps_walker *w)
+void walk_reset_output(ps_walker *w)
 {
-    struct rlimit rl;
-    rlim_t soft;
-
-    w->budget = 0;
-    if (!w->is_procfs || getrlimit(RLIMIT_NOFILE, &rl) < 0)
-        return;
-    soft = rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > (1u << 30) ? (1u << 30) : rl.rlim_cur;
-    if (soft > PS_KEEP_RESERVE)
-        w->budget = (size_t)(soft - PS_KEEP_RESERVE) / PS_KEPT_FDS;
+    w->nrecords = 0;
+    w->nunreadable = 0;
+    w->arena_len = 0;
+    w->malformed = 0;
+    memset(w->errors, 0, sizeof(w->errors));
 }
 
 int walk_collect(ps_walker *w, int *err)
@@ -749,15 +654,9 @@ int walk_collect(ps_walker *w, int *err)
     size_t i;
     int rc = 0;
 
-    w->nrecords = 0;
-    w->arena_len = 0;
-    w->nbigs = 0;
-    w->malformed = 0;
-    memset(w->errors, 0, sizeof(w->errors));
+    walk_reset_output(w);
     if (++w->gen == 0)
         w->gen = 1;
-    walk_budget(w);
-
     if (walk_root(w, err) < 0) {
         rc = -1;
         goto done;
@@ -769,12 +668,153 @@ int walk_collect(ps_walker *w, int *err)
             goto done;
         }
     }
-    walk_evict(w, 0); /* pids not recorded by this walk */
+    walk_evict(w, 0); /* pids not seen by this walk */
 done:
-    if (!w->is_procfs) /* a fixture tree is listed afresh each time, as Python does */
-        walk_close_fd(&w->rootfd);
+    walk_done_root(w);
     return rc;
 }
+
+/* ---- static facts -------------------------------------------------------------------- */
+
+/* A fact file into *out (PS_NONE when unreadable, counted). 0, 1 (vanished), -1 ENOMEM. */
+static int walk_fact_file(ps_walker *w, int pid, const char *name, int cut, ps_span *out)
+{
+    ssize_t n;
+    int err = 0;
+
+    n = walk_read(w, NULL, -1, pid, name, cut, &err);
+    if (n < 0)
+        return walk_failed(w, pid, err);
+    return walk_arena_put(w, w->buf, (size_t)n, out) < 0 ? -1 : 0;
+}
+
+/* exe: ENOENT is no error (kernel threads, zombies) unless the process is gone.
+ * 0, 1 (vanished) or -1 (ENOMEM). */
+static int walk_exe(ps_walker *w, int pid, ps_span *out)
+{
+    char path[48];
+    ssize_t n;
+
+    walk_path(path, pid, "exe");
+    n = readlinkat(w->rootfd, path, w->buf, PS_EXE_CAP);
+    if (n < 0) {
+        int err = errno;
+        if (walk_is_gone_errno(err))
+            return walk_gone(w, pid);
+        walk_count(w, err);
+        return 0;
+    }
+    return walk_arena_put(w, w->buf, (size_t)n, out) < 0 ? -1 : 0;
+}
+
+/* The soft RLIMIT_NOFILE: prlimit(2) in our own procfs, else PID/limits (also for another
+ * user's process, whose limits file anyone may read). 0, 1 (vanished), -1 ENOMEM. */
+static int walk_nofile(ps_walker *w, ps_fact *f)
+{
+    struct rlimit old;
+    ssize_t n;
+    int err = 0;
+
+    if (w->own_procfs) {
+        if (prlimit(f->pid, RLIMIT_NOFILE, NULL, &old) == 0) {
+            f->nofile = old.rlim_cur == RLIM_INFINITY ? PS_UNLIMITED : (uint64_t)old.rlim_cur;
+            f->has_nofile = 1;
+            return 0;
+        }
+        if (errno == ESRCH)
+            return 1;
+        if (errno != EPERM && errno != EACCES)
+            return walk_failed(w, f->pid, errno);
+    }
+    n = walk_read(w, NULL, -1, f->pid, "limits", 0, &err);
+    if (n < 0)
+        return walk_failed(w, f->pid, err);
+    if (parse_limits_nofile(w->buf, (size_t)n, &f->nofile) < 0)
+        walk_count(w, PS_MALFORMED);
+    else
+        f->has_nofile = 1;
+    return 0;
+}
+
+/* Still the process with this starttime? (read after the facts: if so, they are its) */
+static int walk_still(ps_walker *w, ps_fact *f)
+{
+    ps_entry *e = walk_cache_find(w, f->pid);
+    ps_stat st;
+    ssize_t n;
+    int err = 0;
+
+    if (e != NULL && e->start != f->start)
+        e = NULL;
+    n = walk_read(w, e, e != NULL ? K_STAT : -1, f->pid, "stat", 0, &err);
+    if (n < 0)
+        return err == ENOMEM ? -1 : 0;
+    return parse_stat(w->buf, (size_t)n, &st) == 0 && st.starttime == f->start;
+}
+
+static int walk_fact(ps_walker *w, ps_fact *f)
+{
+    size_t arena_mark = w->arena_len;
+    int rc = 0;
+
+    w->npending = 0;
+    f->cmdline.at = f->exe.at = f->cgroup.at = PS_NONE;
+    f->has_nofile = 0;
+    f->gone = 0;
+    if (rc == 0 && (f->want & PS_WANT_CMDLINE))
+        rc = walk_fact_file(w, f->pid, "cmdline", 1, &f->cmdline);
+    if (rc == 0 && (f->want & PS_WANT_EXE))
+        rc = walk_exe(w, f->pid, &f->exe);
+    if (rc == 0 && (f->want & PS_WANT_CGROUP))
+        rc = walk_fact_file(w, f->pid, "cgroup", 0, &f->cgroup);
+    if (rc == 0 && (f->want & PS_WANT_NOFILE))
+        rc = walk_nofile(w, f);
+    if (rc == 0) {
+        rc = walk_still(w, f);
+        if (rc < 0)
+            return -1;
+        rc = !rc;
+    }
+    if (rc < 0)
+        return -1;
+    if (rc > 0) { /* gone, or another process now: nothing of it is kept */
+        w->npending = 0;
+        w->arena_len = arena_mark;
+        f->cmdline.at = f->exe.at = f->cgroup.at = PS_NONE;
+        f->has_nofile = 0;
+        f->gone = 1;
+        return 0;
+    }
+    walk_commit(w);
+    return 0;
+}
+
+int walk_facts(ps_walker *w, ps_fact *facts, size_t n, int *err)
+{
+    size_t i;
+    int rc = 0;
+
+    walk_reset_output(w);
+    if (walk_open_root(w, err) < 0) { /* the root went away: every process with it */
+        for (i = 0; i < n; i++) {
+            facts[i].cmdline.at = facts[i].exe.at = facts[i].cgroup.at = PS_NONE;
+            facts[i].has_nofile = 0;
+            facts[i].gone = 1;
+        }
+        return 0;
+    }
+    for (i = 0; i < n; i++) {
+        if (walk_fact(w, &facts[i]) < 0) {
+            *err = ENOMEM;
+            rc = -1;
+            break;
+        }
+    }
+    walk_done_root(w);
+    return rc;
+}
+
+/* ---- set-up -------------------------------------------------------------------------- */
 
 void walk_close_all(ps_walker *w)
 {
@@ -782,7 +822,7 @@ void walk_close_all(ps_walker *w)
     walk_close_fd(&w->rootfd);
 }
 
-int walk_init(ps_walker *w, const char *procfs)
+int walk_init(ps_walker *w, const char *procfs, uint64_t page_size, size_t keep_open)
 {
     struct statfs sfs;
     struct stat st;
@@ -791,18 +831,19 @@ int walk_init(ps_walker *w, const char *procfs)
 
     memset(w, 0, sizeof(*w));
     w->rootfd = -1;
+    w->page_size = page_size;
+    w->keep_open = keep_open;
     w->procfs = strdup(procfs);
-    w->buf = malloc(PS_CMDLINE_CAP);
-    w->stat_buf = malloc(PS_STAT_CAP);
+    w->buf_cap = BUF_FIRST;
+    w->buf = malloc(w->buf_cap);
     w->dents = malloc(DENTS_SIZE);
-    if (w->procfs == NULL || w->buf == NULL || w->stat_buf == NULL || w->dents == NULL ||
-        walk_cache_grow(w) < 0) {
+    if (w->procfs == NULL || w->buf == NULL || w->dents == NULL || walk_cache_grow(w) < 0) {
         walk_free(w);
         errno = ENOMEM;
         return -1;
     }
-    /* An unreadable root is no error yet: collect() reports it, as Python does. */
-    w->rootfd = walk_openat(AT_FDCWD, procfs, O_RDONLY | O_DIRECTORY);
+    /* An unreadable root is no error yet: read() reports it. */
+    w->rootfd = openat(AT_FDCWD, procfs, O_RDONLY | O_DIRECTORY | O_NONBLOCK | O_CLOEXEC);
     if (w->rootfd < 0)
         return 0;
     /* the root inode (1) of a procfs mount: fd dir sizes are fd counts, reads of kept
@@ -826,16 +867,16 @@ void walk_free(ps_walker *w)
     free(w->buckets);
     free(w->procfs);
     free(w->buf);
-    free(w->stat_buf);
     free(w->dents);
     free(w->records);
+    free(w->unreadable);
     free(w->arena);
-    free(w->bigs);
     free(w->pids);
     w->buckets = NULL;
-    w->procfs = w->buf = w->stat_buf = w->dents = w->arena = NULL;
+    w->procfs = w->buf = w->dents = w->arena = NULL;
     w->records = NULL;
-    w->bigs = NULL;
+    w->unreadable = NULL;
     w->pids = NULL;
-    w->nbuckets = w->cap_records = w->arena_cap = w->cap_bigs = w->cap_pids = 0;
+    w->nbuckets = w->cap_records = w->cap_unreadable = w->arena_cap = w->cap_pids = 0;
+    w->buf_cap = 0;
 }

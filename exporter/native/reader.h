@@ -1,0 +1,161 @@
+/* exporter._reader: the C reader of procsnap. It reads and parses /proc; it decides
+ * nothing about identity, exec, memoisation or what an error means (exporter/tracker.py).
+ *
+ * parse.c  pure parsers of /proc text (never read outside the buffer they are given)
+ * walk.c   the getdents64 walk, the per-pid reads, the per-pid cache of kept-open files,
+ *          and the reads of static facts for the pids the tracker asks for; runs with the
+ *          GIL released and touches no Python object
+ * module.c the module table and the Reader type; builds Python objects afterwards
+ *
+ * exporter/procfs.py is the parser twin: the same parsing rules, held equal by the tests.
+ */
+#ifndef PROCSNAP_READER_H
+#define PROCSNAP_READER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* A file is read whole: a read that fills the buffer is done again with a bigger one, up
+ * to this size. cmdline is cut there (as process-exporter reads it); any other file that
+ * big is malformed. */
+#define PS_FILE_MAX (1u << 20)
+#define PS_EXE_CAP 4096 /* PATH_MAX */
+
+#define PS_ERRNO_MAX 4095    /* errno values are below this (MAX_ERRNO) */
+#define PS_MALFORMED (-1)    /* a reason beside the errnos: the file does not parse */
+#define PS_PROC_SUPER_MAGIC 0x9fa0
+#define PS_KEPT_FDS 3        /* per process: stat, status, io */
+
+/* ---- parse.c ------------------------------------------------------------------- */
+
+/* The /proc/PID/stat fields we use; comm and state are spans of the parsed buffer. */
+typedef struct {
+    size_t comm_off, comm_len;
+    size_t state_off, state_len;
+    uint64_t ppid, tty_nr, flags, minflt, majflt, utime, stime, num_threads, starttime;
+    uint64_t vsize, rss;
+    int has_vsize, has_rss;
+    uint64_t mark; /* exec evidence, 0 when the kernel hid it (see parse_stat) */
+} ps_stat;
+
+enum { PS_ST_UID, PS_ST_VMSWAP, PS_ST_CTXV, PS_ST_CTXNV, PS_ST_NKEYS };
+enum { PS_IO_READ, PS_IO_WRITE, PS_IO_NKEYS };
+
+int parse_uint(const char *buf, size_t off, size_t len, uint64_t *out);
+int parse_stat(const char *buf, size_t n, ps_stat *out);
+int parse_keyed(const char *buf, size_t n, const char *const *keys, int nkeys, uint64_t *out,
+                unsigned *found);
+int parse_limits_nofile(const char *buf, size_t n, uint64_t *out);
+
+extern const char *const ps_status_keys[PS_ST_NKEYS];
+extern const char *const ps_io_keys[PS_IO_NKEYS];
+
+#define PS_UNLIMITED UINT64_MAX /* RLIM_INFINITY, and "unlimited" in a limits file */
+
+/* ---- walk.c -------------------------------------------------------------------- */
+
+/* Numeric fields of a record, in the order of exporter/reader.py's record layout after
+ * pid, ppid, comm and state. */
+enum {
+    F_PPID, F_FLAGS, F_START, F_UTIME, F_STIME, F_MINFLT, F_MAJFLT, F_THREADS, F_VSIZE,
+    F_RSS, F_UID, F_SWAP, F_CTXV, F_CTXNV, F_READ, F_WRITE, F_OPEN_FDS, F_TTY, F_MARK,
+    F_COUNT
+};
+
+/* A cache entry: one per pid the last walk recorded. It keeps files open (a syscall
+ * saving) and the comm's Python str (module.c, only touched with the GIL). */
+typedef struct ps_entry {
+    struct ps_entry *next; /* hash chain; the evicted list */
+    int pid;
+    unsigned gen;          /* walk generation that last recorded this pid */
+    int fd[PS_KEPT_FDS];   /* kept stat, status, io; -1 when not open */
+    int keeps;             /* counts against the keep-open budget */
+    uint64_t start;        /* starttime the kept files belong to */
+    char *comm;            /* bytes of comm_obj */
+    size_t comm_len;
+    struct _object *comm_obj;
+} ps_entry;
+
+/* A span of the text arena; at == PS_NONE means "not available" (None). */
+typedef struct {
+    size_t at, len;
+} ps_span;
+
+#define PS_NONE ((size_t)-1)
+#define PS_PENDING_MAX 16 /* more errors than files a process has */
+
+typedef struct {
+    int pid;
+    ps_entry *entry;
+    uint32_t has; /* bit i set: numeric field i is not None */
+    uint64_t num[F_COUNT];
+    ps_span comm, state;
+} ps_record;
+
+/* One pid the tracker asks facts of (read_facts). */
+enum { PS_WANT_CMDLINE = 1, PS_WANT_EXE = 2, PS_WANT_CGROUP = 4, PS_WANT_NOFILE = 8 };
+
+typedef struct {
+    int pid;
+    unsigned want;
+    uint64_t start;  /* the identity's starttime: the facts are checked to be its */
+    int gone;        /* the process exited (or the pid was reused) meanwhile */
+    ps_span cmdline, exe, cgroup;
+    int has_nofile;
+    uint64_t nofile; /* soft RLIMIT_NOFILE; PS_UNLIMITED when unlimited */
+} ps_fact;
+
+typedef struct {
+    int pid;
+    int err; /* errno, or PS_MALFORMED */
+} ps_unreadable;
+
+typedef struct {
+    char *procfs;         /* path of the root */
+    int rootfd;           /* kept open on a real procfs; -1 otherwise */
+    int is_procfs;        /* root of a mounted procfs: fd count from st_size, keep fds */
+    int own_procfs;       /* our own pid namespace: prlimit works */
+    uint64_t page_size;
+    size_t keep_open;     /* processes whose files this reader may keep open */
+    unsigned gen;
+    /* the cache */
+    ps_entry **buckets;
+    size_t nbuckets, nentries, nkept;
+    ps_entry *evicted;    /* unlinked by the walk; freed by the caller with the GIL */
+    /* per-call output */
+    ps_record *records;
+    size_t nrecords, cap_records;
+    ps_unreadable *unreadable;
+    size_t nunreadable, cap_unreadable;
+    char *arena;          /* text of the output: comm, state, facts */
+    size_t arena_len, arena_cap;
+    uint32_t errors[PS_ERRNO_MAX + 1];
+    uint32_t malformed;
+    int pending[PS_PENDING_MAX]; /* errors of the process being read (walk_count) */
+    int npending;
+    /* scratch */
+    char *buf;            /* grows up to PS_FILE_MAX */
+    size_t buf_cap;
+    int *pids;
+    size_t npids, cap_pids;
+    char *dents;
+} ps_walker;
+
+/* walk_init: zero + allocate scratch; 0 or -1 (errno set). */
+int walk_init(ps_walker *w, const char *procfs, uint64_t page_size, size_t keep_open);
+/* walk_collect: one walk, GIL released. 0 ok; -1 with *err = errno (root unreadable,
+ * or ENOMEM). */
+int walk_collect(ps_walker *w, int *err);
+/* walk_facts: the facts asked for in facts[0..n) (their pid, want and start set). 0 or
+ * -1 with *err = ENOMEM. */
+int walk_facts(ps_walker *w, ps_fact *facts, size_t n, int *err);
+/* Drop what the per-call output holds (errors, arena) before a call. */
+void walk_reset_output(ps_walker *w);
+/* Close every kept fd and the root fd, unlink every entry to w->evicted. */
+void walk_close_all(ps_walker *w);
+/* Free C memory of one entry (its Python object must already be released). */
+void walk_entry_free(ps_entry *e);
+void walk_free(ps_walker *w);
+
+#endif

@@ -1,0 +1,187 @@
+"""The reader: one batched read of every process under a procfs root, and the static facts
+of the pids the tracker asks for. It reads and parses; it decides nothing (identity, exec,
+what an error means: :mod:`exporter.tracker`).
+
+Two backends give the same output:
+
+* ``native``: the C extension ``exporter._reader`` (one getdents walk, files kept open
+  across reads, the GIL released for the whole walk);
+* ``python``: :class:`exporter.procfs.PythonReader`, the parser twin, used when the
+  extension is not built and as the oracle the tests hold the C against.
+
+A record is a plain tuple laid out as :data:`FIELDS`: raw kernel units (clock ticks,
+bytes, counts), ``None`` where a file could not be read. Numbers that do not fit in 64
+bits make their file malformed.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import threading
+import time
+from typing import NamedTuple
+
+FIELDS = (
+    "pid",
+    "ppid",
+    "comm",  # str, bad UTF-8 replaced
+    "state",  # one letter of /proc/PID/stat: R S D Z T t X I ...
+    "flags",  # stat flags (PF_KTHREAD = 0x00200000: a kernel thread)
+    "start_ticks",  # stat starttime: clock ticks after boot; (pid, start_ticks) is the identity
+    "utime_ticks",
+    "stime_ticks",
+    "minor_faults",
+    "major_faults",
+    "num_threads",
+    "vms_bytes",
+    "rss_bytes",
+    "uid",  # real uid (status Uid, first column)
+    "swap_bytes",  # status VmSwap; None for kernel threads (no mm)
+    "ctx_voluntary",
+    "ctx_nonvoluntary",
+    "read_bytes",  # io read_bytes (storage layer)
+    "write_bytes",
+    "open_fds",
+    "tty_nr",  # stat tty_nr: 0 without a controlling terminal
+    "mark",  # exec evidence from the mm addresses in stat; 0 when the kernel hides them
+)
+F = {name: i for i, name in enumerate(FIELDS)}
+
+# read_facts: what to read for a pid (bits)
+WANT_CMDLINE, WANT_EXE, WANT_CGROUP, WANT_NOFILE = 1, 2, 4, 8
+WANT_ALL = WANT_CMDLINE | WANT_EXE | WANT_CGROUP | WANT_NOFILE
+UNLIMITED = 2**64 - 1  # a soft RLIMIT_NOFILE of "unlimited"
+MALFORMED = -1  # the errno of a file that does not parse
+
+PF_KTHREAD = 0x00200000
+
+
+def reason(err: int) -> str:
+    """An errno (or MALFORMED) as the reason label procsnap counts it under."""
+    if err == MALFORMED:
+        return "malformed"
+    return errno.errorcode.get(err, str(err))
+
+
+class Reading(NamedTuple):
+    records: list  # tuples laid out as FIELDS, sorted by pid
+    unreadable: list  # [(pid, errno)]: stat unreadable or malformed, the pid still there
+    errors: dict  # {reason: count} of the other files
+    timestamp: float  # epoch seconds when the walk started
+    duration_seconds: float
+
+
+class Fact(NamedTuple):
+    pid: int
+    gone: bool  # exited, or the pid is another process now: the rest is None
+    cmdline: object  # bytes or None
+    exe: object
+    cgroup: object
+    nofile: object  # int (UNLIMITED for unlimited) or None
+
+
+def _native_module():
+    try:
+        from exporter import _reader  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return _reader
+
+
+def native_available() -> bool:
+    return _native_module() is not None
+
+
+# Each kept-open /proc file pins kernel memory (its seq_file buffer, struct file, dentry
+# and inode): measured about 16 KiB charged per process for stat, status and io. "auto"
+# keeps the files of at most this many processes, which bounds that memory near 16 MiB;
+# the rest are opened and closed at each read.
+KEEP_OPEN_AUTO = 1000
+FD_RESERVE = 512  # descriptors left to the rest of procsnap (sockets, config, ...)
+
+
+def keep_open_budget(setting: str) -> int:
+    """Processes whose files may be kept open, from --procfs.keep-open (auto, off, or a
+    number), capped by what RLIMIT_NOFILE leaves (3 files a process)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    by_fds = max(0, (soft - FD_RESERVE) // 3)
+    if setting == "off":
+        return 0
+    if setting == "auto":
+        return min(KEEP_OPEN_AUTO, by_fds)
+    return min(int(setting), by_fds)
+
+
+def parse_keep_open(text: str) -> str:
+    """Validates a --procfs.keep-open value; raises ValueError with the reason."""
+    value = text.strip().lower()
+    if value in ("auto", "off"):
+        return value
+    if value == "all":
+        return str(1 << 30)
+    if value.isascii() and value.isdigit():
+        return str(int(value))
+    raise ValueError(f"invalid keep-open {text!r} (auto, off, all, or a number of processes)")
+
+
+class Reader:
+    """Reads one procfs root, keeping what it may keep between reads (native: open files).
+
+    Thread-safe: concurrent calls are serialized by the backend.
+    """
+
+    def __init__(self, procfs: str = "/proc", backend: str = "native", page_size: int | None = None,
+                 keep_open: str = "auto"):
+        if backend not in ("native", "python"):
+            raise ValueError(f"backend must be 'native' or 'python', not {backend!r}")
+        self.procfs = procfs
+        self.backend = backend
+        self.page_size = page_size or os.sysconf("SC_PAGE_SIZE")
+        if backend == "native":
+            module = _native_module()
+            if module is None:
+                raise RuntimeError("the native reader (exporter._reader) is not built; use backend='python'")
+            self._impl = module.Reader(procfs, self.page_size, keep_open_budget(keep_open))
+        else:
+            from exporter.procfs import PythonReader
+
+            self._impl = PythonReader(procfs, self.page_size)
+        self._lock = threading.Lock()
+
+    def read(self) -> Reading:
+        """Every process; raises OSError naming the root when it cannot be listed."""
+        started = time.time()
+        t0 = time.perf_counter()
+        try:
+            records, unreadable, errors = self._impl.read()
+        except OSError as e:
+            raise OSError(e.errno, f"cannot list {self.procfs}: {e.strerror or e}") from None
+        return Reading(records, unreadable, _named(errors), started, time.perf_counter() - t0)
+
+    def read_facts(self, requests) -> tuple:
+        """[(pid, start_ticks, want)] -> ([Fact] in that order, {reason: count})."""
+        if not requests:
+            return [], {}
+        facts, errors = self._impl.read_facts(requests)
+        return [Fact(*f) for f in facts], _named(errors)
+
+    def kept(self) -> int:
+        """Processes whose files are kept open now."""
+        return self._impl.kept()
+
+    def close(self) -> None:
+        """Release what the reader keeps open."""
+        self._impl.close()
+
+
+def _named(errors: dict) -> dict:
+    named: dict = {}
+    for err, count in errors.items():
+        key = reason(err)
+        named[key] = named.get(key, 0) + count
+    return named
+

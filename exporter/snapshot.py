@@ -1,0 +1,122 @@
+"""The snapshot contract: every process under a procfs root, as :class:`Process` records.
+
+``snapshot()`` is the library entry point (the exporter itself works on the tracker's
+steps, which carry the same facts without building a record per process). Each call is
+one reading: identities, exec detection, static-fact memoisation and unreadable-is-not-
+exited are the tracker's (:mod:`exporter.tracker`), so repeated calls reuse what the
+previous ones read.
+
+A field the kernel would not let us read is ``None``, never 0; the reasons are counted in
+``Snapshot.errors`` (errno name -> count, ``"malformed"`` for a file that does not parse).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import NamedTuple, Optional, Sequence
+
+from exporter.hostfacts import HostFacts
+from exporter.reader import F, Reader
+from exporter.tracker import Tracker
+
+
+class Process(NamedTuple):
+    """One process as seen by one snapshot. Text is valid UTF-8 (bad bytes replaced)."""
+
+    pid: int
+    ppid: int
+    comm: str
+    state: str  # one letter of /proc/PID/stat: R S D Z T t X I ...
+    is_kernel_thread: bool  # PF_KTHREAD in stat flags
+    start_ticks: int  # raw stat starttime; (pid, start_ticks) is the identity
+    start_time_seconds: float  # epoch seconds: boot_time + start_ticks / clock_ticks
+    cpu_user_seconds: float
+    cpu_system_seconds: float
+    minor_faults: int
+    major_faults: int
+    num_threads: int
+    rss_bytes: Optional[int]
+    vms_bytes: Optional[int]
+    swap_bytes: Optional[int]  # status VmSwap; None for kernel threads (no mm)
+    ctx_voluntary: Optional[int]
+    ctx_nonvoluntary: Optional[int]
+    read_bytes: Optional[int]  # io read_bytes (storage layer), None if io unreadable
+    write_bytes: Optional[int]
+    open_fds: Optional[int]
+    max_fds: Optional[int]  # soft RLIMIT_NOFILE; None when unlimited or unreadable
+    uid: Optional[int]  # real uid (status Uid, first column)
+    username: Optional[str]  # name of uid, or str(uid) when no user has it
+    tty: Optional[str]  # "pts/3", "tty1"; None when there is no controlling tty
+    cmdline: Optional[Sequence[str]]  # argv, trailing NULs trimmed; () for kernel threads and zombies
+    exe: Optional[str]
+    cgroup: Optional[str]  # text of /proc/PID/cgroup, trailing newline stripped
+
+
+class Snapshot(NamedTuple):
+    processes: list  # list[Process], sorted by pid
+    timestamp: float  # epoch seconds when the walk started
+    duration_seconds: float
+    errors: dict  # reason -> count: errno names ("EACCES", "EPERM", ...) and "malformed"
+    backend: str
+
+
+_NAMES = ("pid", "ppid", "comm", "state", "start_ticks", "utime_ticks", "stime_ticks", "minor_faults",
+          "major_faults", "num_threads", "rss_bytes", "vms_bytes", "swap_bytes", "ctx_voluntary",
+          "ctx_nonvoluntary", "read_bytes", "write_bytes", "open_fds", "uid", "tty_nr")
+(_PID, _PPID, _COMM, _STATE, _START, _UTIME, _STIME, _MINFLT, _MAJFLT, _THREADS, _RSS, _VMS, _SWAP,
+ _CTXV, _CTXNV, _READ, _WRITE, _FDS, _UID, _TTY) = (F[name] for name in _NAMES)
+
+
+def processes(step, facts: HostFacts) -> list:
+    """The Process records of one tracker step."""
+    hz = facts.clock_ticks
+    out = []
+    for identity, r in zip(step.identities, step.records):
+        proc = step.procs[identity]
+        uid = r[_UID]
+        out.append(Process(
+            r[_PID], r[_PPID], r[_COMM], r[_STATE], proc.is_kernel_thread, r[_START],
+            proc.start_time_seconds, r[_UTIME] / hz, r[_STIME] / hz, r[_MINFLT], r[_MAJFLT],
+            r[_THREADS], r[_RSS], r[_VMS], r[_SWAP], r[_CTXV], r[_CTXNV], r[_READ], r[_WRITE],
+            r[_FDS], step.nofile.get(identity), uid, None if uid is None else facts.usernames[uid],
+            facts.ttys[r[_TTY]] if r[_TTY] else None, proc.cmdline, proc.exe, proc.cgroup,
+        ))
+    return out
+
+
+class Snapshotter:
+    """Repeated snapshots of one procfs root (a reader and a tracker kept between them)."""
+
+    def __init__(self, procfs: str = "/proc", backend: str = "native", facts: HostFacts | None = None,
+                 keep_open: str = "auto"):
+        self.facts = facts or HostFacts(procfs=procfs)
+        self.reader = Reader(procfs, backend, self.facts.page_size, keep_open)
+        self.tracker = Tracker(self.reader, self.facts)
+        self.backend = backend
+        self._lock = threading.Lock()
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            reading = self.reader.read()
+            step = self.tracker.step(reading)
+            self.tracker.commit(step)
+        return Snapshot(processes(step, self.facts), reading.timestamp, reading.duration_seconds,
+                        step.errors, self.backend)
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+_default: dict = {}
+_default_lock = threading.Lock()
+
+
+def snapshot(procfs: str = "/proc", backend: str = "native") -> Snapshot:
+    """One snapshot of every process under ``procfs``. A Snapshotter is kept per (procfs,
+    backend), so repeated calls reuse open files and memoized static facts."""
+    key = (procfs, backend)
+    with _default_lock:
+        snapshotter = _default.get(key)
+        if snapshotter is None:
+            snapshotter = _default[key] = Snapshotter(procfs, backend)
+    return snapshotter.snapshot()
