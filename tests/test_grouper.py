@@ -1,149 +1,466 @@
-"""Tracker and grouper on sequences of snapshots: start, exit, pid reuse, exec, thread exit."""
+"""Tracker and grouper on sequences of readings: start, exit, pid reuse, exec (with and
+without a comm change), unreadable stat and io, reload, a failing scrape, churn.
+
+Every accounting rule of exporter/grouper.py's docstring is a test here, plus a random
+sequence checked against a model that counts each process' observed growth once."""
+
+import random
+
+import pytest
 
 from exporter.config import load_config, parse_config
-from exporter.grouper import Grouper
-from exporter.tracker import Tracker
-from procs import proc, snap
+from exporter.reader import WANT_NOFILE
+from procs import BOOT, HZ, FakeReader, exporter, groups, rec
+
+DEFAULT = load_config(None)
+BY_COMM = parse_config(b"process_names:\n  - name: '{{.Comm}}'\n    cmdline: ['.*']\n")
 
 
-def by_name(stats):
-    return {s.name: s for s in stats}
+def cpu(g):
+    return round(g.cpu_user_seconds * HZ)  # back to ticks: exact comparisons
+
+
+# -- the tracker ---------------------------------------------------------------------------
 
 
 def test_tracker_sees_start_exit_reuse_and_exec():
-    tracker = Tracker()
-    a = proc(10, "a", start_ticks=1)
-    ch = tracker.update([a])
-    assert ch.first and ch.identities == [(10, 1)] and ch.started == [(10, 1)]
-    assert ch.execed == [] and ch.exited == []
-    ch = tracker.update([proc(10, "a", start_ticks=1)])  # same identity: nothing changed
-    assert not ch.first and (ch.started, ch.execed, ch.exited) == ([], [], [])
-    # pid reused (new start): the old identity exits with its last record
-    ch = tracker.update([proc(10, "b", start_ticks=9)])
-    assert ch.started == [(10, 9)] and [k for k, _ in ch.exited] == [(10, 1)] and ch.execed == []
-    # exec: same identity, new comm; the previous record comes along
-    ch = tracker.update([proc(10, "c", start_ticks=9)])
-    assert [(k, p.comm) for k, p in ch.execed] == [((10, 9), "b")] and ch.started == []
-    # state is dropped for identities that are gone
-    ch = tracker.update([])
-    assert [k for k, _ in ch.exited] == [(10, 9)]
-    assert tracker.records == {}
+    r = FakeReader()
+    exp = exporter(DEFAULT, r)
+    tracker = exp.tracker
+    r.put(rec(10, "a", start=1))
+    step = tracker.step(r.read())
+    assert step.first and step.identities == [(10, 1)] and step.started == [(10, 1)]
+    assert step.from_now == {(10, 1)} and step.execed == [] and step.exited == []
+    tracker.commit(step)
+    step = tracker.step(r.read())  # same identity: nothing changed
+    assert not step.first and (step.started, step.execed, step.exited) == ([], [], [])
+    tracker.commit(step)
+    r.remove(10)
+    r.put(rec(10, "b", start=9))  # pid reused (new start): the old identity exits
+    step = tracker.step(r.read())
+    assert step.started == [(10, 9)] and [k for k, _ in step.exited] == [(10, 1)]
+    assert step.from_now == set()  # born since the last reading: counts in full
+    tracker.commit(step)
+    r.put(rec(10, "c", start=9))  # exec: same identity, new comm
+    step = tracker.step(r.read())
+    assert step.execed == [(10, 9)] and step.started == [] and step.procs[(10, 9)].comm == "c"
+    tracker.commit(step)
+    r.remove(10)
+    step = tracker.step(r.read())
+    assert [k for k, _ in step.exited] == [(10, 9)] and step.procs == {} and step.last == {}
+
+
+def test_exec_keeping_the_comm_is_seen_from_the_mm_addresses():
+    r = FakeReader()
+    tracker = exporter(DEFAULT, r).tracker
+    r.put(rec(7, "python3", mark=0xAAAA), cmdline=("python3", "old.py"))
+    tracker.commit(tracker.step(r.read()))
+    r.put(rec(7, "python3", mark=0xBBBB), cmdline=("python3", "new.py"))
+    step = tracker.step(r.read())
+    assert step.execed == [(7, 100)] and step.procs[(7, 100)].cmdline == ("python3", "new.py")
+    tracker.commit(step)
+    # the mark turning 0 (a zombie, or hidden from us) is no exec; nor its coming back
+    for mark in (0, 0xBBBB):
+        r.put(rec(7, "python3", mark=mark))
+        step = tracker.step(r.read())
+        assert step.execed == [] and step.procs[(7, 100)].cmdline == ("python3", "new.py")
+        tracker.commit(step)
+    assert r.facts_read(7) == 2
+
+
+def test_static_facts_are_read_once_per_identity_and_the_limit_every_16th_read():
+    r = FakeReader()
+    tracker = exporter(DEFAULT, r).tracker
+    for pid in range(100, 132):
+        r.put(rec(pid, "x"), nofile=64)
+    for _ in range(33):  # the first read asks everything; 32 more ask each limit twice
+        tracker.commit(tracker.step(r.read()))
+    assert all(r.facts_read(pid) == 1 for pid in range(100, 132))
+    limit_reads = [pid for pid, want in r.asked if want == WANT_NOFILE]
+    assert sorted(limit_reads) == sorted(list(range(100, 132)) * 2)
+    assert tracker.nofile[(100, 100)] == 64
+
+
+def test_a_process_gone_before_its_facts_were_read_is_not_seen():
+    r = FakeReader()
+    tracker = exporter(DEFAULT, r).tracker
+    r.put(rec(5, "brief"))
+    reading = r.read()
+    r.remove(5)  # exits between the walk and the facts
+    step = tracker.step(reading)
+    assert step.identities == [] and step.procs == {} and step.started == []
+
+
+# -- counters --------------------------------------------------------------------------------
 
 
 def test_counters_start_at_zero_and_never_decrease_across_exit_reuse_and_thread_exit():
-    g = Grouper(load_config(None))
-    # already running at the first snapshot: their past is not counted
-    w = by_name(g.update(snap(proc(10, "w", cpu_user_seconds=5.0, read_bytes=100, num_threads=4),
-                              proc(11, "w", start_ticks=200, cpu_user_seconds=1.0, read_bytes=10))))["w"]
-    assert (w.num_procs, w.cpu_user_seconds, w.read_bytes, w.num_threads) == (2, 0.0, 0, 5)
-    w = by_name(g.update(snap(proc(10, "w", cpu_user_seconds=5.5, read_bytes=150, num_threads=4),
-                              proc(11, "w", start_ticks=200, cpu_user_seconds=1.25, read_bytes=10))))["w"]
-    assert (w.cpu_user_seconds, w.read_bytes) == (0.75, 50)
-    # 11 exits; 10's threads exit (num_threads drops, its cpu keeps growing)
-    w = by_name(g.update(snap(proc(10, "w", cpu_user_seconds=6.0, read_bytes=150, num_threads=1))))["w"]
-    assert (w.num_procs, w.cpu_user_seconds, w.read_bytes, w.num_threads) == (1, 1.25, 50, 1)
-    # pid 11 reused by a new w, started after the first snapshot: its lifetime counts
-    w = by_name(g.update(snap(proc(10, "w", cpu_user_seconds=6.0, read_bytes=150),
-                              proc(11, "w", start_ticks=900, cpu_user_seconds=0.25, read_bytes=1))))["w"]
-    assert (w.num_procs, w.cpu_user_seconds, w.read_bytes) == (2, 1.5, 51)
-    # a counter that goes backwards in the kernel never takes the total down
-    w = by_name(g.update(snap(proc(10, "w", cpu_user_seconds=1.0, read_bytes=0),
-                              proc(11, "w", start_ticks=900, cpu_user_seconds=0.25, read_bytes=1))))["w"]
-    assert (w.cpu_user_seconds, w.read_bytes) == (1.5, 51)
+    r = FakeReader()
+    exp = exporter(DEFAULT, r)
+    r.put(rec(10, "w", utime=500, read=100, threads=4))
+    r.put(rec(11, "w", start=200, utime=100, read=10))
+    w = groups(exp)["w"]  # already running at the first reading: their past is not counted
+    assert (w.num_procs, cpu(w), w.read_bytes, w.num_threads) == (2, 0, 0, 5)
+    r.put(rec(10, "w", utime=550, read=150, threads=4))
+    r.put(rec(11, "w", start=200, utime=125, read=10))
+    w = groups(exp)["w"]
+    assert (cpu(w), w.read_bytes) == (75, 50)
+    r.remove(11)  # 11 exits; 10's threads exit (num_threads drops, its cpu grows)
+    r.put(rec(10, "w", utime=600, read=150, threads=1))
+    w = groups(exp)["w"]
+    assert (w.num_procs, cpu(w), w.read_bytes, w.num_threads) == (1, 125, 50, 1)
+    r.put(rec(11, "w", start=900, utime=25, read=1))  # pid reused, born since: counts in full
+    w = groups(exp)["w"]
+    assert (w.num_procs, cpu(w), w.read_bytes) == (2, 150, 51)
+    r.put(rec(10, "w", utime=100, read=0))  # the kernel going backwards never lowers a total
+    w = groups(exp)["w"]
+    assert (cpu(w), w.read_bytes) == (150, 51)
 
 
 def test_exec_into_another_group_counts_there_only_from_the_exec():
-    g = Grouper(load_config(None))
-    g.update(snap(proc(1, "sh", cpu_user_seconds=1.0)))
-    g.update(snap(proc(1, "sh", cpu_user_seconds=2.0)))
-    stats = by_name(g.update(snap(proc(1, "app", cpu_user_seconds=2.5))))
-    assert stats["sh"].num_procs == 0 and stats["sh"].cpu_user_seconds == 1.0
-    assert stats["app"].num_procs == 1 and stats["app"].cpu_user_seconds == 0.5
+    r = FakeReader()
+    exp = exporter(DEFAULT, r)
+    r.put(rec(1, "sh", utime=100))
+    groups(exp)
+    r.put(rec(1, "sh", utime=200))
+    groups(exp)
+    r.put(rec(1, "app", utime=250))
+    stats = groups(exp)
+    assert stats["sh"].num_procs == 0 and cpu(stats["sh"]) == 100
+    assert stats["app"].num_procs == 1 and cpu(stats["app"]) == 50
+
+
+def test_exec_from_no_group_into_one_counts_from_the_exec():
+    config = parse_config(b"process_names:\n  - name: app\n    cmdline: ['--serve']\n")
+    r = FakeReader()
+    exp = exporter(config, r)
+    r.put(rec(1, "python3", utime=1000, write=5000, mark=1), cmdline=("python3", "setup.py"))
+    assert groups(exp) == {}
+    r.put(rec(1, "python3", utime=3000, write=9000, mark=1))
+    assert groups(exp) == {}
+    r.put(rec(1, "python3", utime=3100, write=9500, mark=2), cmdline=("python3", "app.py", "--serve"))
+    app = groups(exp)["app"]  # the growth since the last reading, not the 31 s of its life
+    assert (app.num_procs, cpu(app), app.write_bytes) == (1, 100, 500)
+
+
+def test_a_child_caught_between_fork_and_exec_gets_its_own_group_after_the_exec():
+    config = parse_config(b"process_names:\n  - name: worker\n    cmdline: ['worker\\.py']\n"
+                          b"  - name: shell\n    comm: [bash]\n")
+    r = FakeReader()
+    exp = exporter(config, r)
+    r.put(rec(1, "bash", mark=5), cmdline=("bash",))
+    groups(exp)
+    r.put(rec(2, "bash", ppid=1, start=300, mark=5), cmdline=("bash",))  # forked, not yet exec'd
+    assert groups(exp)["shell"].num_procs == 2
+    r.put(rec(2, "bash", ppid=1, start=300, utime=40, mark=9), cmdline=("bash", "worker.py"))
+    stats = groups(exp)
+    assert stats["shell"].num_procs == 1 and stats["worker"].num_procs == 1
+    assert cpu(stats["worker"]) == 40 and cpu(stats["shell"]) == 0
+
+
+def test_after_a_reload_new_members_count_from_the_reload():
+    r = FakeReader()
+    exp = exporter(parse_config(b"process_names:\n  - name: db\n    comm: [postgres]\n"), r)
+    r.put(rec(1, "postgres", utime=100))
+    r.put(rec(2, "nginx", utime=50_000, read=10**9))  # in no group: long history
+    groups(exp)
+    r.put(rec(1, "postgres", utime=200))
+    r.put(rec(2, "nginx", utime=50_100, read=10**9 + 10))
+    groups(exp)
+    exp.reload(parse_config(b"process_names:\n  - name: db\n    comm: [postgres]\n"
+                            b"  - name: web\n    comm: [nginx]\n"))
+    r.put(rec(2, "nginx", utime=50_150, read=10**9 + 30))
+    stats = groups(exp)
+    assert (cpu(stats["web"]), stats["web"].read_bytes) == (50, 20)  # not its lifetime
+    assert cpu(stats["db"]) == 100  # the surviving group keeps its total
+
+
+def test_a_reload_drops_groups_the_new_config_cannot_produce():
+    r = FakeReader()
+    exp = exporter(parse_config(b"process_names:\n  - name: '{{.Comm}}'\n    comm: [a, b]\n"
+                                b"  - name: kept\n    comm: [zzz]\n"), r)
+    r.put(rec(1, "a"))
+    r.put(rec(2, "b"))
+    assert set(groups(exp)) == {"a", "b"}
+    exp.reload(parse_config(b"process_names:\n  - name: '{{.Comm}}'\n    comm: [a]\n"
+                            b"  - name: kept\n    comm: [zzz]\n"))
+    assert set(groups(exp)) == {"a"}  # b has no members and no matcher names it
+    r.remove(1)
+    assert set(groups(exp)) == {"a"}  # an empty group of a config that still names it stays
+
+
+def test_default_config_drops_a_group_that_stays_empty_after_the_grace():
+    r = FakeReader()  # each read is 15 s after the last
+    exp = exporter(DEFAULT, r, empty_grace_seconds=40.0)
+    for i in range(50):
+        r.put(rec(100 + i, f"job-{i}", start=100 + i))
+    r.put(rec(1, "init"))
+    assert len(groups(exp)) == 51
+    for i in range(50):
+        r.remove(100 + i)
+    assert len(groups(exp)) == 51  # empty for 0 s
+    assert len(groups(exp)) == 51  # 15 s
+    assert len(groups(exp)) == 51  # 30 s
+    assert set(groups(exp)) == {"init"}  # 45 s >= 40 s
+
+
+def test_unreadable_stat_keeps_the_identity_and_is_not_counted_twice():
+    r = FakeReader()
+    exp = exporter(DEFAULT, r)
+    r.put(rec(1, "svc", utime=100, read=1000))
+    groups(exp)
+    r.put(rec(1, "svc", utime=150, read=1500))
+    s = groups(exp)["svc"]
+    assert (cpu(s), s.read_bytes) == (50, 500)
+    r.hide(1)
+    result = exp.scrape()
+    s = {g.name: g for g in result.groups}["svc"]
+    assert s.num_procs == 1 and (cpu(s), s.read_bytes) == (50, 500)  # its last values
+    assert result.read_errors.get("EACCES") == 1
+    r.put(rec(1, "svc", utime=180, read=1600))
+    s = groups(exp)["svc"]
+    assert (cpu(s), s.read_bytes) == (80, 600) and r.facts_read(1) == 1
+
+
+def test_a_pid_unreadable_from_its_first_sight_counts_from_when_it_is_read():
+    r = FakeReader()
+    exp = exporter(DEFAULT, r)
+    r.put(rec(1, "init"))
+    groups(exp)
+    r.hide(44)  # appears, unreadable: its past is unknown
+    groups(exp)
+    r.put(rec(44, "old", start=7, utime=9000))
+    assert cpu(groups(exp)["old"]) == 0
+    r.put(rec(44, "old", start=7, utime=9010))
+    assert cpu(groups(exp)["old"]) == 10
+
+
+def test_io_turning_unreadable_keeps_its_contribution_and_first_readable_counts_from_then():
+    r = FakeReader()
+    exp = exporter(DEFAULT, r)
+    r.put(rec(1, "app", write=10 * 2**20))
+    r.put(rec(2, "app", start=50, write=None, read=None))  # another user's: never readable
+    groups(exp)
+    r.put(rec(1, "app", write=25 * 2**20))
+    assert groups(exp)["app"].write_bytes == 15 * 2**20
+    r.put(rec(1, "app", write=None, read=None, ctxv=None, ctxnv=None))  # turned non-dumpable
+    assert groups(exp)["app"].write_bytes == 15 * 2**20
+    r.put(rec(2, "app", start=50, write=7 * 2**20, read=3))  # readable now: from now on
+    assert groups(exp)["app"].write_bytes == 15 * 2**20
+    r.put(rec(2, "app", start=50, write=8 * 2**20, read=3))
+    r.put(rec(1, "app", write=30 * 2**20))  # readable again: its growth since counts
+    assert groups(exp)["app"].write_bytes == 21 * 2**20
+
+
+def test_an_exception_while_grouping_leaves_the_state_as_it_was():
+    config = load_config(None)
+    r = FakeReader()
+    exp = exporter(config, r)
+    r.put(rec(1, "a", utime=100))
+    groups(exp)
+    original, fail = config.match, {"armed": True}
+
+    def exploding(p):
+        if p.comm == "boom" and fail["armed"]:
+            fail["armed"] = False
+            raise RuntimeError("template blew up")
+        return original(p)
+
+    config.match = exploding
+    r.put(rec(1, "a", utime=150))
+    r.put(rec(2, "boom", start=300, utime=10))
+    with pytest.raises(RuntimeError):
+        exp.scrape()
+    r.put(rec(1, "a", utime=170))
+    stats = groups(exp)  # the next scrape works, as if the failed one never happened
+    assert cpu(stats["a"]) == 70 and stats["boom"].num_procs == 1 and cpu(stats["boom"]) == 10
 
 
 def test_empty_group_keeps_counters_but_per_pid_groups_and_remove_empty_go():
     config = parse_config(b"process_names:\n  - name: '{{.Comm}}:{{.PID}}'\n    comm: [p]\n  - comm: [k]\n")
-    g = Grouper(config)
-    g.update(snap(proc(5, "p", cpu_user_seconds=1.0), proc(6, "k", cpu_user_seconds=2.0)))
-    g.update(snap(proc(5, "p", cpu_user_seconds=1.5), proc(6, "k", cpu_user_seconds=4.0)))
-    stats = by_name(g.update(snap()))
-    assert "p:5" not in stats  # per-pid group dropped once its process is gone
+    r = FakeReader()
+    exp = exporter(config, r)
+    r.put(rec(5, "p", utime=100))
+    r.put(rec(6, "k", utime=200))
+    groups(exp)
+    r.put(rec(5, "p", utime=150))
+    r.put(rec(6, "k", utime=400))
+    groups(exp)
+    r.remove(5)
+    r.remove(6)
+    stats = groups(exp)
+    assert "p:5" not in stats  # a per-process group goes once its process is gone
     k = stats["k"]
-    assert (k.num_procs, k.cpu_user_seconds, k.rss_bytes, k.oldest_start_time_seconds) == (0, 2.0, 0, None)
-    g2 = Grouper(config, remove_empty_groups=True)
-    g2.update(snap(proc(6, "k")))
-    assert g2.update(snap()) == []
+    assert (k.num_procs, cpu(k), k.rss_bytes, k.oldest_start_time_seconds) == (0, 200, 0, None)
+    r2 = FakeReader()
+    exp2 = exporter(config, r2, remove_empty_groups=True)
+    r2.put(rec(6, "k"))
+    groups(exp2)
+    r2.remove(6)
+    assert groups(exp2) == {}
 
 
 def test_children_follow_their_ancestors_group():
     config = parse_config(b"process_names:\n  - name: svc\n    comm: [supervisor]\n  - comm: [cron]\n")
-    procs = [
-        proc(1, "init", ppid=0),
-        proc(50, "supervisor", ppid=1),
-        proc(60, "sh", ppid=50),
-        proc(70, "worker", ppid=60),  # grandchild
-        proc(40, "cron", ppid=50),  # a child with its own match keeps it
-        proc(80, "other", ppid=1),
-    ]
-    stats = by_name(Grouper(config).update(snap(*procs)))
-    assert stats["svc"].num_procs == 3 and stats["cron"].num_procs == 1
-    assert set(stats) == {"svc", "cron"}
-    stats = by_name(Grouper(config, children=False).update(snap(*procs)))
-    assert stats["svc"].num_procs == 1
+    for children, svc in ((True, 3), (False, 1)):
+        r = FakeReader()
+        for pid, comm, ppid in ((1, "init", 0), (50, "supervisor", 1), (60, "sh", 50),
+                                (70, "worker", 60), (40, "cron", 50), (80, "other", 1)):
+            r.put(rec(pid, comm, ppid=ppid))
+        stats = groups(exporter(config, r, children=children))
+        assert stats["svc"].num_procs == svc and stats["cron"].num_procs == 1
+        assert set(stats) == {"svc", "cron"}
 
 
 def test_child_keeps_group_after_reparenting_and_parent_seen_later_in_pid_order():
-    config = parse_config(b"process_names:\n  - name: svc\n    comm: [daemon]\n")
-    g = Grouper(config)
-    # the parent has a higher pid than the child (pid wrap)
-    stats = by_name(g.update(snap(proc(900, "daemon"), proc(3, "job", ppid=900))))
-    assert stats["svc"].num_procs == 2
-    stats = by_name(g.update(snap(proc(3, "job", ppid=1))))  # parent died, job reparented
-    assert stats["svc"].num_procs == 1
+    r = FakeReader()
+    exp = exporter(parse_config(b"process_names:\n  - name: svc\n    comm: [daemon]\n"), r)
+    r.put(rec(900, "daemon"))
+    r.put(rec(3, "job", ppid=900))  # the parent has a higher pid than the child (pid wrap)
+    assert groups(exp)["svc"].num_procs == 2
+    r.remove(900)
+    r.put(rec(3, "job", ppid=1))
+    assert groups(exp)["svc"].num_procs == 1
 
 
 def test_matching_runs_once_per_identity_and_again_after_exec():
     config = load_config(None)
-    calls = []
-    original = config.match
+    calls, original = [], config.match
 
     def counting(p):
         calls.append(p.pid)
         return original(p)
 
     config.match = counting
-    g = Grouper(config)
+    r = FakeReader()
+    exp = exporter(config, r)
+    r.put(rec(1, "a"))
+    r.put(rec(2, "b"))
     for _ in range(3):
-        g.update(snap(proc(1, "a"), proc(2, "b")))
+        groups(exp)
     assert sorted(calls) == [1, 2]
-    stats = by_name(g.update(snap(proc(1, "a"), proc(2, "c"))))  # 2 exec'd into c
-    assert sorted(calls) == [1, 2, 2]
-    assert stats["c"].num_procs == 1 and stats["b"].num_procs == 0
+    r.put(rec(2, "c"))
+    stats = groups(exp)
+    assert sorted(calls) == [1, 2, 2] and stats["c"].num_procs == 1 and stats["b"].num_procs == 0
 
 
 def test_unreadable_values_are_absent_not_zero():
-    g = Grouper(load_config(None))
-    s = by_name(g.update(snap(proc(1, "x", read_bytes=None, write_bytes=None, open_fds=None, swap_bytes=None))))["x"]
-    assert (s.read_bytes, s.write_bytes, s.open_fds, s.swap_bytes, s.worst_fd_ratio) == (None, None, None, None, None)
-    # one readable member is enough for a value
-    s = by_name(g.update(snap(proc(1, "x", read_bytes=None, open_fds=None), proc(2, "x", read_bytes=7, open_fds=512))))["x"]
+    r = FakeReader()
+    exp = exporter(DEFAULT, r)
+    r.put(rec(1, "x", read=None, write=None, fds=None, swap=None))
+    s = groups(exp)["x"]
+    assert (s.read_bytes, s.write_bytes, s.open_fds, s.swap_bytes, s.worst_fd_ratio) == (None,) * 5
+    r.put(rec(2, "x", start=400, read=7, fds=512), nofile=1024)  # one readable member is enough
+    s = groups(exp)["x"]
     assert (s.read_bytes, s.open_fds, s.worst_fd_ratio) == (7, 512, 0.5)
 
 
 def test_states_and_gauges():
-    g = Grouper(load_config(None))
-    s = by_name(g.update(snap(
-        proc(1, "x", state="R", rss_bytes=10, start_time_seconds=5.0),
-        proc(2, "x", state="D", rss_bytes=20, start_time_seconds=3.0),
-        proc(3, "x", state="Z", rss_bytes=0),
-        proc(4, "x", state="I"),
-    )))["x"]
+    r = FakeReader()
+    for pid, state, rss, start in ((1, "R", 10, 500), (2, "D", 20, 300), (3, "Z", 0, 900), (4, "I", 4096, 900)):
+        r.put(rec(pid, "x", state=state, rss=rss, start=start))
+    s = groups(exporter(DEFAULT, r))["x"]
     assert s.states == {"Running": 1, "Sleeping": 0, "Waiting": 1, "Zombie": 1, "Other": 1}
-    assert s.rss_bytes == 10 + 20 + 0 + 4096 and s.oldest_start_time_seconds == 3.0
+    assert s.rss_bytes == 10 + 20 + 0 + 4096 and s.oldest_start_time_seconds == BOOT + 3.0
 
 
 def test_memory_does_not_grow_with_churn():
-    g = Grouper(parse_config(b"process_names:\n  - name: '{{.PID}}'\n    comm: [t]\n"))
+    r = FakeReader()
+    exp = exporter(parse_config(b"process_names:\n  - name: '{{.PID}}'\n    comm: [t]\n"), r)
     for i in range(2000):
-        g.update(snap(proc(1000 + i, "t", start_ticks=i)))
-    assert len(g.tracker.records) == 1 and len(g.groups) == 1 and len(g.group_of) == 1
+        r.remove(1000 + i - 1)
+        r.put(rec(1000 + i, "t", start=i))
+        groups(exp)
+    t, g = exp.tracker, exp.grouper
+    assert (len(t.procs), len(t.last), len(t.nofile), len(g.group_of), len(g.base), len(g.reported)) == (1,) * 6
+    assert len(r.facts) == 2000  # the fake keeps every identity; the tracker does not
+
+
+# -- a random sequence against a model ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_sequence_counts_each_process_growth_once(seed):
+    """Processes start (some unreadable first), grow, exec (with or without a comm
+    change), turn unreadable and back, lose and regain io, and exit. The sum over all
+    groups of each counter must be what a model gives: per identity, the last value seen
+    minus its baseline (0 for a process born after the first reading with the field
+    readable, else the first value seen); and no group counter may ever decrease."""
+    rng = random.Random(seed)
+    r = FakeReader()
+    exp = exporter(BY_COMM, r)
+    comms = ["a", "b", "c"]
+    alive = {}  # pid -> [start, comm, utime, read or None, mark, last read value]
+    base, last = {}, {}  # (identity, field) -> baseline / last value seen
+    hidden = set()
+    next_pid, first, reported = 100, True, {}
+
+    def put(pid):
+        start, comm, utime, read, mark, _ = alive[pid]
+        r.put(rec(pid, comm, start=start, utime=utime, read=read, mark=mark),
+              cmdline=(comm, str(mark)))
+
+    for _ in range(60):
+        for _ in range(rng.randint(1, 6)):
+            op = rng.random()
+            if op < 0.25 or not alive:
+                pid, next_pid = next_pid, next_pid + 1
+                read = rng.choice([None, rng.randint(0, 50)])
+                alive[pid] = [pid * 10, rng.choice(comms), rng.randint(0, 50), read, rng.randint(1, 3),
+                              read or 0]
+                if rng.random() < 0.2:
+                    r.hide(pid)
+                    hidden.add(pid)
+                else:
+                    put(pid)
+                continue
+            pid = rng.choice(sorted(alive))
+            p = alive[pid]
+            if op < 0.35:
+                r.remove(pid)
+                hidden.discard(pid)
+                del alive[pid]
+            elif op < 0.45:  # exec: a new mark, maybe a new comm
+                p[1], p[4] = rng.choice(comms), p[4] + 10
+                hidden.discard(pid)
+                put(pid)
+            elif op < 0.55 and pid not in hidden:
+                r.hide(pid)
+                hidden.add(pid)
+            else:
+                p[2] += rng.randint(0, 30)
+                if p[3] is not None:
+                    p[5] = p[3] = p[3] + rng.randint(0, 30)
+                if rng.random() < 0.2:  # io turns unreadable, or readable (never lower)
+                    p[3] = None if p[3] is not None else p[5] + rng.randint(0, 30)
+                hidden.discard(pid)
+                put(pid)
+        stats = exp.scrape().groups
+        # the model, from what was readable at this reading
+        for pid, (start, comm, utime, read, mark, _) in alive.items():
+            if pid in hidden:
+                continue
+            identity = (pid, start)
+            born = not first and (identity, "seen") not in base and (identity, "unread") not in base
+            base.setdefault((identity, "seen"), True)
+            for field, value in (("utime", utime), ("read", read)):
+                if value is None:
+                    continue
+                base.setdefault((identity, field), 0 if born and (identity, field + "-none") not in base else value)
+                last[(identity, field)] = value
+            if read is None:
+                base.setdefault((identity, "read-none"), True)
+        for pid in hidden:
+            if ((pid, alive[pid][0]), "seen") not in base:
+                base.setdefault(((pid, alive[pid][0]), "unread"), True)
+        first = False
+        for field, attr in (("utime", "cpu_user_seconds"), ("read", "read_bytes")):
+            want = sum(v - base[k] for k, v in last.items() if k[1] == field)
+            got = sum(round((getattr(g, attr) or 0) * (HZ if field == "utime" else 1)) for g in stats)
+            assert got == want, (field, got, want)
+        for g in stats:
+            for attr in ("cpu_user_seconds", "read_bytes"):
+                value = getattr(g, attr)
+                if value is not None:
+                    assert value >= reported.get((g.name, attr), 0)
+                    reported[(g.name, attr)] = value
