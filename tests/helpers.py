@@ -1,4 +1,5 @@
-"""Helpers the end-to-end tests share: ports, plain HTTP GETs, child processes."""
+"""Helpers the tests share: ports, plain HTTP GETs, child processes, and the reference
+(slow) rendering of the group families through prometheus_client's own objects."""
 
 import http.client
 import os
@@ -44,3 +45,21 @@ def stop_processes(procs):
             p.wait()
         if p.stdout:
             p.stdout.close()
+
+
+def group_families(groups, keep_empty=False) -> list:
+    """The namedprocess_namegroup_* families of [GroupStats] as prometheus_client objects:
+    the reference the fast renderer (exporter.exposition) is held byte-equal to."""
+    from exporter.families import GROUP_FAMILIES, empty_family
+
+    families = []
+    for spec in GROUP_FAMILIES:
+        family = empty_family(spec)
+        for g in groups:
+            for label_value, get in spec.parts:
+                value = get(g)
+                if value is not None:
+                    family.add_metric([g.name] if spec.label is None else [g.name, label_value], float(value))
+        if family.samples or keep_empty:
+            families.append(family)
+    return families

@@ -9,8 +9,9 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from prometheus_client.utils import floatToGoString
 
 from exporter.exposition import Families, GroupRenderer, encode_families, go_float
-from exporter.families import GROUP_FAMILIES, group_families, self_families, ScrapeResult
+from exporter.families import GROUP_FAMILIES, ScrapeResult, self_families
 from exporter.grouper import STATE_NAMES, GroupStats
+from helpers import group_families
 
 NASTY = ['a) b (c', 'new\nline', 'back\\slash', 'quote"d', 'cut\ufffd', 'sp ace', 'ünï', '{{x}}', '']
 
@@ -65,7 +66,7 @@ def test_name_filter_keeps_families_by_sample_name():
     helps = [line for line in text.splitlines() if line.startswith("# HELP")]
     assert [h.split()[2] for h in helps] == ["namedprocess_namegroup_num_procs",
                                            "namedprocess_namegroup_cpu_seconds_total"]
-    result = ScrapeResult(groups, 3, 0.5, {"EACCES": 2}, 0.0)
+    result = ScrapeResult(groups, 3, 0.5, {"EACCES": 2})
     rest = encode_families(self_families(result, "1"), False, {"procsnap_processes"}).decode()
     assert rest == ("# HELP procsnap_processes Number of processes seen in the last snapshot\n"
                     "# TYPE procsnap_processes gauge\nprocsnap_processes 3.0\n")

@@ -1,16 +1,16 @@
 """families: GroupStats -> process-exporter's metric families, exact exposition bytes."""
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
-from exporter.families import ProcsnapCollector, ScrapeResult, build_registry, group_families, self_families
+from exporter.exposition import Families
+from exporter.families import ScrapeResult, runtime_registry, self_families
 from exporter.grouper import GroupStats
+from helpers import group_families
 
 
 def _registry(result):
-    registry = CollectorRegistry()
-    registry.register(ProcsnapCollector(lambda: result, "9.9.9"))
-    return registry
+    return Families(group_families(result.groups) + self_families(result, "9.9.9"))
 
 
 def _full_group():
@@ -101,14 +101,14 @@ procsnap_build_info{version="9.9.9"} 1.0
 
 
 def test_exact_text_exposition_of_one_full_group():
-    result = ScrapeResult([_full_group()], 42, 0.125, {"malformed": 1, "EACCES": 7}, 1700000000.0)
+    result = ScrapeResult([_full_group()], 42, 0.125, {"malformed": 1, "EACCES": 7})
     assert generate_latest(_registry(result)) == EXPECTED_FULL
 
 
 def test_none_values_are_absent_not_zero():
     group = GroupStats(name="kthreads", num_procs=1, cpu_user_seconds=0.0, cpu_system_seconds=None,
                        rss_bytes=0, vms_bytes=None, swap_bytes=None, open_fds=None)
-    result = ScrapeResult([group], 1, 0.0, {}, 0.0)
+    result = ScrapeResult([group], 1, 0.0, {})
     text = generate_latest(_registry(result)).decode()
     lines = [line for line in text.splitlines() if not line.startswith("#")]
     assert 'namedprocess_namegroup_cpu_seconds_total{groupname="kthreads",mode="user"} 0.0' in lines
@@ -130,13 +130,13 @@ def test_groups_in_given_order_and_labels_escaped():
     num_procs = families[0]
     assert num_procs.name == "namedprocess_namegroup_num_procs"
     assert [s.labels["groupname"] for s in num_procs.samples] == [g.name for g in groups]
-    text = generate_latest(_registry(ScrapeResult(groups, 0, 0.0, {}, 0.0))).decode("utf-8")
+    text = generate_latest(_registry(ScrapeResult(groups, 0, 0.0, {}))).decode("utf-8")
     assert 'namedprocess_namegroup_num_procs{groupname="new\\nline \\"q\\" \\\\"} 0.0\n' in text
     assert 'namedprocess_namegroup_num_procs{groupname="caf\ufffd"} 0.0\n' in text
 
 
 def test_counter_names_in_openmetrics():
-    result = ScrapeResult([_full_group()], 42, 0.125, {"EACCES": 7}, 0.0)
+    result = ScrapeResult([_full_group()], 42, 0.125, {"EACCES": 7})
     text = generate_openmetrics(_registry(result)).decode()
     assert "# TYPE namedprocess_namegroup_cpu_seconds counter\n" in text
     assert 'namedprocess_namegroup_cpu_seconds_total{groupname="web",mode="user"} 1.5\n' in text
@@ -150,26 +150,10 @@ def test_self_families_without_result_keep_build_info():
     assert names == ["procsnap_build_info"]
 
 
-def test_registry_keeps_client_collectors_and_describes_without_snapshot():
-    calls = []
-
-    def source():
-        calls.append(1)
-        return ScrapeResult([_full_group()], 1, 0.0, {}, 0.0)
-
-    registry = build_registry(ProcsnapCollector(source, "0.0.1"))
-    assert calls == []  # registering did not take a snapshot
-    text = generate_latest(registry).decode()
-    assert calls == [1]
-    for name in ("process_cpu_seconds_total", "process_open_fds", "python_info", "namedprocess_namegroup_num_procs"):
+def test_runtime_registry_has_the_client_collectors():
+    text = generate_latest(runtime_registry()).decode()
+    for name in ("process_cpu_seconds_total", "process_open_fds", "python_info", "python_gc_objects_collected_total"):
         assert f"\n# TYPE {name} " in "\n" + text
-    # ?name[]= filtering finds our families by name, without the others
-    restricted = generate_latest(registry.restricted_registry(["namedprocess_namegroup_num_threads"])).decode()
-    assert restricted.splitlines() == [
-        "# HELP namedprocess_namegroup_num_threads Number of threads",
-        "# TYPE namedprocess_namegroup_num_threads gauge",
-        'namedprocess_namegroup_num_threads{groupname="web"} 5.0',
-    ]
 
 
 def test_self_process_collector_matches_prometheus_client():

@@ -9,19 +9,42 @@ import time
 
 import pytest
 
+from conftest import PROC_BASIC, pinned_facts
 from exporter.app import Exporter
 from exporter.config import load_config
 from exporter.grouper import Grouper
+from exporter.reader import Reader
 from exporter.server import MetricsServer, make_app, parse_listen_address
-from exporter.collector import Collector
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-PROC_BASIC = os.path.join(HERE, "fixtures", "proc-basic")
+from exporter.tracker import Tracker
 
 
-def _exporter(collector=None, grouper_factory=None):
-    collector = collector or Collector(PROC_BASIC, backend="python")
-    return Exporter(collector, load_config(None), grouper_factory or (lambda cfg: Grouper(cfg)))
+def _parts(reader=None, grouper_class=Grouper):
+    """(tracker, grouper) over the proc-basic fixture, or over the given reader."""
+    facts = pinned_facts(PROC_BASIC)
+    tracker = Tracker(reader or Reader(PROC_BASIC, "python", facts.page_size), facts)
+    return tracker, grouper_class(load_config(None), facts.clock_ticks, facts.boot_time)
+
+
+def _exporter(reader=None):
+    return Exporter(*_parts(reader))
+
+
+class Wrapped:
+    """A real reader of proc-basic; subclasses change what read() does."""
+
+    backend = "python"
+
+    def __init__(self):
+        self.inner = Reader(PROC_BASIC, "python", 4096)
+
+    def read(self):
+        return self.inner.read()
+
+    def read_facts(self, requests):
+        return self.inner.read_facts(requests)
+
+    def close(self):
+        pass
 
 
 @pytest.fixture
@@ -120,56 +143,63 @@ def test_landing_healthz_404_405(serve):
 
 
 def test_failed_snapshot_is_500_and_next_scrape_recovers(serve, tmp_path):
-    class Flaky:
-        backend = "python"
+    class Flaky(Wrapped):
+        fail = True
 
-        def __init__(self):
-            self.inner = Collector(PROC_BASIC, backend="python")
-            self.fail = True
-
-        def snapshot(self):
+        def read(self):
             if self.fail:
-                raise OSError(2, "cannot list procfs root /gone: No such file or directory")
-            return self.inner.snapshot()
-
-        def close(self):
-            pass
+                raise OSError(2, "cannot list /gone: No such file or directory")
+            return self.inner.read()
 
     flaky = Flaky()
-    port = serve(_exporter(collector=flaky))
+    port = serve(_exporter(flaky))
     status, _, body = get(port, "/metrics")
-    assert status == 500 and b"cannot list procfs root" in body
+    assert status == 500 and b"cannot list /gone" in body
     flaky.fail = False
     assert get(port, "/metrics")[0] == 200
 
 
-class SlowCollector:
-    """A real collector whose snapshot blocks until the test releases it."""
+def test_an_exception_while_grouping_is_one_500_and_the_next_scrape_works(serve, caplog):
+    class FailsOnce(Grouper):
+        failed = False
 
-    backend = "python"
+        def update(self, step):
+            if not FailsOnce.failed:
+                FailsOnce.failed = True
+                raise KeyError((4242, 1))
+            return super().update(step)
+
+    port = serve(Exporter(*_parts(grouper_class=FailsOnce)))
+    with caplog.at_level("ERROR", logger="procsnap"):
+        status, _, body = get(port, "/metrics")
+    assert status == 500 and b"4242" in body
+    assert [r.levelname for r in caplog.records if r.name == "procsnap"] == ["ERROR"]
+    status, _, body = get(port, "/metrics")
+    assert status == 200 and b'namedprocess_namegroup_num_procs{groupname="init"} 1.0' in body
+
+
+class SlowReader(Wrapped):
+    """A real reader whose read blocks until the test releases it."""
 
     def __init__(self):
-        self.inner = Collector(PROC_BASIC, backend="python")
+        super().__init__()
         self.calls = 0
         self.started = threading.Event()
         self.release = threading.Event()
 
-    def snapshot(self):
+    def read(self):
         self.calls += 1
         self.started.set()
-        assert self.release.wait(20), "test never released the snapshot"
-        return self.inner.snapshot()
-
-    def close(self):
-        pass
+        assert self.release.wait(20), "test never released the read"
+        return self.inner.read()
 
 
 class CountingGrouper(Grouper):
     updates = 0
 
-    def update(self, snapshot):
+    def update(self, step):
         CountingGrouper.updates += 1
-        return super().update(snapshot)
+        return super().update(step)
 
 
 class CountingExporter(Exporter):
@@ -186,9 +216,9 @@ class CountingExporter(Exporter):
 
 def test_single_flight_concurrent_scrapes_share_one_snapshot(serve):
     n = 8
-    slow = SlowCollector()
+    slow = SlowReader()
     CountingGrouper.updates = 0
-    exporter = CountingExporter(slow, load_config(None), lambda cfg: CountingGrouper(cfg))
+    exporter = CountingExporter(*_parts(slow, CountingGrouper))
     port = serve(exporter)
     results = [None] * n
 
@@ -221,15 +251,15 @@ def test_single_flight_concurrent_scrapes_share_one_snapshot(serve):
 
 
 def test_single_flight_error_reaches_every_waiter():
-    class Failing(SlowCollector):
-        def snapshot(self):
+    class Failing(SlowReader):
+        def read(self):
             self.calls += 1
             self.started.set()
             assert self.release.wait(20)
             raise OSError(5, "boom")
 
     failing = Failing()
-    exporter = CountingExporter(failing, load_config(None), lambda cfg: Grouper(cfg))
+    exporter = CountingExporter(*_parts(failing))
     errors = []
 
     def scrape():
