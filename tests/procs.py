@@ -10,6 +10,7 @@ from exporter.app import Exporter
 from exporter.grouper import Grouper
 from exporter.hostfacts import HostFacts
 from exporter.reader import FIELDS, WANT_CMDLINE, WANT_NOFILE, Fact, Reading
+from exporter.snapshot import Process
 from exporter.tracker import Tracker
 
 BOOT = 1700000000
@@ -23,6 +24,23 @@ def rec(pid, comm, start=100, ppid=0, state="S", flags=0, utime=0, stime=0, minf
               uid, swap, ctxv, ctxnv, read, write, fds, tty, mark)
     assert len(record) == len(FIELDS)
     return record
+
+
+_PROCESS_DEFAULTS = dict(
+    ppid=1, state="S", is_kernel_thread=False, start_ticks=100, start_time_seconds=BOOT + 1.0,
+    cpu_user_seconds=0.0, cpu_system_seconds=0.0, minor_faults=0, major_faults=0, num_threads=1,
+    rss_bytes=4096, vms_bytes=8192, swap_bytes=0, ctx_voluntary=0, ctx_nonvoluntary=0,
+    read_bytes=0, write_bytes=0, open_fds=3, max_fds=1024, uid=0, username="root", tty=None,
+    cmdline=None, exe=None, cgroup="0::/",
+)
+
+
+def proc(pid, comm, **fields) -> Process:
+    """A Process record (what config matching and templates see), argv /usr/bin/COMM."""
+    values = dict(_PROCESS_DEFAULTS, pid=pid, comm=comm, **fields)
+    if values["cmdline"] is None:
+        values["cmdline"] = (f"/usr/bin/{comm}",)
+    return Process(**values)
 
 
 class FakeReader:
@@ -94,4 +112,4 @@ def groups(exp) -> dict:
     return {g.name: g for g in exp.scrape().groups}
 
 
-__all__ = ["BOOT", "HZ", "FakeReader", "exporter", "groups", "rec"]
+__all__ = ["BOOT", "HZ", "FakeReader", "exporter", "groups", "proc", "rec"]

@@ -67,7 +67,7 @@ def test_env_names():
     assert {f.env for f in FLAGS} == {
         "PROCSNAP_WEB_LISTEN_ADDRESS", "PROCSNAP_WEB_TELEMETRY_PATH", "PROCSNAP_CONFIG_PATH",
         "PROCSNAP_PATH_PROCFS", "PROCSNAP_CHILDREN", "PROCSNAP_REMOVE_EMPTY_GROUPS", "PROCSNAP_ONCE",
-        "PROCSNAP_ONCE_DELAY", "PROCSNAP_BACKEND", "PROCSNAP_LOG_LEVEL",
+        "PROCSNAP_ONCE_DELAY", "PROCSNAP_BACKEND", "PROCSNAP_LOG_LEVEL", "PROCSNAP_PROCFS_KEEP_OPEN",
     }
 
 
@@ -78,6 +78,7 @@ DEFAULTS = {
     "web_telemetry_path": "/metrics",
     "config_path": None,
     "path_procfs": "/proc",
+    "procfs_keep_open": "auto",
     "children": True,
     "remove_empty_groups": False,
     "once": False,
@@ -92,6 +93,7 @@ CASES = {
     "web.telemetry-path": ("/env", "/env", ["--web.telemetry-path=/flag"], "/flag"),
     "config.path": ("/env.yaml", "/env.yaml", ["--config.path", "/flag.yaml"], "/flag.yaml"),
     "path.procfs": ("/env/proc", "/env/proc", ["--path.procfs", "/flag/proc"], "/flag/proc"),
+    "procfs.keep-open": ("OFF", "off", ["--procfs.keep-open", "250"], "250"),
     "children": ("false", False, ["--children"], True),
     "remove-empty-groups": ("yes", True, ["--remove-empty-groups=false"], False),
     "once": ("1", True, ["--once=off"], False),
@@ -193,10 +195,50 @@ def test_bad_config_through_env_twin(tmp_path):
     assert r.returncode == 2 and r.stderr.decode().startswith(f"procsnap: {path}:")
 
 
-def test_unreadable_procfs_exit_1(tmp_path):
-    r = run("--once", "--backend", "python", "--path.procfs", str(tmp_path / "none"))
+@pytest.mark.parametrize("backend", ["python", "native"])
+def test_unreadable_procfs_exit_1_naming_the_file(tmp_path, backend):
+    r = run("--once", "--backend", backend, "--path.procfs", str(tmp_path / "none"))
     assert r.returncode == 1
-    assert r.stderr.decode().splitlines()[-1].startswith(f"procsnap: cannot read procfs {tmp_path / 'none'}")
+    assert r.stderr.decode().splitlines() == [
+        f"procsnap: cannot read {tmp_path / 'none'}/stat: No such file or directory "
+        f"(--path.procfs {tmp_path / 'none'})"
+    ]
+
+
+def test_bad_keep_open_is_a_usage_error():
+    r = run("--once", "--procfs.keep-open", "some")
+    assert r.returncode == 2
+    assert r.stderr.decode().splitlines() == [
+        "procsnap: argument --procfs.keep-open: invalid keep-open 'some' (auto, off, all, or a number of processes)"
+        " (see --help)"
+    ]
+
+
+def test_ctrl_c_during_once_delay_is_one_line():
+    proc = subprocess.Popen([PROCSNAP, "--once.delay", "60", "--path.procfs", PROC_BASIC, "--log.level", "debug"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env())
+    try:
+        lines = [proc.stderr.readline() for _ in range(1)]  # "first snapshot" comes before the delay
+        while b"first snapshot" not in lines[-1] and lines[-1] and len(lines) < 20:
+            lines.append(proc.stderr.readline())
+        assert b"first snapshot" in lines[-1], lines
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 130
+    assert out == b"" and err.decode().splitlines() == ["procsnap: interrupted during --once.delay; nothing printed"]
+
+
+def test_full_stdout_is_one_line():
+    with open("/dev/full", "wb") as full:
+        r = subprocess.run([PROCSNAP, "--once", "--path.procfs", PROC_BASIC], stdout=full,
+                           stderr=subprocess.PIPE, env=clean_env(), timeout=60)
+    assert r.returncode == 1
+    assert r.stderr.decode().splitlines() == [
+        "procsnap: cannot write the exposition to stdout: No space left on device"
+    ]
 
 
 # -- --once on fixtures and env twins end to end -----------------------------------------
@@ -245,11 +287,11 @@ def test_once_delay_on_live_proc_moves_counters(tmp_path):
 
 
 def test_native_backend_falls_back_with_warning():
-    from exporter.collector import native_available
+    from exporter.reader import native_available
 
     r = run("--once", "--backend", "native", "--path.procfs", PROC_BASIC)
     assert r.returncode == 0
-    warned = b"native collector (exporter._collector) is not built; using the python backend" in r.stderr
+    warned = b"native reader (exporter._reader) is not built; using the python backend" in r.stderr
     assert warned == (not native_available())
 
 
@@ -330,7 +372,7 @@ def test_sighup_reloads_config_and_keeps_old_on_error(tmp_path):
             if "after" in groups:
                 break
             time.sleep(0.1)
-        assert groups == {"after": 1.0, "before": 0.0}  # the old group stays, empty
+        assert groups == {"after": 1.0}  # the new config cannot name "before": it is gone
     finally:
         assert stop(proc) == 0
     stderr = log.read_text()
@@ -364,14 +406,14 @@ def test_serves_telemetry_path_and_raises_nofile_limit(tmp_path):
 
 
 def test_choose_backend_falls_back_when_extension_missing(monkeypatch, caplog):
-    from exporter import cli, collector
+    from exporter import cli, reader
 
-    monkeypatch.setattr(collector, "native_available", lambda: False)
+    monkeypatch.setattr(reader, "native_available", lambda: False)
     with caplog.at_level("WARNING", logger="procsnap"):
         assert cli._choose_backend("native") == "python"
         assert cli._choose_backend("python") == "python"
     assert [r.getMessage() for r in caplog.records] == [
-        "the native collector (exporter._collector) is not built; using the python backend"
+        "the native reader (exporter._reader) is not built; using the python backend"
     ]
-    monkeypatch.setattr(collector, "native_available", lambda: True)
+    monkeypatch.setattr(reader, "native_available", lambda: True)
     assert cli._choose_backend("native") == "native"
