@@ -5,7 +5,7 @@
 #   py313t  free-threaded 3.13 (--disable-gil) from Debian 13 (trixie)'s python3.13,
 #           for bench/freethreaded.sh
 #   py314   3.14 with the GIL from Debian unstable (sid)'s python3.14: 3.14 caches a tuple's
-#           hash, and the collector's records must still hash like tuples there
+#           hash, and the reader's records must still hash like tuples there
 #
 # Neither is packaged for this machine (Debian 12). The first run downloads the upstream
 # tarball of the source package (a registry download, ~24 MB) with a private apt state, so

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Free-threaded CPython check: the C collector builds against a free-threaded (3.13t)
+# Free-threaded CPython check: the C reader builds against a free-threaded (3.13t)
 # interpreter, imports without re-enabling the GIL, and gives consistent snapshots from
 # several threads at once.
 #
@@ -22,8 +22,8 @@ cp exporter/*.py "$out/exporter/"
 suffix=$("$PY" -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
 # shellcheck disable=SC2046
 cc -O2 -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -shared -fPIC $("$PREFIX/bin/python3.13t-config" --includes) \
-   exporter/native/*.c -o "$out/exporter/_collector$suffix"
-echo "freethreaded: built exporter/_collector$suffix with $("$PY" -V)"
+   exporter/native/*.c -o "$out/exporter/_reader$suffix"
+echo "freethreaded: built exporter/_reader$suffix with $("$PY" -V)"
 # no -X gil=0: that would force the GIL off whatever the module declares
 env -u PYTHON_GIL PYTHONPATH="$out" "$PY" bench/freethreaded_check.py
 rm -rf "$out"

@@ -1,5 +1,5 @@
-"""Run by freethreaded.sh on a free-threaded CPython: the collector imports without
-turning the GIL back on, and threads sharing one Collector (and each with its own) get
+"""Run by freethreaded.sh on a free-threaded CPython: the reader imports without
+turning the GIL back on, and threads sharing one Snapshotter (and each with its own) get
 consistent snapshots. Exits non-zero on any failure."""
 
 import os
@@ -7,22 +7,22 @@ import subprocess
 import sys
 import threading
 
-import exporter._collector  # noqa: F401 - importing is the first check
-from exporter.collector import Collector
+import exporter._reader  # noqa: F401 - importing is the first check
+from exporter.snapshot import Snapshotter
 
-assert not sys._is_gil_enabled(), "importing exporter._collector re-enabled the GIL"
+assert not sys._is_gil_enabled(), "importing exporter._reader re-enabled the GIL"
 
 children = [subprocess.Popen(["sleep", "60"]) for _ in range(50)]
 try:
-    shared = Collector("/proc", "native")
+    shared = Snapshotter("/proc", "native")
     failures = []
     counts = []
 
     def work(own: bool):
-        collector = Collector("/proc", "native") if own else shared
+        snapshotter = Snapshotter("/proc", "native") if own else shared
         try:
             for _ in range(30):
-                snap = collector.snapshot()
+                snap = snapshotter.snapshot()
                 pids = {p.pid for p in snap.processes}
                 missing = [c.pid for c in children if c.pid not in pids]
                 if missing or os.getpid() not in pids:
@@ -32,7 +32,7 @@ try:
             failures.append(repr(e))
         finally:
             if own:
-                collector.close()
+                snapshotter.close()
 
     threads = [threading.Thread(target=work, args=(i % 2 == 0,)) for i in range(4)]
     for t in threads:
@@ -47,5 +47,5 @@ finally:
 assert not failures, failures[:5]
 assert len(counts) == 4 * 30, len(counts)
 assert not sys._is_gil_enabled(), "the GIL was re-enabled while running"
-print(f"freethreaded: OK: {len(counts)} snapshots from 4 threads (2 sharing one Collector), "
+print(f"freethreaded: OK: {len(counts)} snapshots from 4 threads (2 sharing one Snapshotter), "
       f"{min(counts)}-{max(counts)} processes each, GIL still disabled")

@@ -15,8 +15,8 @@ Contenders:
   psutil_exporter        bench/psutil_exporter.py (process_iter(attrs), per process)
   floor_fresh            bench/floor.c: stat+status+io pread, fstatat(fd), prlimit; open/close each time
   floor_kept             bench/floor.c: the same files kept open, pread at offset 0
-  snapshot_native        exporter.Collector(backend="native").snapshot(), no HTTP
-  snapshot_python        exporter.Collector(backend="python").snapshot(), no HTTP
+  snapshot_native        exporter.Snapshotter(backend="native").snapshot(), no HTTP
+  snapshot_python        exporter.Snapshotter(backend="python").snapshot(), no HTTP
 
 Also: the GIL proof (a pure-Python thread's throughput while snapshots run in another),
 and psutil's own benchmark claims (oneshot, process_iter(attrs)) reproduced.
@@ -532,13 +532,23 @@ def psutil_micro(rounds: int, time_budget: float) -> dict:
 # ---------------------------------------------------------------- one size
 
 
+def own_only(config: str, lifetime: int) -> str:
+    """The config matching only the benchmark's own idle processes (`sleep LIFETIME`):
+    another workload's processes (one with an invalid-UTF-8 comm makes process-exporter
+    panic) are then read but never exported."""
+    return re.sub(r"- '\.[+*]'", f"- '^sleep {lifetime}$'", config)
+
+
 def make_contenders(workdir: str, floor_bin: Optional[str], env: dict, wanted: set) -> list:
     cfg_grouped = os.path.join(workdir, "pe-grouped.yml")
     cfg_per_process = os.path.join(workdir, "per-process.yml")
+    grouped, per_process = GROUPED_PE_CONFIG, PER_PROCESS_CONFIG
+    if env.get("own_only"):
+        grouped, per_process = own_only(grouped, env["own_only"]), own_only(per_process, env["own_only"])
     with open(cfg_grouped, "w") as f:
-        f.write(GROUPED_PE_CONFIG)
+        f.write(grouped)
     with open(cfg_per_process, "w") as f:
-        f.write(PER_PROCESS_CONFIG)
+        f.write(per_process)
 
     contenders: list[Contender] = []
 
@@ -553,8 +563,12 @@ def make_contenders(workdir: str, floor_bin: Optional[str], env: dict, wanted: s
     ps_note = f"backend {backend}" + ("" if env["native"] else " (native extension not built: CLI falls back to python)")
     if extra:
         ps_note += f"; extra args: {shlex.join(extra)}"
+    # grouped: procsnap's default config (every user-space process by comm), or with
+    # --own-only the same config as process-exporter's
+    own = ["--config.path", cfg_grouped] if env.get("own_only") else []
     http("procsnap_grouped",
-         lambda p: [PROCSNAP_BIN, "--web.listen-address", f"127.0.0.1:{p}", "--backend", backend] + extra, ps_note)
+         lambda p: [PROCSNAP_BIN, "--web.listen-address", f"127.0.0.1:{p}", "--backend", backend] + own + extra,
+         ps_note)
     http("procsnap_per_process",
          lambda p: [PROCSNAP_BIN, "--web.listen-address", f"127.0.0.1:{p}", "--config.path", cfg_per_process,
                     "--backend", backend] + extra, ps_note)
@@ -1199,6 +1213,9 @@ def parse_args(argv) -> argparse.Namespace:
     ap.add_argument("--procsnap-args", default="", metavar="ARGS",
                     help='extra CLI flags appended to the procsnap contenders\' command lines, split like a shell '
                          'would (e.g. --procsnap-args "--procfs.keep-open=off")')
+    ap.add_argument("--own-only", action="store_true",
+                    help="exporters' configs match only the benchmark's own idle processes (the smoke test's "
+                         "setting: other workloads on the host are read, never exported)")
     ap.add_argument("--no-cgroups", action="store_true",
                     help="do not run the contenders in their own memory cgroups (no peak charged memory)")
     ap.add_argument("--gil-size", type=int, default=None,
@@ -1298,7 +1315,7 @@ def main(argv=None) -> int:
             log(f"procsnap contenders skipped: {cli_reason}")
             results["notes"].append(f"procsnap contenders skipped: {cli_reason}")
         if not native:
-            msg = "the native collector (exporter._collector) is not built: procsnap runs its python backend"
+            msg = "the native reader (exporter._reader) is not built: procsnap runs its python backend"
             log(msg)
             results["notes"].append(msg)
         env = {
@@ -1308,6 +1325,7 @@ def main(argv=None) -> int:
             "procsnap_backend": "native" if native else "python",
             "floor_reason": floor_reason,
             "procsnap_args": args.procsnap_argv,
+            "own_only": args.lifetime if args.own_only else None,
             "memcg": cgroups,
         }
         largest = None

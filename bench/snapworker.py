@@ -3,7 +3,7 @@
 Run in a subprocess (so its CPU, peak RSS and syscalls are its own, not the harness's):
 
     snapworker.py serve BACKEND [PROCFS]
-        one ``Collector(PROCFS, BACKEND).snapshot()`` per stdin line, one JSON line out:
+        one ``Snapshotter(PROCFS, BACKEND).snapshot()`` per stdin line, one JSON line out:
         {"wall_ns", "cpu_ns", "procs"}. Prints {"ready": true} (or {"error": ...}) first.
 
     snapworker.py gil BACKEND SECONDS WINDOWS [PROCFS]
@@ -24,15 +24,15 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _collector(backend: str, procfs: str):
-    from exporter.collector import Collector
+def _snapshotter(backend: str, procfs: str):
+    from exporter.snapshot import Snapshotter
 
-    return Collector(procfs, backend)
+    return Snapshotter(procfs, backend)
 
 
 def serve(backend: str, procfs: str) -> int:
     try:
-        collector = _collector(backend, procfs)
+        snapshotter = _snapshotter(backend, procfs)
     except Exception as e:  # noqa: BLE001 - reported to the harness, which skips the contender
         print(json.dumps({"error": f"{type(e).__name__}: {e}"}), flush=True)
         return 0
@@ -42,11 +42,11 @@ def serve(backend: str, procfs: str) -> int:
             continue
         c0 = time.process_time_ns()
         t0 = time.perf_counter_ns()
-        snap = collector.snapshot()
+        snap = snapshotter.snapshot()
         t1 = time.perf_counter_ns()
         c1 = time.process_time_ns()
         print(json.dumps({"wall_ns": t1 - t0, "cpu_ns": c1 - c0, "procs": len(snap.processes)}), flush=True)
-    collector.close()
+    snapshotter.close()
     return 0
 
 
@@ -89,8 +89,8 @@ def _count_for(seconds: float) -> dict:
 
 def gil(backend: str, seconds: float, windows: int, procfs: str) -> int:
     try:
-        collector = _collector(backend, procfs)
-        procs = len(collector.snapshot().processes)  # warm: files opened, facts memoized
+        snapshotter = _snapshotter(backend, procfs)
+        procs = len(snapshotter.snapshot().processes)  # warm: files opened, facts memoized
     except Exception as e:  # noqa: BLE001
         print(json.dumps({"error": f"{type(e).__name__}: {e}"}), flush=True)
         return 0
@@ -101,7 +101,7 @@ def gil(backend: str, seconds: float, windows: int, procfs: str) -> int:
         end = time.perf_counter() + window
         t0 = time.perf_counter()
         while time.perf_counter() < end:
-            collector.snapshot()
+            snapshotter.snapshot()
             n += 1
         return n / (time.perf_counter() - t0) * window
 
@@ -117,7 +117,7 @@ def gil(backend: str, seconds: float, windows: int, procfs: str) -> int:
 
         def snapper():
             while not stop.is_set():
-                collector.snapshot()
+                snapshotter.snapshot()
                 count[0] += 1
 
         # The counter runs in a worker thread, the snapshots in another, as the brief asks.
@@ -131,7 +131,7 @@ def gil(backend: str, seconds: float, windows: int, procfs: str) -> int:
         snap_thread.join(timeout=600)
         shared.append(result[0])
         snaps_per_window.append(count[0])
-    collector.close()
+    snapshotter.close()
     ratios = [s["rate"] / a["rate"] for s, a in zip(shared, solo)]
     med = lambda rows, key: statistics.median(r[key] for r in rows)  # noqa: E731
     print(json.dumps({
