@@ -76,12 +76,109 @@ def test_host_constants_the_fixture_assumes():
     assert os.sysconf("SC_PAGE_SIZE") == 4096
 
 
-def test_golden_exposition(backend):
-    """Both snapshot backends give the golden bytes (the native one once it is built;
-    the ``backend`` fixture comes from conftest.py). The golden file is written from the
-    python backend."""
+def _set_stat(path, **moves):
+    """Add to stat fields (1-based numbers as in proc(5)) of a fixture stat file."""
+    with open(path, "rb") as f:
+        data = f.read()
+    head, _, rest = data.rpartition(b") ")
+    fields = rest.split(b" ")
+    for number, delta in moves.items():
+        i = int(number[1:]) - 3  # fields after the comm start at number 3 (state)
+        fields[i] = str(int(fields[i]) + delta).encode()
+    with open(path, "wb") as f:
+        f.write(head + b") " + b" ".join(fields))
+
+
+def _add_keyed(path, **moves):
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    for key, delta in moves.items():
+        for i, line in enumerate(lines):
+            name, sep, value = line.partition(b":")
+            if sep and name == key.encode():
+                lines[i] = name + sep + b"\t" + str(int(value) + delta).encode()
+    with open(path, "wb") as f:
+        f.write(b"\n".join(lines))
+
+
+def _move_tree(root):
+    """The changes between the golden run's two snapshots (what EXPECTED_COUNTERS says)."""
+    _set_stat(f"{root}/10/stat", f14=150, f15=25, f10=100, f12=2)  # utime, stime, minflt, majflt
+    _add_keyed(f"{root}/10/io", read_bytes=4096, write_bytes=1000)
+    _add_keyed(f"{root}/10/status", voluntary_ctxt_switches=10, nonvoluntary_ctxt_switches=1)
+    _add_keyed(f"{root}/1/io", write_bytes=2048)
+    _set_stat(f"{root}/20/stat", f14=50)
+    shutil.rmtree(f"{root}/21")  # a login shell exits: its past stays counted
+    shutil.copytree(f"{root}/22", f"{root}/23", symlinks=True)  # a new one starts
+    with open(f"{root}/23/stat", "rb") as f:
+        stat = f.read().replace(b"22 (", b"23 (", 1)
+    with open(f"{root}/23/stat", "wb") as f:
+        f.write(stat)
+    with open(f"{root}/22/stat", "rb") as f:
+        old = f.read().rpartition(b") ")[2].split(b" ")
+    # born since the first snapshot: its whole counters count (utime 30, stime 0, faults 5/1)
+    _set_stat(f"{root}/23/stat", f14=30 - int(old[11]), f15=-int(old[12]), f10=5 - int(old[7]),
+              f12=1 - int(old[9]), f22=1000)
+    _add_keyed(f"{root}/23/io", read_bytes=500 - _keyed(f"{root}/22/io", "read_bytes"),
+               write_bytes=-_keyed(f"{root}/22/io", "write_bytes"))
+    _add_keyed(f"{root}/23/status",
+               voluntary_ctxt_switches=3 - _keyed(f"{root}/22/status", "voluntary_ctxt_switches"),
+               nonvoluntary_ctxt_switches=1 - _keyed(f"{root}/22/status", "nonvoluntary_ctxt_switches"))
+
+
+def _keyed(path, key):
+    with open(path, "rb") as f:
+        for line in f.read().split(b"\n"):
+            name, _, value = line.partition(b":")
+            if name == key.encode():
+                return int(value)
+    raise KeyError(key)
+
+
+# Worked out by hand from _move_tree: group -> counter sample -> value.
+EXPECTED_COUNTERS = {
+    "paren": {"cpu_user": 1.5, "cpu_system": 0.25, "read": 4096, "write": 1000, "major": 2, "minor": 100,
+              "voluntary": 10, "nonvoluntary": 1},
+    "init-init": {"write": 2048},
+    "login-sh": {"cpu_user": 0.5 + 0.3, "read": 500, "major": 1, "minor": 5, "voluntary": 3, "nonvoluntary": 1},
+}
+_SAMPLE_KEY = {
+    ("cpu_seconds_total", "user"): "cpu_user", ("cpu_seconds_total", "system"): "cpu_system",
+    ("read_bytes_total", None): "read", ("write_bytes_total", None): "write",
+    ("major_page_faults_total", None): "major", ("minor_page_faults_total", None): "minor",
+    ("context_switches_total", "voluntary"): "voluntary", ("context_switches_total", "nonvoluntary"): "nonvoluntary",
+}
+
+
+def two_snapshot_run(tmp_path, backend) -> bytes:
+    """procsnap --once.delay on a copy of proc-basic that moves between its two snapshots."""
+    root = str(tmp_path / "proc")
+    shutil.copytree(PROC_BASIC, root, symlinks=True)
+    proc = subprocess.Popen(
+        [PROCSNAP, "--once.delay", "3", "--path.procfs", root, "--config.path", GOLDEN_CONFIG, "--backend", backend,
+         "--log.level", "debug"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env(),
+    )
+    try:
+        lines = [proc.stderr.readline()]
+        while b"first snapshot" not in lines[-1] and lines[-1] and len(lines) < 20:
+            lines.append(proc.stderr.readline())
+        assert b"first snapshot" in lines[-1], lines
+        _move_tree(root)  # takes milliseconds; the second snapshot comes 3 s after the first
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, err.decode()
+    return out
+
+
+def test_golden_exposition(backend, tmp_path):
+    """Both backends give the golden bytes for two snapshots of a moving tree (the
+    native one once it is built). The golden file is written from the python backend;
+    its counters are held to the hand-worked EXPECTED_COUNTERS below."""
     assert os.sysconf("SC_CLK_TCK") == 100 and os.sysconf("SC_PAGE_SIZE") == 4096
-    got = stable_part(run_once(backend=backend))
+    got = stable_part(two_snapshot_run(tmp_path, backend))
     if os.environ.get("PROCSNAP_UPDATE_GOLDEN") == "1" and backend == "python":
         os.makedirs(os.path.dirname(GOLDEN), exist_ok=True)
         with open(GOLDEN, "wb") as f:
@@ -90,6 +187,27 @@ def test_golden_exposition(backend):
         want = f.read()
     assert got.decode().splitlines() == want.decode().splitlines()
     assert got == want
+
+
+def test_golden_counters_are_the_hand_worked_ones():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with open(GOLDEN, "rb") as f:
+        families = list(text_string_to_metric_families(f.read().decode()))
+    seen = {}
+    for family in families:
+        if family.type != "counter" or not family.name.startswith("namedprocess_namegroup_"):
+            continue
+        for sample in family.samples:
+            short = sample.name.removeprefix("namedprocess_namegroup_")
+            label = sample.labels.get("mode") or sample.labels.get("ctxswitchtype")
+            seen[(sample.labels["groupname"], _SAMPLE_KEY[(short, label)])] = sample.value
+    assert seen, "no counters in the golden file"
+    want = {(group, key): 0.0 for group, key in seen}
+    for group, counters in EXPECTED_COUNTERS.items():
+        for key, value in counters.items():
+            want[(group, key)] = float(value)
+    assert seen == want
 
 
 def test_golden_file_covers_every_family_and_the_nasty_names():
@@ -102,8 +220,9 @@ def test_golden_file_covers_every_family_and_the_nasty_names():
         assert f"# TYPE namedprocess_namegroup_{family} " in text
     for name in ('"paren"', '"init-init"', '"login-sh"', '"new\\nline"', '"Uid: 7 spaces"', '"abcdefghijklmn\ufffd"'):
         assert f"{{groupname={name}}}" in text
-    for line in ("procsnap_processes 13.0", 'procsnap_read_errors_total{reason="ENOENT"} 1.0',
-                 'procsnap_read_errors_total{reason="malformed"} 1.0', 'procsnap_build_info{version="VERSION"} 1.0'):
+    # two snapshots: each counts its read errors
+    for line in ("procsnap_processes 13.0", 'procsnap_read_errors_total{reason="ENOENT"} 2.0',
+                 'procsnap_read_errors_total{reason="malformed"} 2.0', 'procsnap_build_info{version="VERSION"} 1.0'):
         assert line in text.splitlines()
 
 
@@ -111,11 +230,11 @@ def test_once_delay_on_a_static_tree_gives_the_same_numbers():
     """Two snapshots of a tree that does not change: counters do not move, nothing is
     counted twice (the read errors are, once per snapshot)."""
     got = stable_part(run_once("--once.delay", "0.1")).decode().splitlines()
-    with open(GOLDEN, "rb") as f:
-        want = f.read().decode().splitlines()
+    want = stable_part(run_once()).decode().splitlines()
     doubled = {'procsnap_read_errors_total{reason="ENOENT"} 2.0', 'procsnap_read_errors_total{reason="malformed"} 2.0'}
     assert set(got) - set(want) == doubled
     assert len(got) == len(want)
+    assert all(line.endswith(" 0.0") for line in got if "_total{groupname=" in line)
 
 
 @needs_promtool
