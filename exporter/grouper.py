@@ -126,6 +126,7 @@ class _Update:
         self.g = grouper
         self.step = step
         self.config = grouper._reload or grouper.config
+        self.literal_names = self.config.literal_names
         self.group_of = dict(grouper.group_of)
         self.base = dict(grouper.base)
         self.copied: set = set()  # names whose base list is this update's own copy
@@ -205,7 +206,7 @@ class _Update:
         """Forget an empty group? (its counters restart if the name comes back)"""
         g = self.g
         since = self.empty_since.get(name, self.step.timestamp)
-        literal = name in self.config.literal_names
+        literal = name in self.literal_names
         gone = (
             self.per_process[name]
             or g.remove_empty_groups

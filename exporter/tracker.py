@@ -108,7 +108,8 @@ class Tracker:
         self._keys: set = set()
         self._by_pid: dict = {}
         self._unreadable_pids: frozenset = frozenset()
-        self._gen = 0
+        self._gen = 0  # reads so far (staggers the fd-limit re-reads)
+        self._committed = False  # a step was committed: the next is not the first
 
     def start_time_seconds(self, start_ticks: int) -> float:
         return self.facts.boot_time + start_ticks / self.facts.clock_ticks
@@ -118,7 +119,7 @@ class Tracker:
         identities = list(zip(map(_pids, records), map(_starts, records)))
         old_procs, old_last = self.procs, self.last
         errors = dict(reading.errors)
-        first = self._gen == 0
+        first = not self._committed
 
         # unreadable is not exited: carry the last record of a known identity
         unreadable_pids = frozenset(pid for pid, _ in reading.unreadable)
@@ -237,4 +238,5 @@ class Tracker:
         self._keys = set(map(_keys, step.records))
         self._by_pid = {identity[0]: identity for identity in step.identities}
         self._unreadable_pids = step.unreadable_pids
+        self._committed = True
 

@@ -276,6 +276,23 @@ def test_an_exception_while_grouping_leaves_the_state_as_it_was():
     assert cpu(stats["a"]) == 70 and stats["boom"].num_procs == 1 and cpu(stats["boom"]) == 10
 
 
+def test_a_failed_first_scrape_leaves_the_next_one_first():
+    config = load_config(None)
+    r = FakeReader()
+    exp = exporter(config, r)
+    original = config.match
+
+    def exploding(p):
+        config.match = original  # once
+        raise RuntimeError("boom")
+
+    config.match = exploding
+    r.put(rec(1, "old", utime=5000))
+    with pytest.raises(RuntimeError):
+        exp.scrape()
+    assert cpu(groups(exp)["old"]) == 0  # already running at the first good reading
+
+
 def test_empty_group_keeps_counters_but_per_pid_groups_and_remove_empty_go():
     config = parse_config(b"process_names:\n  - name: '{{.Comm}}:{{.PID}}'\n    comm: [p]\n  - comm: [k]\n")
     r = FakeReader()
