@@ -310,12 +310,8 @@ class _Update:
         ratio = oldest = None
         states = dict.fromkeys(STATE_NAMES, 0)
         if n:
-            nofile = step.nofile
-            ratios = [
-                records[i][_OPEN_FDS] / limit
-                for i in idx
-                if records[i][_OPEN_FDS] is not None and (limit := nofile.get(step.identities[i]))
-            ]
+            limits = step.limits
+            ratios = [o / m for o, m in zip(columns[_OPEN_FDS], [limits[i] for i in idx]) if o is not None and m]
             ratio = max(ratios) if ratios else None
             oldest = self.g.boot_time + min(columns[_START]) / self.g.clock_ticks
             for state, count in Counter(columns[_STATE]).items():

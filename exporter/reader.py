@@ -105,6 +105,7 @@ FD_RESERVE = 512  # descriptors left to the rest of procsnap (sockets, config, .
 def keep_open_budget(setting: str) -> int:
     """Processes whose files may be kept open, from --procfs.keep-open (auto, off, or a
     number), capped by what RLIMIT_NOFILE leaves (3 files a process)."""
+    setting = parse_keep_open(setting)
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         soft = 1 << 20

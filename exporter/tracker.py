@@ -34,8 +34,10 @@ PID, START, COMM, MARK = F["pid"], F["start_ticks"], F["comm"], F["mark"]
 # stat ones (CPU, faults) come with the record itself.
 CARRIED = tuple(F[n] for n in ("ctx_voluntary", "ctx_nonvoluntary", "read_bytes", "write_bytes"))
 _pids = itemgetter(PID)
+_first = itemgetter(0)
 _starts = itemgetter(START)
 _keys = itemgetter(PID, START, COMM, MARK)
+_carried = itemgetter(*CARRIED)
 
 
 class Proc:
@@ -81,6 +83,9 @@ class Step(NamedTuple):
 
     records: list  # this read's records, plus the last one of each unreadable identity
     identities: list  # (pid, start_ticks) of each record
+    limits: list  # fd limit of each record's identity (None: unlimited or unknown)
+    keys: set  # (pid, start_ticks, comm, mark) of the records
+    holes: set  # identities whose record lacks a carried counter (never read yet)
     procs: dict  # identity -> Proc
     last: dict  # identity -> record
     nofile: dict  # identity -> fd limit (None: unlimited or unknown)
@@ -105,7 +110,8 @@ class Tracker:
         self.procs: dict = {}
         self.last: dict = {}
         self.nofile: dict = {}
-        self._keys: set = set()
+        self._keys: set = set()  # (pid, start, comm, mark) of the last step's records
+        self._holes: set = set()  # identities whose last record lacks a carried counter
         self._by_pid: dict = {}
         self._unreadable_pids: frozenset = frozenset()
         self._gen = 0  # reads so far (staggers the fd-limit re-reads)
@@ -139,31 +145,28 @@ class Tracker:
 
         # a counter readable before and not now keeps its last value
         readable = []
-        for i, rec in enumerate(records):
-            if None in rec:
-                before = old_last.get(identities[i])
-                if before is None:
-                    continue
-                patched = None
-                for f in CARRIED:
-                    if rec[f] is None and before[f] is not None:
-                        patched = patched or list(rec)
-                        patched[f] = before[f]
-                    elif rec[f] is not None and before[f] is None:
-                        readable.append((identities[i], f, rec[f]))
-                if patched is not None:
-                    records[i] = tuple(patched)
-            elif identities[i] in old_last:
-                before = old_last[identities[i]]
-                if None in before:
-                    for f in CARRIED:
-                        if before[f] is None:
-                            readable.append((identities[i], f, rec[f]))
+        check = [i for i, c in enumerate(map(_carried, records)) if None in c]
+        if self._holes:  # identities whose last record had a hole: filled now?
+            check = sorted(set(check).union(i for i, identity in enumerate(identities) if identity in self._holes))
+        for i in check:
+            rec, identity = records[i], identities[i]
+            before = old_last.get(identity)
+            if before is None:
+                continue
+            patched = None
+            for f in CARRIED:
+                if rec[f] is None and before[f] is not None:
+                    patched = patched or list(rec)
+                    patched[f] = before[f]
+                elif rec[f] is not None and before[f] is None:
+                    readable.append((identity, f, rec[f]))
+            if patched is not None:
+                records[i] = tuple(patched)
+        holes = {identities[i] for i in check if None in _carried(records[i])}  # for the next step
 
         # started and exec'd: only identities whose (pid, start, comm, mark) changed
         keys = set(map(_keys, records))
         started, execed, remarked = [], [], []
-        index = None
         for key in keys - self._keys:
             identity = key[:2]
             proc = old_procs.get(identity)
@@ -226,8 +229,10 @@ class Tracker:
             execed = [identity for identity in execed if identity not in dropped]
 
         from_now = set(started) if first else {i for i in started if i[0] in self._unreadable_pids}
+        keys = set(map(_keys, records)) if dropped else keys
         return Step(
-            records, identities, procs, dict(zip(identities, records)), nofile, started, from_now,
+            records, identities, list(map(nofile.get, identities)), keys, holes, procs, dict(zip(identities, records)),
+            nofile, started, from_now,
             execed, exited, readable, old_last, errors, unreadable_pids, reading.timestamp, first,
         )
 
@@ -235,8 +240,9 @@ class Tracker:
         self.procs = step.procs
         self.last = step.last
         self.nofile = step.nofile
-        self._keys = set(map(_keys, step.records))
-        self._by_pid = {identity[0]: identity for identity in step.identities}
+        self._keys = step.keys
+        self._holes = step.holes
+        self._by_pid = dict(zip(map(_first, step.identities), step.identities))
         self._unreadable_pids = step.unreadable_pids
         self._committed = True
 
