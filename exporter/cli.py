@@ -368,6 +368,13 @@ def make_exporter(args, config):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C before serving (or in --once): one line, no traceback
+        return _die("interrupted; nothing printed", 130)
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     if args.version:
         print(f"procsnap version {__version__} (python {sys.version.split()[0]})")
@@ -408,10 +415,7 @@ def _procfs_problem(e: BaseException, procfs: str) -> str:
 def _print_once(exporter, args) -> int:
     # The first snapshot is taken; with a delay, a second one that far apart is printed.
     if args.once_delay > 0:
-        try:
-            time.sleep(args.once_delay)
-        except KeyboardInterrupt:
-            return _die("interrupted during --once.delay; nothing printed", 130)
+        time.sleep(args.once_delay)
         try:
             exporter.scrape()
         except (OSError, ValueError) as e:

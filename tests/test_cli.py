@@ -228,7 +228,7 @@ def test_ctrl_c_during_once_delay_is_one_line():
         proc.kill()
         proc.wait()
     assert proc.returncode == 130
-    assert out == b"" and err.decode().splitlines() == ["procsnap: interrupted during --once.delay; nothing printed"]
+    assert out == b"" and err.decode().splitlines() == ["procsnap: interrupted; nothing printed"]
 
 
 def test_full_stdout_is_one_line():
