@@ -32,7 +32,10 @@ class Malformed(ValueError):
 def uint(token: bytes) -> int:
     if not (token.isascii() and token.isdigit()):
         raise Malformed(token)
-    value = int(token)
+    digits = token.lstrip(b"0") or b"0"
+    if len(digits) > 20:  # beyond u64 (and before int() would refuse thousands of digits)
+        raise Malformed(token[:32])
+    value = int(digits)
     if value > U64_MAX:
         raise Malformed(token)
     return value

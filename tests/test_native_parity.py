@@ -518,9 +518,6 @@ def test_numbers_fit_in_64_bits(tmp_path, where, token, expected):
     check_number(a, facts, ferrors, where, expected)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="exporter.procfs.uint: int() refuses more than sys.get_int_max_str_digits() "
-                          "(4300) digits with a ValueError that is not Malformed: PythonReader raises")
 @pytest.mark.parametrize("where", ["stat", "status", "io", "limits"])
 @pytest.mark.parametrize("token,expected", [
     pytest.param(b"9" * 5000, None, id="5000digits"),

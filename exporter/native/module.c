@@ -255,11 +255,42 @@ static PyObject *Reader_read_facts(ReaderObject *self, PyObject *requests)
         goto done;
     }
     for (i = 0; i < n; i++) {
+        PyObject *item = PySequence_Fast(PySequence_Fast_GET_ITEM(seq, i),
+                                         "a request must be (pid, starttime, want)");
+        long pid;
         unsigned long long start;
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "iKI:read_facts", &want[i].pid,
-                              &start, &want[i].want))
+        unsigned long bits;
+
+        if (item == NULL)
             goto done;
+        if (PySequence_Fast_GET_SIZE(item) != 3) {
+            PyErr_SetString(PyExc_ValueError, "a request must be (pid, starttime, want)");
+            Py_DECREF(item);
+            goto done;
+        }
+        /* out-of-range values never wrap: a starttime beyond u64 is no process's (gone),
+         * a bad pid or want raises */
+        start = PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(item, 1));
+        if (start == (unsigned long long)-1 && PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
+                Py_DECREF(item);
+                goto done;
+            }
+            PyErr_Clear();
+            want[i].impossible = 1;
+        }
+        pid = PyLong_AsLong(PySequence_Fast_GET_ITEM(item, 0));
+        bits = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(item, 2));
+        Py_DECREF(item);
+        if (PyErr_Occurred())
+            goto done;
+        if (pid < 0 || pid > 0x7fffffff || bits > 0xffff) {
+            PyErr_SetString(PyExc_ValueError, "read_facts: pid or want out of range");
+            goto done;
+        }
+        want[i].pid = (int)pid;
         want[i].start = start;
+        want[i].want = (unsigned)bits;
     }
     Py_BEGIN_ALLOW_THREADS
     PyThread_acquire_lock(self->lock, WAIT_LOCK);

@@ -100,6 +100,7 @@ typedef struct {
     int pid;
     unsigned want;
     uint64_t start;  /* the identity's starttime: the facts are checked to be its */
+    int impossible;  /* the starttime asked for does not fit 64 bits: no process has it */
     int gone;        /* the process exited (or the pid was reused) meanwhile */
     ps_span cmdline, exe, cgroup;
     int has_nofile;

@@ -761,6 +761,8 @@ static int walk_fact(ps_walker *w, ps_fact *f)
     f->cmdline.at = f->exe.at = f->cgroup.at = PS_NONE;
     f->has_nofile = 0;
     f->gone = 0;
+    if (f->impossible)
+        rc = 1;
     if (rc == 0 && (f->want & PS_WANT_CMDLINE))
         rc = walk_fact_file(w, f->pid, "cmdline", 1, &f->cmdline);
     if (rc == 0 && (f->want & PS_WANT_EXE))
