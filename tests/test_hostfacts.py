@@ -1,5 +1,9 @@
 """Memoized host facts: boot time, pinned constants, uid -> user name and tty -> name maps
-that refresh on a miss (rate-limited), never frozen at start."""
+that refresh on a miss (rate-limited), never frozen at start.
+
+Runs as any user: the one test that needs device nodes it makes (the /dev scan on a
+made-up /dev) is root-only; the others use the pseudo-terminals anyone may open, or a
+scripted scan."""
 
 from __future__ import annotations
 
@@ -7,10 +11,11 @@ import os
 import pwd
 import stat
 import threading
+import time
 
 import pytest
 
-from conftest import PROC_BASIC, make_devroot
+from conftest import DEVICES, PROC_BASIC, make_devroot
 from exporter import hostfacts
 from exporter.hostfacts import HostFacts, Terminals, UserNames, read_boot_time
 
@@ -48,7 +53,9 @@ def test_boot_time_without_btime(tmp_path):
 def test_host_facts_pinned_and_defaults(tmp_path):
     pinned = HostFacts(procfs=PROC_BASIC, devroot=str(tmp_path), clock_ticks=100, page_size=4096)
     assert (pinned.clock_ticks, pinned.page_size, pinned.boot_time) == (100, 4096, 1700000000)
-    assert pinned.cpu_count >= 1
+    assert isinstance(pinned.ttys, Terminals) and pinned.ttys[os.makedev(136, 3)] is None  # empty devroot
+    given = {os.makedev(136, 3): "pts/3"}
+    assert HostFacts(procfs=PROC_BASIC, ttys=given).ttys is given  # a terminal map instead of a scan
     live = HostFacts()
     assert live.clock_ticks == os.sysconf("SC_CLK_TCK")
     assert live.page_size == os.sysconf("SC_PAGE_SIZE")
@@ -114,58 +121,95 @@ def test_usernames_concurrent_misses():
 # -- tty device -> name ----------------------------------------------------------------------
 
 
-@pytest.fixture
-def dev(tmp_path):
-    try:
-        return make_devroot(tmp_path / "dev")
-    except PermissionError:
-        pytest.skip("cannot make character devices here (needs root / CAP_MKNOD)")
-
-
 def mknod(path, major, minor):
     os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(major, minor))
 
 
-def test_terminals_map(dev):
+@pytest.mark.skipif(os.geteuid() != 0, reason="makes character device nodes (root only)")
+def test_dev_scan_gives_terminal_names(tmp_path):
+    """The scan of a device directory with real device nodes: char devices named tty* in
+    the root and everything in pts/, keyed by st_rdev; a new node is found by the rescan
+    of a miss, a removed one forgotten."""
+    dev = make_devroot(tmp_path / "dev")
     ttys = Terminals(dev, rescan_seconds=0)
     assert ttys[os.makedev(136, 3)] == "pts/3"
-    assert ttys[os.makedev(136, 300)] == "pts/300"
-    assert ttys[os.makedev(4, 1)] == "tty1"
-    # only char devices named tty* in the root, and everything in pts/
     assert dict(ttys) == {os.makedev(136, 3): "pts/3", os.makedev(136, 300): "pts/300", os.makedev(4, 1): "tty1"}
-    assert ttys[os.makedev(1, 3)] is None  # /dev/null is no terminal
+    assert ttys[os.makedev(*DEVICES["null"])] is None  # /dev/null is no terminal
+    assert os.path.isfile(os.path.join(dev, "tty9"))  # a regular file named tty9 is none either
+    # stat's tty_nr is the kernel's new_encode_dev: for pts/300 the minor is split around
+    # the major; st_rdev uses the same layout, so the map keys match tty_nr
+    assert ttys[(300 & 0xFF) | (136 << 8) | ((300 & ~0xFF) << 12)] == "pts/300"
 
-
-def test_tty_nr_encoding_matches_device_numbers(dev):
-    """stat's tty_nr is the kernel's new_encode_dev: for pts/300 the minor is split
-    around the major; st_rdev uses the same layout, so the map keys match tty_nr."""
-    ttys = Terminals(dev)
-    tty_nr = (300 & 0xFF) | (136 << 8) | ((300 & ~0xFF) << 12)
-    assert ttys[tty_nr] == "pts/300"
-
-
-def test_terminals_rescan_when_a_device_appears(dev):
-    ttys = Terminals(dev, rescan_seconds=0)
-    new = os.makedev(136, 7)
-    assert ttys[new] is None
     mknod(os.path.join(dev, "pts", "7"), 136, 7)
-    assert ttys[new] == "pts/7"
-    # a device that went away is forgotten at the next rescan
+    assert ttys[os.makedev(136, 7)] == "pts/7"
     os.unlink(os.path.join(dev, "pts", "3"))
     assert ttys[os.makedev(136, 8)] is None  # a miss: rescans
     assert os.makedev(136, 3) not in ttys
     assert ttys[os.makedev(136, 3)] is None
 
 
-def test_terminals_rescan_is_rate_limited(dev, clock):
-    ttys = Terminals(dev, rescan_seconds=1.0)
-    assert ttys[os.makedev(136, 3)] == "pts/3"  # the first miss scans
-    mknod(os.path.join(dev, "pts", "9"), 136, 9)
+@pytest.fixture
+def pty():
+    """open() -> (tty_nr, name relative to /dev) of a new pseudo-terminal, closed at the end."""
+    fds = []
+
+    def open_pty():
+        master, slave = os.openpty()
+        fds.extend((master, slave))
+        return os.fstat(slave).st_rdev, os.ttyname(slave)[len("/dev/"):]
+
+    yield open_pty
+    for fd in fds:
+        os.close(fd)
+
+
+def test_terminals_find_pseudo_terminals(pty):
+    """The real /dev, as any user: a pty opened before the first scan is found, and one
+    opened after it by the rescan of the miss."""
+    first, first_name = pty()
+    ttys = Terminals("/dev", rescan_seconds=0)
+    assert first_name.startswith("pts/")
+    assert ttys[first] == first_name
+    second, second_name = pty()
+    assert second not in ttys
+    assert ttys[second] == second_name
+    assert ttys[first] == first_name
+
+
+class ScriptedTerminals(Terminals):
+    """Terminals whose scan returns what the test says (and counts the scans)."""
+
+    def __init__(self, devices, **kw):
+        super().__init__("/nonexistent", **kw)
+        self.devices = devices
+        self.scans = 0
+
+    def _scan(self):
+        self.scans += 1
+        return dict(self.devices)
+
+
+def test_terminals_rescan_when_a_device_appears_or_goes():
+    ttys = ScriptedTerminals({1: "pts/1"}, rescan_seconds=0)
+    assert ttys[1] == "pts/1" and ttys.scans == 1
+    assert ttys[1] == "pts/1" and ttys.scans == 1  # a hit does not scan
+    assert ttys[2] is None and ttys.scans == 2
+    ttys.devices[2] = "pts/2"
+    assert ttys[2] == "pts/2" and ttys.scans == 3
+    del ttys.devices[1]
+    assert ttys[3] is None  # a miss rescans: the device that went away is forgotten
+    assert 1 not in ttys and ttys[1] is None
+
+
+def test_terminals_rescan_is_rate_limited(clock):
+    ttys = ScriptedTerminals({1: "pts/1"}, rescan_seconds=1.0)
+    assert ttys[1] == "pts/1"  # the first miss scans
+    ttys.devices[9] = "pts/9"
     clock.now += 0.5
-    assert ttys[os.makedev(136, 9)] is None  # within the window: no rescan
-    assert ttys[os.makedev(136, 3)] == "pts/3"  # hits are unaffected
+    assert ttys[9] is None and ttys.scans == 1  # within the window: no rescan
+    assert ttys[1] == "pts/1"  # hits are unaffected
     clock.now += 0.6
-    assert ttys[os.makedev(136, 9)] == "pts/9"
+    assert ttys[9] == "pts/9" and ttys.scans == 2
 
 
 def test_terminals_missing_devroot(tmp_path):
@@ -174,16 +218,27 @@ def test_terminals_missing_devroot(tmp_path):
     assert dict(ttys) == {}
 
 
-def test_terminals_concurrent_misses(dev):
-    ttys = Terminals(dev, rescan_seconds=0)
+def test_terminals_concurrent_misses():
+    """Eight threads missing at once: the ones that waited for the scan of another use
+    it (one scan), and every thread gets the names."""
+    gate = threading.Barrier(8)
+
+    class Slow(ScriptedTerminals):
+        def _scan(self):
+            time.sleep(0.05)  # the other threads queue on the lock meanwhile
+            return super()._scan()
+
+    ttys = Slow({3: "pts/3", 300: "pts/300"}, rescan_seconds=0)
     results = []
 
     def look():
-        results.append(tuple(ttys[os.makedev(136, m)] for m in (3, 300, 77)))
+        gate.wait()
+        results.append(tuple(ttys[m] for m in (3, 300)))
 
     threads = [threading.Thread(target=look) for _ in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert results == [("pts/3", "pts/300", None)] * 8
+    assert results == [("pts/3", "pts/300")] * 8
+    assert ttys.scans == 1

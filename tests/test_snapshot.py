@@ -1,38 +1,62 @@
-"""The snapshot collector (issue 2): both backends, on fake /proc trees and on the live /proc.
+"""The snapshot contract (exporter.snapshot): both backends, on fake /proc trees and on the
+live /proc.
 
-* exact records on tests/fixtures/proc-basic (the nasty cases of DESIGN.md's test techniques);
-* the C and the Python readers give equal snapshots, on fixtures and on live /proc;
-* on live /proc, the values agree with psutil for processes this test spawns;
-* another user's io and exe come out None, counted as EACCES (reader run as nobody);
-* the native walk releases the GIL; repeated snapshots do not leak; static facts are
-  memoized per identity (pid, starttime) and re-read on exec and pid reuse.
+* exact records on tests/fixtures/proc-basic, and on trees of odd files (cmdline read
+  whole and cut only at 1 MiB, all trailing NULs dropped, numbers over 2**64-1 malformed);
+* the C and the Python readers give equal snapshots: fixtures, a big tree, a changing
+  tree, and the live /proc (judged on the test's own children only);
+* on live /proc, the values agree with psutil for processes this test spawns; a 300 KB
+  command line comes back whole; an exec that keeps the comm is seen (the stat mark);
+* another user's io and exe come out None, counted EACCES (a snapshot taken as nobody,
+  judged on processes the test started);
+* the native walk releases the GIL; repeated snapshots do not leak; kept files (3 per
+  process: stat, status, io) go with their process;
+* static facts are memoized per identity (pid, starttime) and re-read on exec (comm or
+  mark) and pid reuse; the fd limit is re-read every 16th read; a pid whose stat cannot
+  be read keeps its identity and its last record (unreadable is not exited).
+
+Every fixture test runs as any user (pinned host facts with a terminal map); the only
+root-only tests are the snapshot as nobody here and the /dev scan in test_hostfacts.py.
 """
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import json
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
 import threading
 import time
 import tracemalloc
+import traceback
 
 import psutil
 import pytest
 
-from conftest import PROC_BASIC, make_proc_trees, needs_native, pinned_facts
+from conftest import FIXTURE_TTYS, PROC_BASIC, make_proc_trees, needs_native, pinned_facts
 from exporter.hostfacts import HostFacts
-from exporter.collector import Collector, Process
+from exporter.reader import WANT_ALL, WANT_NOFILE, keep_open_budget, parse_keep_open
+import exporter.procfs  # noqa: F401  (imported before the nobody child needs it: it may not read the tree)
+from exporter.snapshot import Process, Snapshotter
+from exporter.tracker import LIMITS_EVERY
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# `exporter.snapshot` the attribute is the snapshot() function (exporter/__init__.py
+# re-exports it), so the module is taken from sys.modules
+snapshot_module = sys.modules["exporter.snapshot"]
+
 BOOT = 1700000000
 KiB = 1024
 MiB = 1 << 20
+FILE_MAX = 1 << 20  # files are read whole up to this; cmdline is cut there
+U64_MAX = 2**64 - 1
+KEPT_PER_PROCESS = 3  # the native reader keeps stat, status and io open
+DEADLINE = 30  # seconds: only to catch a hang, never a timing assertion
 
 
 def by_pid(snapshot) -> dict:
@@ -126,7 +150,7 @@ EXPECTED = {
             open_fds=3, max_fds=1024, uid=0, username="root", tty=None, cmdline=("/usr/bin/noio",),
             exe="/usr/bin/noio", cgroup="0::/"),
     # 19: empty directory (exited) -> dropped quietly
-    # controlling terminals
+    # controlling terminals (names from the FIXTURE_TTYS map of pinned_facts)
     20: rec(pid=20, ppid=1, comm="sh20", state="S", is_kernel_thread=False, start_ticks=2025,
             start_time_seconds=1700000020.25, cpu_user_seconds=20.0, cpu_system_seconds=2.0,
             minor_faults=1000, major_faults=20, num_threads=1, rss_bytes=200 * 4096, vms_bytes=20 * MiB,
@@ -149,28 +173,83 @@ EXPECTED = {
 EXPECTED_ERRORS = {"malformed": 1, "ENOENT": 1}
 TTY_PIDS = (20, 21, 22)
 
+# The raw stat values of two proc-basic pids (as make_proc_trees.make_basic writes them),
+# for tests that rewrite their stat.
+STAT_ARGS = {
+    10: dict(comm=b"a) b (c", ppid=1, minflt=210, majflt=11, utime=1010, stime=510, num_threads=4,
+             starttime=1075, vsize=20971520, rss=1000),
+    11: dict(comm=b"x) Z 1 1", ppid=10, minflt=311, majflt=12, utime=1111, stime=611, num_threads=2,
+             starttime=1150, vsize=31457280, rss=1100),
+}
+ARG_START = 140731853970146  # the arg_start (stat field 48) make_proc_trees.stat_bytes writes
+
+
+def fixture_stat(pid, arg_start=None, **changes) -> bytes:
+    """The stat of pid 10 or 11 of proc-basic, with changes; arg_start changes the mm
+    addresses (the exec mark) without changing anything else."""
+    args = dict(STAT_ARGS[pid], **changes)
+    data = make_proc_trees.stat_bytes(pid, args.pop("comm"), **args)
+    if arg_start is not None:
+        old = b" %d " % ARG_START
+        assert data.count(old) == 1, data
+        data = data.replace(old, b" %d " % arg_start)
+    return data
+
 
 _opened: list = []
 
 
-def new(procfs, backend, facts=None) -> Collector:
-    """A Collector closed when the test ends, pass or fail: a native collector on /proc
-    keeps up to three files per process open, and the budget it sizes from RLIMIT_NOFILE
-    is its own, so leftovers would starve the next test's collector."""
-    c = Collector(procfs, backend, facts)
-    _opened.append(c)
-    return c
+def new(procfs, backend, facts=None, keep_open="auto") -> Snapshotter:
+    """A Snapshotter closed when the test ends, pass or fail: a native one on /proc keeps
+    up to three files per process open, and the budget it sizes from RLIMIT_NOFILE is its
+    own, so leftovers would starve the next test's."""
+    s = Snapshotter(procfs, backend, facts, keep_open)
+    _opened.append(s)
+    return s
 
 
 @pytest.fixture(autouse=True)
-def _close_collectors():
+def _close_snapshotters():
     yield
     while _opened:
         _opened.pop().close()
 
 
-def collector(procfs, backend, devroot):
-    return new(procfs, backend, pinned_facts(procfs, devroot))
+def snapper(procfs, backend, ttys=None) -> Snapshotter:
+    """A Snapshotter on a fixture tree with pinned host facts (any user: no /dev scan)."""
+    return new(str(procfs), backend, pinned_facts(str(procfs), ttys))
+
+
+def spy_facts(s: Snapshotter) -> list:
+    """Records each read_facts call of the snapshotter's reader: a list of request lists."""
+    calls = []
+    real = s.reader.read_facts
+
+    def read_facts(requests):
+        calls.append(list(requests))
+        return real(requests)
+
+    s.reader.read_facts = read_facts
+    return calls
+
+
+def asked_all(calls) -> list:
+    """Pids whose static facts (WANT_ALL) were asked for, over the calls."""
+    return sorted(pid for requests in calls for pid, _, want in requests if want == WANT_ALL)
+
+
+def rewrite(path, data: bytes):
+    """Rewrite a file in place (same inode: a kept file descriptor sees the new bytes, as
+    it would on procfs)."""
+    with open(path, "r+b") as f:
+        f.write(data)
+        f.truncate()
+
+
+def copy_basic(tmp_path):
+    root = tmp_path / "proc"
+    shutil.copytree(PROC_BASIC, root, symlinks=True)
+    return root
 
 
 # --------------------------------------------------------------------------------------
@@ -186,16 +265,19 @@ def test_fixture_tree_is_committed_as_expected():
     assert not os.path.exists(os.path.join(PROC_BASIC, "18", "io"))
     with open(os.path.join(PROC_BASIC, "13", "stat"), "rb") as f:
         assert b"(new\nline)" in f.read()
+    for pid in STAT_ARGS:  # the stat the rewriting tests start from is the committed one
+        with open(os.path.join(PROC_BASIC, str(pid), "stat"), "rb") as f:
+            assert f.read() == fixture_stat(pid)
 
 
 @pytest.mark.parametrize("pid", sorted(EXPECTED), ids=lambda pid: f"pid{pid}")
-def test_fixture_record_exact(backend, devroot, pid):
-    records = by_pid(collector(PROC_BASIC, backend, devroot).snapshot())
+def test_fixture_record_exact(backend, pid):
+    records = by_pid(snapper(PROC_BASIC, backend).snapshot())
     assert records[pid]._asdict() == EXPECTED[pid]._asdict()
 
 
-def test_fixture_snapshot_exact(backend, devroot):
-    snap = collector(PROC_BASIC, backend, devroot).snapshot()
+def test_fixture_snapshot_exact(backend):
+    snap = snapper(PROC_BASIC, backend).snapshot()
     assert snap.backend == backend
     assert by_pid(snap) == EXPECTED
     # short stat (16): malformed; missing io (18): ENOENT; the empty dir (19), the missing
@@ -205,36 +287,36 @@ def test_fixture_snapshot_exact(backend, devroot):
     assert snap.duration_seconds >= 0 and abs(snap.timestamp - time.time()) < 60
 
 
-def test_fixture_without_terminals(backend, empty_devroot):
-    """tty-less device dir: a tty_nr no device has maps to None (never a made-up name)."""
-    snap = collector(PROC_BASIC, backend, empty_devroot).snapshot()
+def test_fixture_without_terminals(backend):
+    """No terminal known: a tty_nr the map does not have maps to None (never a made-up
+    name)."""
+    snap = snapper(PROC_BASIC, backend, ttys={}).snapshot()
     expected = {pid: p._replace(tty=None) for pid, p in EXPECTED.items()}
+    assert all(EXPECTED[pid].tty is not None for pid in TTY_PIDS)
     assert by_pid(snap) == expected
     assert snap.errors == EXPECTED_ERRORS
 
 
-def test_fixture_second_snapshot_identical(backend, devroot):
-    """The second walk (memoized statics, kept files for the native backend) sees the same."""
-    c = collector(PROC_BASIC, backend, devroot)
-    first = c.snapshot()
-    second = c.snapshot()
+def test_fixture_second_snapshot_identical(backend):
+    """The second read (memoized statics) sees the same."""
+    s = snapper(PROC_BASIC, backend)
+    first = s.snapshot()
+    second = s.snapshot()
     assert by_pid(second) == EXPECTED
     # static facts are read once per identity: their errors are not counted again, the
-    # per-scrape files' are
+    # per-read files' are
     assert second.errors == EXPECTED_ERRORS
     for a, b in zip(first.processes, second.processes):
         assert a.cmdline is b.cmdline, f"pid {a.pid}: cmdline not shared between snapshots"
-    c.close()
 
 
-def test_non_pid_entries_are_skipped(backend, devroot, tmp_path):
+def test_non_pid_entries_are_skipped(backend, tmp_path):
     """Only all-ASCII-digit names are pids: '²' and '١٢' are digits to str.isdigit."""
-    root = tmp_path / "proc"
-    shutil.copytree(PROC_BASIC, root, symlinks=True)
+    root = copy_basic(tmp_path)
     for name in ("\u00b2", "\u0661\u0662", "12a", "-1", " 1", "net", "2147483648", "99999999999999999999"):
         shutil.copytree(root / "1", root / name, symlinks=True)
     os.symlink("1", root / "self")
-    snap = collector(str(root), backend, devroot).snapshot()
+    snap = snapper(root, backend).snapshot()
     assert by_pid(snap) == EXPECTED
     assert snap.errors == EXPECTED_ERRORS
 
@@ -258,54 +340,79 @@ def make_odd_tree(root):
     ordinary(41, status=m.status_bytes(41, b"odd41").replace(b"Uid:\t0", b"Uid:\tx0"))  # malformed
     ordinary(42, io=b"rchar: 1\nread_bytes:\nwrite_bytes: 5\n")  # malformed
     ordinary(43, nofile=None, extra={"limits": b"Limit Soft Hard Units\nMax processes 5 5 processes\n"})
-    ordinary(44, cmdline=b"a" * 70000 + b"\0b\0")  # cut at 64 KiB: one argument
+    ordinary(44, cmdline=b"a" * 70000 + b"\0b\0")  # read whole: no 64 KiB cap
     ordinary(45, stat=b"45 odd45 S 1 45 45 0 -1 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\n")  # no (comm)
     ordinary(46, stat=m.stat_bytes(46, b"neg", ppid=-1))  # a negative ppid does not parse
     d = ordinary(47, stat=None)
-    os.mkdir(os.path.join(d, "stat"))  # reading it fails with EISDIR: counted, dropped
+    os.mkdir(os.path.join(d, "stat"))  # not a regular file: EINVAL, dropped
     d = ordinary(48, fds=None)
     open(os.path.join(d, "fd"), "wb").close()  # ENOTDIR: open_fds None
     ordinary(49, exe=None, extra={"exe": b"not a link"})  # EINVAL: exe None
-    ordinary(50, cmdline=b"a\0\0\0")  # empty arguments kept, one trailing NUL dropped
+    ordinary(50, cmdline=b"a\0\0\0")  # every trailing NUL dropped
     ordinary(51, cgroup=b"0::/\n\n")  # trailing newlines stripped
     ordinary(52, nofile=("8", "16"))
+    ordinary(53, cmdline=b"x" * (FILE_MAX + 5000) + b"\0y\0")  # cut at 1 MiB (not malformed)
+    ordinary(54, cmdline=b"nginx: worker process" + b"\0" * 200)  # setproctitle padding
+    ordinary(55, io=m.io_bytes(2**64, 7))  # over 2**64-1: malformed
+    ordinary(56, io=m.io_bytes(U64_MAX, 7))  # 2**64-1 itself is a number
+    ordinary(57, stat=m.stat_bytes(57, b"big", utime=2**64, starttime=5700))  # malformed: dropped
+    ordinary(58, stat=m.stat_bytes(58, b"rss", starttime=5800, rss=2**52))  # rss * 4096 = 2**64: malformed
+    ordinary(59, stat=m.stat_bytes(59, b"rss", starttime=5900, rss=2**52 - 1))  # 2**64 - 4096 fits
+    ordinary(60, cmdline=b"a\0\0b\0\0")  # empty arguments inside are kept
+    ordinary(61, status=m.status_bytes(61, b"odd61", swap_kb=2**54))  # VmSwap * 1024 = 2**64: malformed
+    ordinary(62, status=m.status_bytes(62, b"odd62", swap_kb=1) + b"X" * FILE_MAX)  # 1 MiB: malformed
 
 
-ODD_ERRORS = {"malformed": 5, "EISDIR": 1, "ENOTDIR": 1, "EINVAL": 1}
+# 41 42 55 61 62 (status, io), 43 (limits), 45 46 57 58 (stat)
+ODD_ERRORS = {"malformed": 10, "EINVAL": 2, "ENOTDIR": 1}
+ODD_PIDS = [40, 41, 42, 43, 44, 48, 49, 50, 51, 52, 53, 54, 55, 56, 59, 60, 61, 62]
 
 
-def test_odd_files(backend, empty_devroot, tmp_path):
+def test_odd_files(backend, tmp_path):
     root = str(tmp_path / "proc")
     make_odd_tree(root)
-    snap = collector(root, backend, empty_devroot).snapshot()
+    snap = snapper(root, backend, ttys={}).snapshot()
     r = by_pid(snap)
-    assert sorted(r) == [40, 41, 42, 43, 44, 48, 49, 50, 51, 52]
+    assert sorted(r) == ODD_PIDS
     assert snap.errors == ODD_ERRORS
     assert (r[40].comm, r[40].start_ticks, r[40].cpu_user_seconds, r[40].rss_bytes, r[40].vms_bytes) == (
         "old", 4000, 0.03, None, None)
     assert (r[41].uid, r[41].username, r[41].swap_bytes, r[41].ctx_voluntary) == (None, None, None, None)
     assert (r[42].read_bytes, r[42].write_bytes) == (None, None)
     assert r[43].max_fds is None and r[43].open_fds == 3
-    assert r[44].cmdline == ("a" * 65536,)
+    assert r[44].cmdline == ("a" * 70000, "b")
     assert r[48].open_fds is None and r[48].max_fds == 1024
     assert r[49].exe is None and r[49].cmdline == ("/bin/odd49",)
-    assert r[50].cmdline == ("a", "", "")
+    assert r[50].cmdline == ("a",)
     assert r[51].cgroup == "0::/"
     assert r[52].max_fds == 8
-    for pid in (41, 42, 43, 48, 49):  # what parsed is kept
+    assert r[53].cmdline == ("x" * FILE_MAX,)
+    assert r[54].cmdline == ("nginx: worker process",)
+    assert (r[55].read_bytes, r[55].write_bytes) == (None, None)
+    assert (r[56].read_bytes, r[56].write_bytes) == (U64_MAX, 7)
+    assert r[59].rss_bytes == 2**64 - 4096
+    assert r[60].cmdline == ("a", "", "b")
+    for pid in (61, 62):  # a malformed status gives none of its fields
+        assert (r[pid].uid, r[pid].swap_bytes, r[pid].ctx_voluntary, r[pid].ctx_nonvoluntary) == (
+            None, None, None, None), pid
+    for pid in (41, 42, 43, 48, 49, 55, 56, 61, 62):  # what parsed is kept
         assert r[pid].vms_bytes == pid * 4096 and r[pid].rss_bytes == pid * 4096, pid
+        assert r[pid].cpu_user_seconds == pid / 100 and r[pid].cmdline == (f"/bin/odd{pid}",), pid
+    assert r[56].ctx_voluntary == 56 and r[55].uid == 0, "status of the io cases is readable"
 
 
 def test_unlistable_root_raises(backend, tmp_path):
-    facts = HostFacts(procfs=PROC_BASIC, devroot=str(tmp_path), clock_ticks=100, page_size=4096)
-    c = new(str(tmp_path / "missing"), backend, facts)
-    with pytest.raises(OSError):
-        c.snapshot()
+    s = new(str(tmp_path / "missing"), backend, pinned_facts(PROC_BASIC))
+    with pytest.raises(OSError) as info:
+        s.snapshot()
+    assert str(tmp_path / "missing") in str(info.value)
 
 
 def test_host_facts_pinned():
-    facts = pinned_facts(PROC_BASIC, "/nonexistent")
+    facts = pinned_facts(PROC_BASIC)
     assert (facts.clock_ticks, facts.page_size, facts.boot_time) == (100, 4096, BOOT)
+    assert {facts.ttys[tty] for tty in FIXTURE_TTYS} == {"pts/3", "pts/300", "tty1"}
+    assert pinned_facts(PROC_BASIC, ttys={}).ttys[os.makedev(136, 3)] is None
 
 
 # --------------------------------------------------------------------------------------
@@ -313,22 +420,21 @@ def test_host_facts_pinned():
 # --------------------------------------------------------------------------------------
 
 
-def both(procfs, devroot):
-    return (new(procfs, "python", pinned_facts(procfs, devroot)),
-            new(procfs, "native", pinned_facts(procfs, devroot)))
+def both(procfs, ttys=None):
+    return snapper(procfs, "python", ttys), snapper(procfs, "native", ttys)
 
 
 @needs_native
-def test_backends_equal_on_fixture(devroot, empty_devroot, tmp_path):
+def test_backends_equal_on_fixture(tmp_path):
     odd = str(tmp_path / "odd")
     make_odd_tree(odd)
-    for tree, dev in ((PROC_BASIC, devroot), (PROC_BASIC, empty_devroot), (odd, devroot)):
-        py, c = both(tree, dev)
-        for _ in range(2):  # first walk and memoized walk
+    for tree, ttys in ((PROC_BASIC, None), (PROC_BASIC, {}), (odd, None)):
+        py, c = both(tree, ttys)
+        for _ in range(2):  # first read and memoized read
             a, b = py.snapshot(), c.snapshot()
             assert b.processes == a.processes
             assert b.errors == a.errors
-        c.close()
+        assert a.processes, tree
 
 
 @pytest.fixture(scope="module")
@@ -350,20 +456,19 @@ def big_tree(tmp_path_factory):
 
 
 @needs_native
-def test_backends_equal_on_big_tree(big_tree, empty_devroot):
-    py, c = both(big_tree, empty_devroot)
+def test_backends_equal_on_big_tree(big_tree):
+    py, c = both(big_tree, {})
     a, b = py.snapshot(), c.snapshot()
     assert len(a.processes) == 3000
     assert b.processes == a.processes and b.errors == a.errors == {}
-    c.close()
 
 
 @needs_native
-def test_backends_equal_on_changing_tree(devroot, tmp_path):
-    """Processes appear, exit and exec between snapshots: both backends follow alike."""
-    root = tmp_path / "proc"
-    shutil.copytree(PROC_BASIC, root, symlinks=True)
-    py, c = both(str(root), devroot)
+def test_backends_equal_on_changing_tree(tmp_path):
+    """Processes appear, exit, exec (new comm, or same comm and new mark) and turn
+    unreadable between snapshots: both backends follow alike."""
+    root = copy_basic(tmp_path)
+    py, c = both(root)
 
     def check():
         a, b = py.snapshot(), c.snapshot()
@@ -380,49 +485,97 @@ def test_backends_equal_on_changing_tree(devroot, tmp_path):
     assert by_pid(snap)[12].cmdline == EXPECTED[12].cmdline
     (root / "12" / "stat").write_bytes(make_proc_trees.stat_bytes(12, b"exec'd", starttime=1225))
     os.rename(tmp_path / "gone-10", root / "10")  # back (same identity: re-read from scratch)
+    (root / "11" / "cmdline").write_bytes(b"/usr/bin/spoof\0again\0")
+    (root / "11" / "stat").write_bytes(fixture_stat(11, arg_start=ARG_START + 64))  # exec, same comm
+    (root / "30" / "stat").write_bytes(b"30 (x) S garbage\n")  # unreadable: carried
     snap = check()
     assert by_pid(snap)[12].cmdline == ("changed",)
-    c.close()
+    assert by_pid(snap)[11].cmdline == ("/usr/bin/spoof", "again")
+    assert by_pid(snap)[30] == EXPECTED[11]._replace(pid=30)
+    assert snap.errors == {"malformed": 2, "ENOENT": 1}
+    shutil.rmtree(root / "30")  # the unreadable one exits
+    snap = check()
+    assert sorted(by_pid(snap)) == sorted(EXPECTED)
 
 
-STABLE = ("pid", "ppid", "comm", "is_kernel_thread", "start_ticks", "start_time_seconds", "uid",
-          "username", "tty", "cmdline", "exe", "cgroup", "max_fds")
+# The fields of a sleeping process that cannot change between two reads (rss can: the
+# kernel may reclaim its file pages; it is compared within 1 MiB)
+def without_rss(p: Process) -> Process:
+    return p._replace(rss_bytes=None)
 
 
-def stable(p: Process) -> tuple:
-    return tuple(getattr(p, f) for f in STABLE)
+@pytest.fixture
+def spawned():
+    """spawn(argv, **popen_kw) -> Popen; every child is killed and reaped at the end."""
+    procs = []
+
+    def spawn(argv, **kw):
+        kw.setdefault("stdin", subprocess.DEVNULL)
+        kw.setdefault("stdout", subprocess.DEVNULL)
+        kw.setdefault("stderr", subprocess.DEVNULL)
+        p = subprocess.Popen(argv, **kw)
+        procs.append(p)
+        return p
+
+    yield spawn
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+    for p in procs:
+        p.wait()
+        for stream in (p.stdin, p.stdout, p.stderr):
+            if stream:
+                stream.close()
+
+
+def read_stat(pid):
+    """(comm, state) of a live pid, or None when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    left, right = data.index(b"("), data.rindex(b")")
+    return data[left + 1 : right].decode(), data[right + 2 : right + 3].decode()
+
+
+def wait_for_state(pid, comm, states="S"):
+    """Wait (up to DEADLINE, to catch a hang) until pid runs comm in one of states."""
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        seen = read_stat(pid)
+        if seen is not None and seen[0] == comm and seen[1] in states:
+            return
+        assert time.monotonic() < deadline, f"pid {pid}: {seen}, waiting for {comm} in {states}"
+        time.sleep(0.01)
 
 
 @needs_native
-def test_backends_agree_on_live_proc():
+def test_backends_agree_on_live_proc(spawned):
+    """On the live /proc, judged only on processes this test started: two sleeping
+    children (a `sleep`, a python reading stdin) and a zombie give equal records."""
+    sleeper = spawned(["sleep", "60"])
+    reader = spawned([sys.executable, "-c", "import sys; print('ready', flush=True); sys.stdin.read()",
+                      "an arg"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    zombie = spawned(["true"])
+    assert reader.stdout.readline() == b"ready\n"
+    comm = os.path.basename(sys.executable)[:15]  # the kernel names it after the path exec'd
+    wait_for_state(sleeper.pid, "sleep")
+    wait_for_state(reader.pid, comm)
+    wait_for_state(zombie.pid, "true", "Z")
     facts = HostFacts()
     py = new("/proc", "python", facts)
     c = new("/proc", "native", facts)
-    # the native backend keeps files open in this process: let it settle, and keep the
-    # garbage collector from closing other tests' collectors between the two walks
-    gc.collect()
-    gc.disable()
-    try:
-        c.snapshot()
-        b = by_pid(c.snapshot())
-        a = by_pid(py.snapshot())
-    finally:
-        gc.enable()
-    common = [pid for pid in a if pid in b and a[pid].start_ticks == b[pid].start_ticks]
-    assert len(common) >= 0.9 * max(len(a), len(b)), "too few processes in both walks"
-    same = [pid for pid in common if stable(a[pid]) == stable(b[pid])]
-    assert len(same) >= 0.95 * len(common), [
-        (a[pid], b[pid]) for pid in common if stable(a[pid]) != stable(b[pid])][:3]
-    me = os.getpid()
-    assert stable(b[me]) == stable(a[me])
-    # and the volatile fields of our own (running) process are close
-    assert b[me].num_threads == a[me].num_threads
-    # (open_fds of this process is not compared: the native collector's kept files come
-    # and go with the host's processes between the two walks)
-    assert b[me].open_fds > 0 and a[me].open_fds > 0
-    assert abs(b[me].rss_bytes - a[me].rss_bytes) < 16 * MiB
-    assert 0 <= a[me].cpu_user_seconds - b[me].cpu_user_seconds < 1.0  # python walked second
-    c.close()
+    for _ in range(2):  # first read and memoized read (native: through kept files)
+        a, b = by_pid(py.snapshot()), by_pid(c.snapshot())
+        for p in (sleeper, reader, zombie):
+            assert p.pid in a and p.pid in b, p.args
+            assert without_rss(b[p.pid]) == without_rss(a[p.pid]), p.args
+            assert abs(b[p.pid].rss_bytes - a[p.pid].rss_bytes) <= MiB, p.args
+    assert (a[sleeper.pid].cmdline, a[sleeper.pid].exe) == (("sleep", "60"), os.path.realpath(shutil.which("sleep")))
+    assert a[reader.pid].cmdline[-1] == "an arg" and a[reader.pid].read_bytes is not None
+    z = a[zombie.pid]
+    assert (z.state, z.cmdline, z.exe, z.swap_bytes, z.ppid) == ("Z", (), None, None, os.getpid())
 
 
 # --------------------------------------------------------------------------------------
@@ -486,7 +639,7 @@ def children(tmp_path):
         for p in procs.values():
             assert p.stdout.readline() == b"ready\n"
         # let them settle into the blocking read (a loaded host may take a while)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + DEADLINE
         while any(psutil.Process(p.pid).status() != psutil.STATUS_SLEEPING for p in procs.values()):
             assert time.monotonic() < deadline, "children did not go to sleep"
             time.sleep(0.01)
@@ -539,41 +692,86 @@ def test_live_values_agree_with_psutil(backend, children):
 
 
 # --------------------------------------------------------------------------------------
+# 4. live command lines: read whole, and re-read after an exec that keeps the comm
+# --------------------------------------------------------------------------------------
+
+READY_THEN_READ = "import sys; print('ready', flush=True); sys.stdin.read()"
+
+
+def test_live_long_cmdline_comes_back_whole(backend, spawned):
+    """300 KB of arguments (each under the kernel's 128 KiB per-argument limit): the
+    cmdline is read whole, past what a first 4 KiB (or 64 KiB) read gives."""
+    args = [f"arg{i:04d}-" + "y" * 992 for i in range(300)]
+    argv = [sys.executable, "-c", READY_THEN_READ, *args]
+    assert len(b"\0".join(a.encode() for a in argv)) > 300_000
+    child = spawned(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert child.stdout.readline() == b"ready\n"
+    s = new("/proc", backend)
+    for _ in range(2):
+        r = by_pid(s.snapshot())[child.pid]
+        assert r.cmdline == tuple(argv)
+
+
+EXEC_CHILD = textwrap.dedent(
+    """
+    import os, sys
+    print("ready", flush=True)
+    sys.stdin.readline()
+    os.execv(sys.executable, [sys.executable, "-c", sys.argv[1], "marker-after-exec"])
+    """
+)
+AFTER_EXEC = "import sys; print('exec done', flush=True); sys.stdin.read()"
+
+
+def test_live_exec_with_the_same_comm_is_seen(backend, spawned):
+    """python -> python keeps the comm; the mm addresses of stat (the mark) change, and
+    the cmdline is read again. The exec happens when the test says so (no timing)."""
+    child = spawned([sys.executable, "-c", EXEC_CHILD, AFTER_EXEC, "marker-before-exec"],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert child.stdout.readline() == b"ready\n"
+    s = new("/proc", backend)
+    calls = spy_facts(s)
+    before = by_pid(s.snapshot())[child.pid]
+    assert before.cmdline[-1] == "marker-before-exec"
+    again = by_pid(s.snapshot())[child.pid]
+    assert again.cmdline is before.cmdline  # no exec yet: memoized
+    child.stdin.write(b"go\n")
+    child.stdin.flush()
+    assert child.stdout.readline() == b"exec done\n"
+    calls.clear()
+    after = by_pid(s.snapshot())[child.pid]
+    assert (after.pid, after.start_ticks, after.comm) == (before.pid, before.start_ticks, before.comm)
+    assert after.cmdline == (sys.executable, "-c", AFTER_EXEC, "marker-after-exec")
+    assert child.pid in asked_all(calls), "static facts not read again after the exec"
+
+
+# --------------------------------------------------------------------------------------
 # unreadable files: another user's io and exe are None, counted EACCES (never 0)
 # --------------------------------------------------------------------------------------
 
 NOBODY = 65534
+CLONE_NEWNS, CLONE_NEWPID = 0x00020000, 0x20000000
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 16384, 1 << 18
+PR_SET_DUMPABLE = 4
+libc = ctypes.CDLL(None, use_errno=True)
 
 
-def snapshot_as_nobody(backend) -> dict:
-    """Take a snapshot of the live /proc in a forked child that switched to nobody.
-
-    A fork, not an exec: the interpreter lives under /root (mode 0700), which nobody may not
-    enter. The child sets itself dumpable again (changing uid clears it, which would make
-    even its own /proc files root's), as exec would."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
+def in_child(fn, timeout=DEADLINE):
+    """fn() in a forked child; its JSON-able result comes back through a pipe. A child
+    that hangs is ended by an alarm (a handler: a pid namespace's init ignores SIGALRM's
+    default action)."""
     r, w = os.pipe()
     child = os.fork()
     if child == 0:  # pragma: no cover (runs in the child)
         code = 1
         try:
             os.close(r)
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            if libc.prctl(4, 1, 0, 0, 0) != 0:  # PR_SET_DUMPABLE
-                raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE)")
-            snap = Collector("/proc", backend).snapshot()
-            out = {
-                "me": os.getpid(), "uid": os.getuid(), "errors": snap.errors,
-                "records": [[p.pid, p.uid, p.is_kernel_thread, p.open_fds, p.read_bytes, p.write_bytes,
-                             p.exe, p.rss_bytes] for p in snap.processes],
-            }
+            signal.signal(signal.SIGALRM, lambda *_: os._exit(3))
+            signal.alarm(timeout)
+            out = {"result": fn()}
             code = 0
-        except BaseException as e:
-            out = {"exception": repr(e)}
+        except BaseException:
+            out = {"exception": traceback.format_exc()}
         try:
             data = json.dumps(out).encode()
             while data:
@@ -581,49 +779,131 @@ def snapshot_as_nobody(backend) -> dict:
         finally:
             os._exit(code)
     os.close(w)
-    chunks = []
     with os.fdopen(r, "rb") as f:
-        chunks.append(f.read())
+        data = f.read()
     _, status = os.waitpid(child, 0)
-    out = json.loads(b"".join(chunks))
+    assert data, f"child ended with status {status} and no result"
+    out = json.loads(data)
+    assert "exception" not in out, out["exception"]
     assert os.waitstatus_to_exitcode(status) == 0, out
-    return out
+    return out["result"]
+
+
+def as_nobody(backend):
+    """A snapshot of /proc as nobody: {"me": pid, "errors": ..., "records": [dict]}. The
+    child sets itself dumpable again (changing uid clears it, which would make even its
+    own /proc files root's), as an exec would. A fork, not an exec: the interpreter may
+    live where nobody may not go (/root)."""
+    os.setgroups([])
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)
+    if libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE)")
+    s = Snapshotter("/proc", backend)
+    try:
+        snap = s.snapshot()
+    finally:
+        s.close()
+    return {"me": os.getpid(), "uid": os.getuid(), "errors": snap.errors,
+            "records": [p._asdict() for p in snap.processes]}
+
+
+def nobody_scenario(backend, private_proc: bool):
+    """As root: start a root `sleep` (its own fd limit: 555), snapshot as nobody, then as
+    root. In a new pid namespace (private_proc), /proc holds only this process (pid 1),
+    the sleep and the nobody child."""
+    if private_proc:
+        if libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None) != 0:
+            raise OSError(ctypes.get_errno(), "mount proc")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (555, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    sleep = subprocess.Popen(["sleep", "60"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        wait_for_state(sleep.pid, "sleep")
+        with open(f"/proc/{sleep.pid}/cgroup", "rb") as f:
+            cgroup = f.read().decode().rstrip("\n")
+        nobody = in_child(lambda: as_nobody(backend))
+        s = Snapshotter("/proc", backend)
+        try:
+            as_root = [p._asdict() for p in s.snapshot().processes]
+        finally:
+            s.close()
+    finally:
+        sleep.kill()
+        sleep.wait()
+    return {"init": os.getpid(), "sleep": sleep.pid, "cgroup": cgroup, "nobody": nobody, "root": as_root,
+            "sleep_exe": os.path.realpath(shutil.which("sleep"))}
+
+
+def in_new_pid_namespace(backend):
+    """nobody_scenario in a new pid and mount namespace (with its own /proc), or None
+    when namespaces are not available here."""
+    if libc.unshare(CLONE_NEWNS | CLONE_NEWPID) != 0:
+        return None
+    if libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+        raise OSError(ctypes.get_errno(), "make / private")
+    return in_child(lambda: nobody_scenario(backend, private_proc=True))
 
 
 def test_other_users_io_and_exe_are_none_as_nobody(backend):
+    """Judged only on processes this test started: a root `sleep`, read by a snapshot
+    taken as nobody, has no io and no exe (each counted EACCES), and everything else
+    that the root snapshot has."""
     if os.getuid() != 0:
-        pytest.skip("needs root to switch to nobody")
-    result = snapshot_as_nobody(backend)
-    assert result["uid"] == NOBODY
-    others = [r for r in result["records"] if r[1] != NOBODY]
-    assert others, "expected other users' processes (root's) on the host"
-    for pid, uid, kthread, open_fds, read_bytes, write_bytes, exe, rss in others:
-        assert (read_bytes, write_bytes) == (None, None), f"pid {pid}: io of another user's process"
-        assert exe is None, f"pid {pid}: exe of another user's process"
-        assert rss is not None  # stat is world-readable
-        # the kernel (>= 6.2) gives anyone the fd count as the procfs fd dir's size; a size
-        # of 0 (kernel threads have no fds) falls back to listing, which nobody may not
-        assert open_fds is not None and open_fds > 0 or kthread and open_fds is None, (pid, open_fds)
-    # io of each, and exe of each that has one (kernel threads have none), each counted
-    with_exe = sum(1 for r in others if not r[2])
-    assert result["errors"].get("EACCES", 0) >= len(others) + with_exe, result["errors"]
-    mine = [r for r in result["records"] if r[0] == result["me"]]
-    assert len(mine) == 1
-    _, _, _, open_fds, read_bytes, write_bytes, exe, _ = mine[0]
-    assert open_fds >= 3 and read_bytes is not None and write_bytes is not None
-    assert exe == os.path.realpath(sys.executable)
+        pytest.skip("needs root to start a root process and switch to nobody")
+    out = in_child(lambda: in_new_pid_namespace(backend))
+    private = out is not None
+    if not private:  # no namespaces here: the same on the host's /proc
+        out = in_child(lambda: nobody_scenario(backend, private_proc=False))
+    nobody, sleep_pid, init = out["nobody"], out["sleep"], out["init"]
+    assert nobody["uid"] == NOBODY
+    seen = {r["pid"]: r for r in nobody["records"]}
+    as_root = {r["pid"]: r for r in out["root"]}
+    # Linux >= 6.2 gives anyone the fd count as the size of a procfs fd dir
+    fd_dir_sizes = os.stat(f"/proc/{os.getpid()}/fd").st_size > 0
+
+    sleep = seen[sleep_pid]
+    assert (sleep["read_bytes"], sleep["write_bytes"], sleep["exe"]) == (None, None, None)
+    root_sleep = as_root[sleep_pid]
+    assert root_sleep["read_bytes"] is not None and root_sleep["exe"] == out["sleep_exe"]
+    hidden = dict(read_bytes=None, write_bytes=None, exe=None)
+    if not fd_dir_sizes:
+        hidden["open_fds"] = None
+    # (rss may change while it sleeps: the kernel can reclaim its file pages)
+    assert abs(sleep["rss_bytes"] - root_sleep["rss_bytes"]) <= MiB
+    assert dict(sleep, rss_bytes=0) == dict(root_sleep, rss_bytes=0, **hidden), \
+        "nobody sees what root sees but io and exe"
+    expected = dict(pid=sleep_pid, ppid=init, comm="sleep", state="S", is_kernel_thread=False, num_threads=1,
+                    uid=0, username="root", tty=None, cmdline=["sleep", "60"], cgroup=out["cgroup"],
+                    max_fds=555, open_fds=3 if fd_dir_sizes else None)
+    assert {k: sleep[k] for k in expected} == expected
+    for field in ("rss_bytes", "vms_bytes", "swap_bytes", "ctx_voluntary", "ctx_nonvoluntary"):
+        assert sleep[field] is not None, field
+    assert sleep["rss_bytes"] > 0 and sleep["vms_bytes"] > 0
+
+    # the nobody child reads its own files
+    me = seen[nobody["me"]]
+    assert me["uid"] == NOBODY and me["read_bytes"] is not None and me["open_fds"] >= 3
+    assert me["exe"] == os.path.realpath(sys.executable)
+
+    # io and exe of each root process are counted (2 each): the sleep and its parent
+    eacces = 2 * 2 + (0 if fd_dir_sizes else 2 * 2)
+    if private:  # /proc holds only the processes this test started
+        assert sorted(seen) == sorted([init, sleep_pid, nobody["me"]])
+        assert nobody["errors"] == {"EACCES": eacces}
+    else:
+        assert nobody["errors"].get("EACCES", 0) >= eacces, nobody["errors"]
 
 
 # --------------------------------------------------------------------------------------
-# 4. the native walk releases the GIL
+# 5. the native walk releases the GIL
 # --------------------------------------------------------------------------------------
 
 
 @needs_native
-def test_native_snapshot_releases_the_gil(big_tree, empty_devroot):
-    c = new(big_tree, "native", pinned_facts(big_tree, empty_devroot))
-    facts = c.facts
-    c.snapshot()  # first walk: opens and memoizes
+def test_native_snapshot_releases_the_gil(big_tree):
+    c = snapper(big_tree, "native", ttys={})
+    c.snapshot()  # first read: memoizes
 
     count = [0]
     running = [True]
@@ -661,12 +941,11 @@ def test_native_snapshot_releases_the_gil(big_tree, empty_devroot):
 
         walks = []
         for _ in range(3):
-            walks.append(progress_during(lambda: c._impl.collect(facts.usernames, facts.ttys)))
+            walks.append(progress_during(c.reader._impl.read))
     finally:
         running[0] = False
         thread.join()
         sys.setswitchinterval(old_interval)
-        c.close()
 
     # the measurement can tell: while the GIL is held the counter all but stops
     assert control[0] < 0.25 * control[1], control
@@ -677,7 +956,7 @@ def test_native_snapshot_releases_the_gil(big_tree, empty_devroot):
 
 
 # --------------------------------------------------------------------------------------
-# 5. repeated snapshots do not leak
+# 6. repeated snapshots do not leak; kept files go with their process
 # --------------------------------------------------------------------------------------
 
 
@@ -698,12 +977,12 @@ def open_fd_count() -> int:
 LEAK_CALLS = {"native": 10_000, "python": 300}
 
 
-def test_repeated_snapshots_do_not_leak(backend, devroot):
-    gc.collect()  # collectors other tests left to the garbage collector hold files
-    c = collector(PROC_BASIC, backend, devroot)
+def test_repeated_snapshots_do_not_leak(backend):
+    gc.collect()  # snapshotters other tests left to the garbage collector hold files
+    s = snapper(PROC_BASIC, backend)
     fds_before = open_fd_count()
-    for _ in range(200):  # warm-up: memoized facts, kept files, allocator pools
-        c.snapshot()
+    for _ in range(200):  # warm-up: memoized facts, allocator pools
+        s.snapshot()
     fds_warm = open_fd_count()
     gc.collect()
     rss0 = vm_rss()
@@ -711,7 +990,8 @@ def test_repeated_snapshots_do_not_leak(backend, devroot):
     try:
         traced0 = tracemalloc.get_traced_memory()[0]
         for _ in range(LEAK_CALLS[backend]):
-            snap = c.snapshot()
+            snap = s.snapshot()
+        assert by_pid(snap) == EXPECTED
         del snap
         gc.collect()
         traced = tracemalloc.get_traced_memory()[0] - traced0
@@ -721,28 +1001,29 @@ def test_repeated_snapshots_do_not_leak(backend, devroot):
     assert traced < 64 * KiB, f"{traced} bytes of Python objects kept after {LEAK_CALLS[backend]} snapshots"
     assert rss_growth < 5 * MiB, f"RSS grew {rss_growth} bytes"
     assert open_fd_count() == fds_warm, "files opened per snapshot are not closed"
-    assert fds_warm - fds_before <= 4 * len(EXPECTED) + 8, "more kept files than processes need"
-    c.close()
-    assert open_fd_count() <= fds_before, "close() did not release the kept files"
+    # files are kept open only on a real procfs: a fixture tree keeps none
+    assert s.reader.kept() == 0
+    assert fds_warm == fds_before, "files kept open on a fixture tree"
 
 
-def test_exited_processes_release_kept_files(backend, devroot, tmp_path):
-    """Pids come and go: what is kept for a pid goes when the pid does."""
-    root = tmp_path / "proc"
-    shutil.copytree(PROC_BASIC, root, symlinks=True)
+def test_exited_processes_leave_nothing_behind(backend, tmp_path):
+    """Pids come and go: what is kept for a pid (files, facts, last record) goes when the
+    pid does."""
+    root = copy_basic(tmp_path)
     gc.collect()
-    c = collector(str(root), backend, devroot)
-    c.snapshot()
+    s = snapper(root, backend)
+    s.snapshot()
     fds_warm = open_fd_count()
     for i in range(100):
         pid_dir = root / str(1000 + i)
         shutil.copytree(root / "10", pid_dir, symlinks=True)
-        assert len(c.snapshot().processes) == len(EXPECTED) + 1
+        assert len(s.snapshot().processes) == len(EXPECTED) + 1
         shutil.rmtree(pid_dir)
-    snap = c.snapshot()
+    snap = s.snapshot()
     assert by_pid(snap) == EXPECTED
     assert open_fd_count() <= fds_warm
-    c.close()
+    assert sorted(pid for pid, _ in s.tracker.procs) == sorted(EXPECTED)
+    assert sorted(pid for pid, _ in s.tracker.last) == sorted(EXPECTED)
 
 
 def open_file_targets() -> list:
@@ -756,128 +1037,309 @@ def open_file_targets() -> list:
 
 
 def files_open_under(pids) -> dict:
-    """pid -> the files of /proc/<pid>/ this process has open (one pass over our fds)."""
+    """pid -> the names of the files of /proc/<pid>/ this process has open."""
     found = {pid: [] for pid in pids}
     for target in open_file_targets():
         parts = target.split("/")
         if len(parts) > 3 and parts[1] == "proc" and parts[2].isdigit() and int(parts[2]) in found:
-            found[int(parts[2])].append(target)
-    return found
+            found[int(parts[2])].append("/".join(parts[3:]))
+    return {pid: sorted(names) for pid, names in found.items()}
+
+
+@pytest.fixture
+def fd_limit_raised():
+    """The soft RLIMIT_NOFILE raised to the hard one for the test (the keep-open budget is
+    sized from it), restored after."""
+    old = resource.getrlimit(resource.RLIMIT_NOFILE)
+    hard = old[1] if old[1] != resource.RLIM_INFINITY else 1 << 20
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, old[1]))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, old)
 
 
 @needs_native
-def test_native_releases_kept_files_of_exited_processes():
-    """On the live /proc the native backend keeps a process' files open between walks;
-    once the process has exited, the next walk closes them (no fd leak per exited pid)."""
-    c = new("/proc", "native")
-    c.snapshot()
-    children = [subprocess.Popen(["sleep", "30"]) for _ in range(20)]
-    try:
-        snap = by_pid(c.snapshot())
-        kept = files_open_under(p.pid for p in children)
-        assert all(p.pid in snap for p in children)
-        host_processes = len(snap)
-    finally:
-        for p in children:
-            p.kill()
-        for p in children:
-            p.wait()
-    snap = by_pid(c.snapshot())
+def test_native_releases_kept_files_of_exited_processes(spawned, fd_limit_raised):
+    """On the live /proc the native backend keeps three files of a process open between
+    reads (stat, status, io); once the process has exited, the next read closes them,
+    and close() closes those of the living."""
+    n = 20
+    s = new("/proc", "native", keep_open=parse_keep_open("all"))
+    s.snapshot()
+    children = [spawned(["sleep", "60"]) for _ in range(n)]
+    staying = [spawned(["sleep", "60"]) for _ in range(2)]
+    for p in children + staying:
+        wait_for_state(p.pid, "sleep")
+    snap = by_pid(s.snapshot())
+    assert all(p.pid in snap for p in children + staying)
+    budget = keep_open_budget(parse_keep_open("all"))
+    if len(snap) > budget:
+        pytest.skip(f"{len(snap)} host processes, more than the keep-open budget ({budget})")
+    kept = files_open_under(p.pid for p in children + staying)
+    assert all(names == ["io", "stat", "status"] for names in kept.values()), kept
+    assert sum(len(names) for names in kept.values()) == KEPT_PER_PROCESS * (n + 2)
+
+    for p in children:
+        p.kill()
+    for p in children:
+        p.wait()
+    snap = by_pid(s.snapshot())
     assert not any(p.pid in snap for p in children)
-    leaked = files_open_under(p.pid for p in children)
-    assert not any(leaked.values()), leaked
-    c.close()
-    assert files_open_under([1]) == {1: []}
-    if not any(kept.values()):
-        # the kept-file budget (from RLIMIT_NOFILE) went to lower pids: nothing to release
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        pytest.skip(f"{host_processes} host processes used up the kept-file budget (RLIMIT_NOFILE {soft})")
+    left = files_open_under(p.pid for p in children)
+    assert not any(left.values()), left
+    assert files_open_under(p.pid for p in staying) == {p.pid: ["io", "stat", "status"] for p in staying}
+    s.close()
+    assert s.reader.kept() == 0
+    assert files_open_under(p.pid for p in staying) == {p.pid: [] for p in staying}
 
 
 # --------------------------------------------------------------------------------------
-# 6. static facts memoized per identity
+# 7. static facts memoized per identity; unreadable is not exited
 # --------------------------------------------------------------------------------------
 
 
-def rewrite(path, data: bytes):
-    """Rewrite a file in place (same inode: a kept file descriptor sees the new bytes, as
-    it would on procfs)."""
-    with open(path, "r+b") as f:
-        f.write(data)
-        f.truncate()
+def test_static_facts_read_once_per_identity(backend):
+    """The first read asks the static facts of every process, later reads of none; the fd
+    limit of each is read again once in every LIMITS_EVERY reads."""
+    s = snapper(PROC_BASIC, backend)
+    calls = spy_facts(s)
+    s.snapshot()
+    assert asked_all(calls) == sorted(EXPECTED)
+    calls.clear()
+    for _ in range(2 * LIMITS_EVERY):
+        assert by_pid(s.snapshot()) == EXPECTED
+    assert asked_all(calls) == []
+    nofile = sorted(pid for requests in calls for pid, _, want in requests if want == WANT_NOFILE)
+    assert nofile == sorted(list(EXPECTED) * 2)
 
 
-def test_static_facts_memoized_per_identity(backend, devroot, tmp_path):
-    root = tmp_path / "proc"
-    shutil.copytree(PROC_BASIC, root, symlinks=True)
+def test_fd_limit_is_read_again(backend, tmp_path):
+    root = copy_basic(tmp_path)
+    s = snapper(root, backend)
+    assert by_pid(s.snapshot())[10].max_fds == 1024
+    rewrite(root / "10" / "limits", make_proc_trees.LIMITS.format(soft=2048, hard=4096).encode())
+    seen = [by_pid(s.snapshot())[10].max_fds for _ in range(LIMITS_EVERY)]
+    assert seen.count(2048) >= 1 and seen[-1] == 2048, seen
+    assert seen == sorted(seen), "the new limit, once seen, stays"
+
+
+def test_static_facts_memoized_per_identity(backend, tmp_path):
+    root = copy_basic(tmp_path)
     pid_dir = root / "10"
-    c = collector(str(root), backend, devroot)
-    first = by_pid(c.snapshot())[10]
+    s = snapper(root, backend)
+    first = by_pid(s.snapshot())[10]
     assert first == EXPECTED[10]
 
-    def stat(comm=b"a) b (c", starttime=1075, utime=1010):
-        return make_proc_trees.stat_bytes(10, comm, ppid=1, minflt=210, majflt=11, utime=utime, stime=510,
-                                          num_threads=4, starttime=starttime, vsize=20971520, rss=1000)
-
-    # same identity, same comm: cmdline, exe, cgroup are not read again; stat is
+    # same identity, same comm, same mark: cmdline, exe, cgroup are not read again; stat is
     rewrite(pid_dir / "cmdline", b"/usr/bin/rewritten\0by setproctitle\0")
     rewrite(pid_dir / "cgroup", b"0::/moved\n")
     os.unlink(pid_dir / "exe")
     os.symlink("/usr/bin/other", pid_dir / "exe")
-    rewrite(pid_dir / "stat", stat(utime=2020))
-    second = by_pid(c.snapshot())[10]
+    rewrite(pid_dir / "stat", fixture_stat(10, utime=2020))
+    second = by_pid(s.snapshot())[10]
     assert second == EXPECTED[10]._replace(cpu_user_seconds=20.2)
     assert second.cmdline is first.cmdline
 
     # exec: a new comm on the same identity re-reads the static facts
-    rewrite(pid_dir / "stat", stat(comm=b"rewritten", utime=2020))
-    third = by_pid(c.snapshot())[10]
+    rewrite(pid_dir / "stat", fixture_stat(10, comm=b"rewritten", utime=2020))
+    third = by_pid(s.snapshot())[10]
     assert third == EXPECTED[10]._replace(
         comm="rewritten", cpu_user_seconds=20.2, cmdline=("/usr/bin/rewritten", "by setproctitle"),
         exe="/usr/bin/other", cgroup="0::/moved")
 
     # pid reuse: a new starttime, the same comm, re-reads them too
     rewrite(pid_dir / "cmdline", b"/usr/bin/reused\0")
-    rewrite(pid_dir / "stat", stat(comm=b"rewritten", starttime=5000))
-    fourth = by_pid(c.snapshot())[10]
-    assert fourth.identity == (10, 5000)
+    rewrite(pid_dir / "stat", fixture_stat(10, comm=b"rewritten", starttime=5000))
+    fourth = by_pid(s.snapshot())[10]
+    assert (fourth.pid, fourth.start_ticks) == (10, 5000)
     assert fourth.start_time_seconds == BOOT + 50.0
     assert fourth.cmdline == ("/usr/bin/reused",)
 
     # unchanged again: memoized again
     rewrite(pid_dir / "cmdline", b"/usr/bin/ignored\0")
-    assert by_pid(c.snapshot())[10].cmdline is fourth.cmdline
-    c.close()
+    assert by_pid(s.snapshot())[10].cmdline is fourth.cmdline
 
 
-def test_static_facts_dropped_when_the_process_is_gone(backend, devroot, tmp_path):
-    root = tmp_path / "proc"
-    shutil.copytree(PROC_BASIC, root, symlinks=True)
-    c = collector(str(root), backend, devroot)
-    assert by_pid(c.snapshot())[11].cmdline == ("/usr/bin/spoof",)
+def test_exec_with_the_same_comm_is_seen_by_the_mark(backend, tmp_path):
+    """python -> python keeps the comm: the mm addresses in stat (the mark) tell the exec.
+    A mark the kernel hides (0) is no exec, nor is it when it shows again unchanged."""
+    root = copy_basic(tmp_path)
+    pid_dir = root / "10"
+    s = snapper(root, backend)
+    calls = spy_facts(s)
+    first = by_pid(s.snapshot())[10]
+    assert first.cmdline == EXPECTED[10].cmdline
+
+    rewrite(pid_dir / "cmdline", b"/usr/bin/paren\0--after-exec\0")
+    for arg_start in (0, ARG_START):  # hidden (zombie, or no ptrace access), then shown again
+        calls.clear()
+        rewrite(pid_dir / "stat", fixture_stat(10, arg_start=arg_start))
+        assert by_pid(s.snapshot())[10].cmdline is first.cmdline, arg_start
+        assert asked_all(calls) == [], arg_start
+
+    calls.clear()
+    rewrite(pid_dir / "stat", fixture_stat(10, arg_start=ARG_START + 4096))
+    after = by_pid(s.snapshot())[10]
+    assert asked_all(calls) == [10]
+    assert after == EXPECTED[10]._replace(cmdline=("/usr/bin/paren", "--after-exec"))
+
+    # the new mark is the identity's now: no exec at the next read
+    calls.clear()
+    rewrite(pid_dir / "cmdline", b"/usr/bin/ignored\0")
+    assert by_pid(s.snapshot())[10].cmdline is after.cmdline
+    assert asked_all(calls) == []
+
+
+def test_mark_first_seen_is_no_exec(backend, tmp_path):
+    """A process first read without its mark (0), then with one: no exec (the comm is the
+    same); a later change of that mark is one."""
+    root = copy_basic(tmp_path)
+    pid_dir = root / "10"
+    rewrite(pid_dir / "stat", fixture_stat(10, arg_start=0))
+    s = snapper(root, backend)
+    calls = spy_facts(s)
+    first = by_pid(s.snapshot())[10]
+    rewrite(pid_dir / "cmdline", b"/usr/bin/paren\0--after-exec\0")
+    calls.clear()
+    rewrite(pid_dir / "stat", fixture_stat(10))
+    assert by_pid(s.snapshot())[10].cmdline is first.cmdline
+    assert asked_all(calls) == []
+    rewrite(pid_dir / "stat", fixture_stat(10, arg_start=ARG_START + 4096))
+    assert by_pid(s.snapshot())[10].cmdline == ("/usr/bin/paren", "--after-exec")
+    assert asked_all(calls) == [10]
+
+
+def test_static_facts_dropped_when_the_process_is_gone(backend, tmp_path):
+    root = copy_basic(tmp_path)
+    s = snapper(root, backend)
+    assert by_pid(s.snapshot())[11].cmdline == ("/usr/bin/spoof",)
     os.rename(root / "11", tmp_path / "11")
-    assert 11 not in by_pid(c.snapshot())
+    assert 11 not in by_pid(s.snapshot())
     os.rename(tmp_path / "11", root / "11")
     rewrite(root / "11" / "cmdline", b"/usr/bin/back\0")
-    # the same identity came back after a walk without it: nothing stale is reused
-    assert by_pid(c.snapshot())[11].cmdline == ("/usr/bin/back",)
-    c.close()
+    # the same identity came back after a read without it: nothing stale is reused
+    assert by_pid(s.snapshot())[11].cmdline == ("/usr/bin/back",)
 
 
-def test_default_snapshot_function_reuses_collectors(backend):
-    from exporter import collector as snapshot_module
+def break_stat(path, how):
+    """Make a stat file unreadable: content that does not parse, a directory in its
+    place, or (not as root: root ignores file modes) mode 000."""
+    if how == "malformed":
+        rewrite(path, b"11 (x) S not numbers\n")
+    elif how == "directory":
+        os.unlink(path)
+        os.mkdir(path)
+    else:
+        os.chmod(path, 0)
 
+
+def mend_stat(path, data):
+    if os.path.isdir(path):
+        os.rmdir(path)
+    if os.path.exists(path):
+        os.chmod(path, 0o644)
+        rewrite(path, data)
+    else:
+        with open(path, "wb") as f:
+            f.write(data)
+
+
+# how the stat breaks -> the reason it is counted under
+BREAKS = {"malformed": "malformed", "directory": "EINVAL", "EACCES": "EACCES"}
+
+
+@pytest.mark.parametrize("how", sorted(BREAKS))
+def test_unreadable_stat_is_not_exited(backend, tmp_path, how):
+    """A known pid whose stat cannot be read while its directory is there keeps its
+    identity and its last record, the error counted; when the stat comes back it is the
+    same identity (static facts not read again)."""
+    if how == "EACCES" and os.geteuid() == 0:
+        pytest.skip("root reads files of mode 000")
+    root = copy_basic(tmp_path)
+    stat = root / "11" / "stat"
+    s = snapper(root, backend)
+    calls = spy_facts(s)
+    first = by_pid(s.snapshot())
+    assert first == EXPECTED
+    calls.clear()
+
+    break_stat(stat, how)
+    rewrite(root / "11" / "cmdline", b"/usr/bin/not-read\0")  # same identity: not read again
+    rewrite(root / "11" / "io", make_proc_trees.io_bytes(9999, 9999))
+    second = s.snapshot()
+    assert by_pid(second) == EXPECTED  # pid 11 with its previous values
+    assert by_pid(second)[11].cmdline is first[11].cmdline
+    errors = dict(EXPECTED_ERRORS)
+    errors[BREAKS[how]] = errors.get(BREAKS[how], 0) + 1
+    assert second.errors == errors
+
+    mend_stat(stat, fixture_stat(11, utime=3000))
+    third = s.snapshot()
+    assert by_pid(third)[11] == EXPECTED[11]._replace(cpu_user_seconds=30.0, read_bytes=9999, write_bytes=9999)
+    assert by_pid(third)[11].cmdline is first[11].cmdline
+    assert third.errors == EXPECTED_ERRORS
+    assert asked_all(calls) == [], "the identity was taken for a new one"
+
+    # unreadable again, then gone: exited
+    break_stat(stat, how)
+    assert by_pid(s.snapshot())[11].cpu_user_seconds == 30.0
+    shutil.rmtree(root / "11")
+    assert 11 not in by_pid(s.snapshot())
+
+
+def test_counter_unreadable_later_keeps_its_last_value(backend, tmp_path):
+    """io readable before and not now (a process turned non-dumpable) keeps its last
+    value, the error counted; the rest of the record is read afresh."""
+    root = copy_basic(tmp_path)
+    s = snapper(root, backend)
+    s.snapshot()
+    os.unlink(root / "10" / "io")
+    rewrite(root / "10" / "stat", fixture_stat(10, utime=2020))
+    snap = s.snapshot()
+    assert by_pid(snap)[10] == EXPECTED[10]._replace(cpu_user_seconds=20.2)
+    assert snap.errors == {"malformed": 1, "ENOENT": 2}
+
+
+def test_unreadable_stat_then_another_process(backend, tmp_path):
+    """A pid unreadable for a while that comes back with another starttime is another
+    process: its static facts are read."""
+    root = copy_basic(tmp_path)
+    stat = root / "11" / "stat"
+    s = snapper(root, backend)
+    s.snapshot()
+    break_stat(stat, "malformed")
+    assert by_pid(s.snapshot())[11] == EXPECTED[11]
+    rewrite(root / "11" / "cmdline", b"/usr/bin/new-process\0")
+    rewrite(stat, fixture_stat(11, starttime=9000))
+    r = by_pid(s.snapshot())[11]
+    assert (r.start_ticks, r.cmdline) == (9000, ("/usr/bin/new-process",))
+
+
+def test_unreadable_stat_of_an_unknown_pid_is_not_listed(backend, tmp_path):
+    """Unreadable at its first read: nothing to carry, the pid is not listed (16 of
+    proc-basic, at every read), and the error is counted each time."""
+    s = snapper(PROC_BASIC, backend)
+    for _ in range(3):
+        snap = s.snapshot()
+        assert 16 not in by_pid(snap) and snap.errors == EXPECTED_ERRORS
+
+
+def test_default_snapshot_function_reuses_its_snapshotter(backend):
     key = ("/proc", backend)
+    with snapshot_module._default_lock:
+        leftover = snapshot_module._default.pop(key, None)
+    if leftover is not None:
+        leftover.close()
     try:
         a = snapshot_module.snapshot("/proc", backend)
-        kept = snapshot_module._default_collectors[key]
+        kept = snapshot_module._default[key]
+        assert isinstance(kept, Snapshotter)
         b = snapshot_module.snapshot("/proc", backend)
-        assert snapshot_module._default_collectors[key] is kept
+        assert snapshot_module._default[key] is kept
         assert a.backend == b.backend == backend
         me_a, me_b = by_pid(a)[os.getpid()], by_pid(b)[os.getpid()]
-        assert me_a.cmdline is me_b.cmdline  # memoized in the kept collector
+        assert me_a.cmdline is me_b.cmdline  # memoized in the kept snapshotter
     finally:
         with snapshot_module._default_lock:
-            leftover = snapshot_module._default_collectors.pop(key, None)
+            leftover = snapshot_module._default.pop(key, None)
         if leftover is not None:
             leftover.close()
