@@ -8,7 +8,7 @@ import sys
 import threading
 
 import exporter._reader  # noqa: F401 - importing is the first check
-from exporter.snapshot import Snapshotter
+from exporter.snapshots import Snapshotter
 
 assert not sys._is_gil_enabled(), "importing exporter._reader re-enabled the GIL"
 

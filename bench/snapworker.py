@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _snapshotter(backend: str, procfs: str):
-    from exporter.snapshot import Snapshotter
+    from exporter.snapshots import Snapshotter
 
     return Snapshotter(procfs, backend)
 

@@ -10,7 +10,7 @@ from exporter.app import Exporter
 from exporter.grouper import Grouper
 from exporter.hostfacts import HostFacts
 from exporter.reader import FIELDS, WANT_CMDLINE, WANT_NOFILE, Fact, Reading
-from exporter.snapshot import Process
+from exporter.snapshots import Process
 from exporter.tracker import Tracker
 
 BOOT = 1700000000

@@ -1,4 +1,4 @@
-"""The snapshot contract (exporter.snapshot): both backends, on fake /proc trees and on the
+"""The snapshot contract (exporter.snapshots): both backends, on fake /proc trees and on the
 live /proc.
 
 * exact records on tests/fixtures/proc-basic, and on trees of odd files (cmdline read
@@ -43,12 +43,10 @@ from conftest import FIXTURE_TTYS, PROC_BASIC, make_proc_trees, needs_native, pi
 from exporter.hostfacts import HostFacts
 from exporter.reader import WANT_ALL, WANT_NOFILE, keep_open_budget, parse_keep_open
 import exporter.procfs  # noqa: F401  (imported before the nobody child needs it: it may not read the tree)
-from exporter.snapshot import Process, Snapshotter
+import exporter.snapshots as snapshot_module
+from exporter.snapshots import Process, Snapshotter
 from exporter.tracker import LIMITS_EVERY
 
-# `exporter.snapshot` the attribute is the snapshot() function (exporter/__init__.py
-# re-exports it), so the module is taken from sys.modules
-snapshot_module = sys.modules["exporter.snapshot"]
 
 BOOT = 1700000000
 KiB = 1024

@@ -67,6 +67,16 @@ _NAMES = ("pid", "ppid", "comm", "state", "start_ticks", "utime_ticks", "stime_t
  _CTXV, _CTXNV, _READ, _WRITE, _FDS, _UID, _TTY) = (F[name] for name in _NAMES)
 
 
+def _tty(ttys, tty_nr: int):
+    """The terminal's name, None without one (0) or when the map does not know it."""
+    if not tty_nr:
+        return None
+    try:
+        return ttys[tty_nr]
+    except KeyError:
+        return None
+
+
 def processes(step, facts: HostFacts) -> list:
     """The Process records of one tracker step."""
     hz = facts.clock_ticks
@@ -79,7 +89,7 @@ def processes(step, facts: HostFacts) -> list:
             proc.start_time_seconds, r[_UTIME] / hz, r[_STIME] / hz, r[_MINFLT], r[_MAJFLT],
             r[_THREADS], r[_RSS], r[_VMS], r[_SWAP], r[_CTXV], r[_CTXNV], r[_READ], r[_WRITE],
             r[_FDS], step.nofile.get(identity), uid, None if uid is None else facts.usernames[uid],
-            facts.ttys[r[_TTY]] if r[_TTY] else None, proc.cmdline, proc.exe, proc.cgroup,
+            _tty(facts.ttys, r[_TTY]), proc.cmdline, proc.exe, proc.cgroup,
         ))
     return out
 
