@@ -176,7 +176,7 @@ class _Update:
         for identity in step.started:
             if identity in step.from_now:
                 if position is None:
-                    position = {identity: i for i, identity in enumerate(identities)}
+                    position = dict(zip(identities, range(len(identities))))
                 self.shift(group_of[identity], records[position[identity]], -1)
         for identity, previous in moved:  # the growth since the last reading counts here
             self.shift(group_of[identity], previous, -1)

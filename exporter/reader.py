@@ -19,7 +19,6 @@ from __future__ import annotations
 import errno
 import os
 import resource
-import threading
 import time
 from typing import NamedTuple
 
@@ -151,7 +150,6 @@ class Reader:
             from exporter.procfs import PythonReader
 
             self._impl = PythonReader(procfs, self.page_size)
-        self._lock = threading.Lock()
 
     def read(self) -> Reading:
         """Every process; raises OSError naming the root when it cannot be listed."""
