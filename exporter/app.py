@@ -14,6 +14,7 @@ and leaves the state for the next one as it was.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -63,9 +64,18 @@ class Exporter:
     def _run(self) -> ScrapeResult:
         with self._step:
             t0 = time.perf_counter()
-            step = self.tracker.step(self.reader.read())
-            groups = self.grouper.update(step)  # on an exception nothing is committed
-            self.tracker.commit(step)
+            reading = self.reader.read()
+            # The step makes tens of thousands of short-lived tuples and no reference
+            # cycle: the cyclic GC waits until it is done (about 2 ms a scrape at 5000).
+            paused = gc.isenabled()
+            gc.disable()
+            try:
+                step = self.tracker.step(reading)
+                groups = self.grouper.update(step)  # on an exception nothing is committed
+                self.tracker.commit(step)
+            finally:
+                if paused:
+                    gc.enable()
             duration = time.perf_counter() - t0
             errors = self._read_errors
             for reason, count in step.errors.items():

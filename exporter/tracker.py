@@ -22,7 +22,8 @@ it current. A scrape that fails half-way leaves the tracker as it was.
 
 from __future__ import annotations
 
-from operator import itemgetter
+from itertools import compress, count, repeat
+from operator import contains, itemgetter
 from typing import NamedTuple, Optional
 
 from exporter.reader import F, PF_KTHREAD, UNLIMITED, WANT_ALL, WANT_NOFILE, reason
@@ -145,7 +146,7 @@ class Tracker:
 
         # a counter readable before and not now keeps its last value
         readable = []
-        check = [i for i, c in enumerate(map(_carried, records)) if None in c]
+        check = list(compress(count(), map(contains, map(_carried, records), repeat(None))))
         if self._holes:  # identities whose last record had a hole: filled now?
             check = sorted(set(check).union(i for i, identity in enumerate(identities) if identity in self._holes))
         for i in check:
@@ -176,8 +177,8 @@ class Tracker:
                 execed.append(identity)
             elif key[3] and key[3] != proc.mark:
                 remarked.append((identity, key[3]))
-        current = set(identities)
-        exited = [(identity, old_last[identity]) for identity in old_last.keys() - current]
+        last = dict(zip(identities, records))
+        exited = [(identity, old_last[identity]) for identity in old_last.keys() - last.keys()]
 
         # facts: everything for started and exec'd identities, the fd limit when due
         self._gen += 1
@@ -189,8 +190,8 @@ class Tracker:
                 want[identity] = WANT_NOFILE
         requests = [(pid, start, bits) for (pid, start), bits in want.items()]
         facts, fact_errors = self.reader.read_facts(requests)
-        for key, count in fact_errors.items():
-            errors[key] = errors.get(key, 0) + count
+        for key, n in fact_errors.items():
+            errors[key] = errors.get(key, 0) + n
 
         procs = dict(old_procs)
         nofile = dict(self.nofile)
@@ -229,9 +230,11 @@ class Tracker:
             execed = [identity for identity in execed if identity not in dropped]
 
         from_now = set(started) if first else {i for i in started if i[0] in self._unreadable_pids}
-        keys = set(map(_keys, records)) if dropped else keys
+        if dropped:
+            keys = set(map(_keys, records))
+            last = dict(zip(identities, records))
         return Step(
-            records, identities, list(map(nofile.get, identities)), keys, holes, procs, dict(zip(identities, records)),
+            records, identities, list(map(nofile.get, identities)), keys, holes, procs, last,
             nofile, started, from_now,
             execed, exited, readable, old_last, errors, unreadable_pids, reading.timestamp, first,
         )
