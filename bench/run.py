@@ -1096,9 +1096,9 @@ def markdown(results: dict) -> str:
     if gil:
         lines.append("### GIL proof")
         lines.append("")
-        lines.append("| backend | processes | pure-Python thread throughput during back-to-back snapshots, vs alone | "
+        lines.append("| backend | processes | pure-Python thread throughput during back-to-back reads (Reader.read()), vs alone | "
                      "the same, counting only GIL waits | count thread: on CPU / waiting for a CPU / blocked (GIL) | "
-                     "snapshots per window: shared / alone | goal | result |")
+                     "reads per window: shared / alone | goal | result |")
         lines.append("|---|---:|---:|---:|---|---:|---|---|")
         for backend, g in gil.items():
             if "error" in g:
@@ -1116,7 +1116,7 @@ def markdown(results: dict) -> str:
         lines.append(f"{gil[next(iter(gil))].get('window_seconds', '?')} s windows, solo and shared alternated; "
                      "the goal applies to the plain throughput ratio. Time the count thread spent runnable but "
                      "without a CPU is load from elsewhere on the machine, not the GIL. The last column is the "
-                     "other side: how many snapshots the snapshot thread completed per window while the count "
+                     "other side: how many reads the reading thread completed per window while the count "
                      "thread ran, vs alone (each return into Python waits for the GIL's switch interval).")
         lines.append("")
     return "\n".join(lines) + "\n"

@@ -8,8 +8,8 @@ Run in a subprocess (so its CPU, peak RSS and syscalls are its own, not the harn
 
     snapworker.py gil BACKEND SECONDS WINDOWS [PROCFS]
         the GIL proof: throughput of a pure-Python count loop alone, then while another
-        thread takes snapshots back to back; alternated WINDOWS times; one JSON object out.
-        Also the snapshots' own throughput alone vs shared (the other side of the GIL).
+        thread calls the reader's read() back to back; alternated WINDOWS times; one JSON
+        object out. Also the reads' own throughput alone vs shared (the other side of the GIL).
 """
 
 from __future__ import annotations
@@ -88,9 +88,13 @@ def _count_for(seconds: float) -> dict:
 
 
 def gil(backend: str, seconds: float, windows: int, procfs: str) -> int:
+    # The reader's read() is the call that claims to release the GIL (the tracker's
+    # Python work after it holds the GIL, as any Python does).
     try:
-        snapshotter = _snapshotter(backend, procfs)
-        procs = len(snapshotter.snapshot().processes)  # warm: files opened, facts memoized
+        from exporter.reader import Reader
+
+        reader = Reader(procfs, backend)
+        procs = len(reader.read().records)  # warm: files opened
     except Exception as e:  # noqa: BLE001
         print(json.dumps({"error": f"{type(e).__name__}: {e}"}), flush=True)
         return 0
@@ -101,7 +105,7 @@ def gil(backend: str, seconds: float, windows: int, procfs: str) -> int:
         end = time.perf_counter() + window
         t0 = time.perf_counter()
         while time.perf_counter() < end:
-            snapshotter.snapshot()
+            reader.read()
             n += 1
         return n / (time.perf_counter() - t0) * window
 
@@ -117,7 +121,7 @@ def gil(backend: str, seconds: float, windows: int, procfs: str) -> int:
 
         def snapper():
             while not stop.is_set():
-                snapshotter.snapshot()
+                reader.read()
                 count[0] += 1
 
         # The counter runs in a worker thread, the snapshots in another, as the brief asks.
@@ -131,7 +135,7 @@ def gil(backend: str, seconds: float, windows: int, procfs: str) -> int:
         snap_thread.join(timeout=600)
         shared.append(result[0])
         snaps_per_window.append(count[0])
-    snapshotter.close()
+    reader.close()
     ratios = [s["rate"] / a["rate"] for s, a in zip(shared, solo)]
     med = lambda rows, key: statistics.median(r[key] for r in rows)  # noqa: E731
     print(json.dumps({
