@@ -170,9 +170,6 @@ class MetricsServer:
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="procsnap-http", daemon=True)
         self._thread.start()
 
-    def serve_forever(self) -> None:
-        self.httpd.serve_forever()
-
     def shutdown(self) -> None:
         if self._thread is not None:
             self.httpd.shutdown()
