@@ -16,6 +16,7 @@ import argparse
 import gc
 import logging
 import os
+import re
 import resource
 import signal
 import sys
@@ -80,6 +81,110 @@ def parse_keep_open(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+# Go's time.ParseDuration units, in nanoseconds
+_GO_DURATION_UNITS = {
+    "ns": 1, "us": 10**3, "\u00b5s": 10**3, "\u03bcs": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9,
+}
+_GO_DIGITS = re.compile(r"[0-9]*")
+_GO_UNIT = re.compile(r"[^0-9.]*")
+
+
+def _go_fraction(digits: str) -> tuple:
+    """Go's leadingFraction: (value, scale) of the digits after the point, digits past
+    int64 precision ignored."""
+    value, scale = 0, 1.0
+    for c in digits:
+        if value > (2**63 - 1) // 10:
+            break
+        following = value * 10 + int(c)
+        if following > 2**63:
+            break
+        value, scale = following, scale * 10
+    return value, scale
+
+
+def go_duration_ns(text: str) -> int:
+    """Go's time.ParseDuration, in nanoseconds: "300ms", "1.5h", "2h45m", "-1m30s", "0";
+    units ns, us (µs), ms, s, m, h; a number without a unit only for 0. ValueError (with
+    Go's reason) if it is not one."""
+    s = text
+    negative = s[:1] == "-"
+    if s[:1] in ("-", "+"):
+        s = s[1:]
+    if s == "0":
+        return 0
+    if not s:
+        raise ValueError(f"invalid duration {text!r}")
+    total = 0
+    while s:
+        whole = _GO_DIGITS.match(s).group(0)
+        s = s[len(whole):]
+        fraction = None
+        if s[:1] == ".":
+            fraction = _GO_DIGITS.match(s, 1).group(0)
+            s = s[1 + len(fraction):]
+        if not whole and not fraction:  # "", ".", "h": no digits before the unit
+            raise ValueError(f"invalid duration {text!r}")
+        unit = _GO_UNIT.match(s).group(0)
+        s = s[len(unit):]
+        if not unit:
+            raise ValueError(f"missing unit in duration {text!r}")
+        if unit not in _GO_DURATION_UNITS:
+            raise ValueError(f"unknown unit {unit!r} in duration {text!r} (use ns, us, ms, s, m, h)")
+        scale = _GO_DURATION_UNITS[unit]
+        value = int(whole or "0")
+        if value > 2**63 // scale:
+            raise ValueError(f"invalid duration {text!r} (out of range)")
+        value *= scale
+        if fraction:  # through a float64, as Go does: nanosecond-exact up to hours
+            digits, digits_scale = _go_fraction(fraction)
+            value += int(float(digits) * (float(scale) / digits_scale))
+        total += value
+        if value > 2**63 or total > 2**63:
+            raise ValueError(f"invalid duration {text!r} (out of range)")
+    if total > 2**63 - 1 + negative:
+        raise ValueError(f"invalid duration {text!r} (out of range)")
+    return -total if negative else total
+
+
+def parse_time_limit(text: str) -> Optional[float]:
+    """A Go duration as seconds; 0 is no limit (None), as in process-exporter."""
+    try:
+        nanos = go_duration_ns(text.strip())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if nanos < 0:
+        raise argparse.ArgumentTypeError(f"negative duration {text!r}")
+    return nanos / 1e9 if nanos else None
+
+
+def parse_procnames(text: str) -> tuple:
+    """"a,b,,c" -> ("a", "b", "c"): process-exporter skips empty names."""
+    return tuple(dict.fromkeys(name for name in text.split(",") if name))
+
+
+def parse_namemapping(text: str) -> tuple:
+    """"NAME1,REGEX1,NAME2,REGEX2" -> ((NAME1, REGEX1), ...), checked as process-exporter
+    does (an even number of non-empty tokens; the regexes compile). A name given twice
+    keeps its last regex."""
+    if text == "":
+        return ()
+    tokens = text.split(",")
+    if len(tokens) % 2:
+        raise argparse.ArgumentTypeError(f"odd number of tokens in {text!r} (NAME,REGEX pairs)")
+    for i, token in enumerate(tokens):
+        if token == "":
+            raise argparse.ArgumentTypeError(f"token {i} is empty in {text!r}")
+    mapping = {}
+    for name, regex in zip(tokens[::2], tokens[1::2]):
+        mapping.pop(name, None)
+        mapping[name] = regex
+    pairs = tuple(mapping.items())
+    for name, regex in pairs:
+        _name_mapping_matcher(name, regex)  # raises ArgumentTypeError on a bad regex
+    return pairs
+
+
 def parse_choice(choices: Sequence[str]) -> Callable[[str], str]:
     def parse(text: str) -> str:
         value = text.strip().lower()
@@ -125,8 +230,26 @@ FLAGS = (
         None,
         str,
         "process-exporter's YAML config (process_names: matchers and name templates), read unchanged. "
-        "Without it every user-space process is grouped by its comm. Re-read on SIGHUP.",
+        "Without it (and without --procnames/--namemapping) every user-space process is grouped "
+        "by its comm. Re-read on SIGHUP.",
         metavar="FILE",
+    ),
+    _Flag(
+        "procnames",
+        (),
+        parse_procnames,
+        "Instead of a config file, as process-exporter: group only processes whose comm (the "
+        "15-byte name in /proc/PID/stat) is one of these, one group per comm. Not with --config.path.",
+        metavar="NAME,...",
+    ),
+    _Flag(
+        "namemapping",
+        (),
+        parse_namemapping,
+        "Instead of a config file, as process-exporter: a process whose comm is NAME is grouped as "
+        "NAME:CAPTURE, CAPTURE being the first non-empty capture of REGEX searched in its command line "
+        "(argv joined by spaces); with no capture it is not grouped by itself. Not with --config.path.",
+        metavar="NAME,REGEX,...",
     ),
     _Flag(
         "path.procfs",
@@ -162,6 +285,38 @@ FLAGS = (
         boolean=True,
     ),
     _Flag(
+        "threads",
+        True,
+        parse_bool,
+        "Report per-thread-name metrics as well (namedprocess_namegroup_thread_*), as process-exporter "
+        "does by default; --threads=false turns them off.",
+        boolean=True,
+    ),
+    _Flag(
+        "gather-smaps",
+        False,
+        parse_bool,
+        "Read /proc/PID/smaps_rollup for proportional memory (memtype proportionalResident, "
+        "proportionalSwapped). Off by default, unlike process-exporter: reading smaps stalls big processes.",
+        boolean=True,
+    ),
+    _Flag(
+        "recheck",
+        False,
+        parse_bool,
+        "Match every process against the config again on each scrape, not only when it starts "
+        "or execs (process-exporter's -recheck).",
+        boolean=True,
+    ),
+    _Flag(
+        "recheck-with-time-limit",
+        None,
+        parse_time_limit,
+        "Recheck a process only this long after its start (a Go duration: 30s, 5m, 1h30m); "
+        "implies --recheck. 0 means no limit.",
+        metavar="DURATION",
+    ),
+    _Flag(
         "once",
         False,
         parse_bool,
@@ -193,9 +348,16 @@ FLAGS = (
         "Least severe log messages written to stderr: debug, info, warn or error.",
         metavar="{debug,info,warn,error}",
     ),
+    _Flag(
+        "debug",
+        False,
+        parse_bool,
+        "Same as --log.level debug (process-exporter's -debug).",
+        boolean=True,
+    ),
 )
 
-_LONG_NAMES = {f.name for f in FLAGS} | {"no-children", "version", "help", "procfs"}
+_LONG_NAMES = {f.name for f in FLAGS} | {"no-children", "version", "man", "help", "procfs"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -214,18 +376,18 @@ def build_parser() -> argparse.ArgumentParser:
             "Each scrape takes one snapshot of every process; concurrent scrapes share it."
         ),
         epilog=(
-            "Every flag above except --version and --help can also be set in the environment:\n"
+            "Every flag above except --version, --man and --help can also be set in the environment:\n"
             "PROCSNAP_ + the flag name in upper case with '.' and '-' as '_', e.g.\n"
             "PROCSNAP_WEB_LISTEN_ADDRESS=127.0.0.1:9256, PROCSNAP_CHILDREN=false. A flag given on the\n"
             "command line wins over its variable. process-exporter's single-dash spellings\n"
-            "(-config.path FILE, -procfs DIR, -children=false) are accepted.\n\n"
+            "(-config.path FILE, -procfs DIR, -children=false, -threads=false, -debug) are accepted.\n\n"
             "Signals: SIGHUP re-reads --config.path (a bad file is logged and the old config kept);\n"
             "SIGTERM/SIGINT stop the server.\n"
             "Exit status: 0 ok, 1 runtime failure (procfs unreadable, address in use), 2 usage or config error."
         ),
     )
     for flag in FLAGS:
-        shown_default = "" if flag.default is None else f" (default: {_show(flag.default)})"
+        shown_default = "" if flag.default in (None, ()) else f" (default: {_show(flag.default)})"
         help_text = f"{flag.help}{shown_default} [env {flag.env}]"
         if flag.boolean:
             parser.add_argument(
@@ -244,7 +406,73 @@ def build_parser() -> argparse.ArgumentParser:
             )
     parser.add_argument("--no-children", dest="children", action="store_false", default=None, help="Same as --children=false.")
     parser.add_argument("--version", action="store_true", help="Print the version and exit.")
+    parser.add_argument("--man", action="store_true", help="Print a short manual (the config format, every flag) and exit.")
     return parser
+
+
+_MANUAL = """\
+procsnap - a Linux process exporter for Prometheus, a drop-in for process-exporter
+
+Usage:
+  procsnap [flags] --config.path FILE.yaml
+  procsnap [flags] --procnames NAME1,...,NAMEN [--namemapping NAME1,REGEX1,...]
+  procsnap [flags]                     (every user-space process, one group per comm)
+
+procsnap reads every process under /proc, puts each into a named group and serves the
+groups' totals as process-exporter's namedprocess_namegroup_* metrics (CPU, I/O, memory,
+page faults, context switches, open files, states, threads) on :9256/metrics. Each
+scrape takes one snapshot of every process; concurrent scrapes share it. Flags may be
+spelled with one dash as process-exporter's are (-config.path FILE, -threads=false).
+
+Config file (process-exporter's format, read unchanged):
+
+  process_names:
+    - comm: [bash, zsh]                   # OR: the comm (15 bytes, /proc/PID/stat) is one of these
+    - name: "{{.ExeBase}}:{{.Matches.cfg}}"
+      exe: [nginx, /usr/local/bin/envoy]  # OR: basename of argv[0], or all of argv[0] for a path
+      cmdline: ['-c (?P<cfg>\\S+)']        # AND: regexes searched in argv joined by spaces
+    - name: "{{.Comm}}"
+      cmdline: ['.+']                     # everything else with a command line
+
+  All rules of a matcher must hold; the first matcher that matches names the process'
+  group (default name {{.ExeBase}}); unmatched processes are not exported, except that
+  with --children (the default) a process joins the group of its nearest grouped
+  ancestor. Names may use {{.Comm}}, {{.ExeBase}}, {{.ExeFull}}, {{.Username}},
+  {{.PID}}, {{.StartTime}}, {{.Cgroups}} and {{.Matches.NAME}} (a named capture).
+  A bad config stops the start (exit 2); SIGHUP re-reads it.
+
+Without a config file (process-exporter's -procnames/-namemapping):
+
+  --procnames bash,sshd groups every process whose comm is bash or sshd, one group per
+  comm; other processes are ignored (or join a grouped ancestor, with --children).
+  --namemapping "python3,([^/ ]+)\\.py,java,-jar\\s+([^/ ]+)\\.jar" names a python3
+  process running app.py "python3:app" and a java -jar x.jar one "java:x": the first
+  non-empty capture of the regex on the command line; a python3 process the regex does
+  not capture from is not grouped by itself. Both flags may be given together.
+
+Flags (each has an environment twin; a flag on the command line wins over it):
+
+"""
+
+
+def manual() -> str:
+    """--man: what procsnap is, the config format, every flag."""
+    import textwrap
+
+    lines = [_MANUAL]
+    for flag in FLAGS:
+        spelling = f"--{flag.name}" + ("[=BOOL]" if flag.boolean else f" {flag.metavar or 'VALUE'}")
+        default = "" if flag.default in (None, ()) else f" (default: {_show(flag.default)})"
+        lines.append(f"  {spelling}\n")
+        body = f"{flag.help.replace('%%', '%')}{default} [env {flag.env}]"
+        lines.append(textwrap.fill(body, width=88, initial_indent="      ", subsequent_indent="      ") + "\n")
+    lines.append(
+        "  --no-children\n      Same as --children=false.\n"
+        "  --version, --man, --help\n      Print the version, this manual, or the usage, and exit.\n"
+        "\nSignals: SIGHUP re-reads --config.path; SIGTERM/SIGINT stop the server.\n"
+        "Exit status: 0 ok, 1 runtime failure (procfs unreadable, address in use), 2 usage or config error.\n"
+    )
+    return "".join(lines)
 
 
 def _show(value) -> str:
@@ -286,6 +514,12 @@ def parse_args(argv: Optional[Sequence[str]] = None, environ=None) -> argparse.N
         setattr(args, flag.dest, value)
     if args.once_delay > 0:
         args.once = True
+    if args.recheck_with_time_limit is not None:  # as process-exporter: a limit implies -recheck
+        args.recheck = True
+    if args.debug:
+        args.log_level = "debug"
+    if args.config_path is not None and (args.procnames or args.namemapping):
+        parser.error("--config.path cannot be used with --procnames or --namemapping")
     return args
 
 
@@ -316,11 +550,92 @@ def _die(message: str, status: int) -> int:
     return status
 
 
-def _load_config(path):
-    """Config or raises ConfigError / OSError."""
+def _load_config(path, procnames=(), namemapping=()):
+    """Config or raises ConfigError / OSError: the file, else the one --procnames and
+    --namemapping make, else the default config."""
     from exporter.config import load_config
 
+    if path is None and (procnames or namemapping):
+        return names_config(procnames, namemapping)
     return load_config(path)
+
+
+# -- --procnames / --namemapping: process-exporter's config-less selection -------------------
+
+NAME_MAPPING_CAPTURE = "namemapping"  # the .Matches key a name mapping's capture is passed as
+
+
+class _NameMapping:
+    """process-exporter's -namemapping pair NAME,REGEX: a process whose comm is NAME and
+    whose command line (argv joined by spaces) REGEX matches with a non-empty capture is
+    named "NAME:" + the first non-empty capture (numbered, named or not); other processes
+    with that comm match nothing. The regex is compiled by the config module (the same
+    engine and dialect as a config file's cmdline regexes); anything else a matcher has
+    comes from that parsed matcher."""
+
+    def __init__(self, inner, template):
+        self.inner = inner
+        self.template = template
+        self.name = next(iter(inner.comm))
+        self.regex = inner.cmdline[0]
+
+    def __getattr__(self, attr):
+        return getattr(self.inner, attr)
+
+    def match(self, process):
+        if process.comm != self.name:
+            return None
+        groups = _submatch(self.regex, " ".join(process.cmdline or ()))
+        for value in groups[1:] if groups else ():
+            if value:
+                return {NAME_MAPPING_CAPTURE: value}
+        return None
+
+    def __repr__(self):
+        return f"_NameMapping({self.name!r}, {self.regex.pattern!r})"
+
+
+def _submatch(regex, text: str):
+    """Go's FindStringSubmatch with a regex the config module compiled: None, or the whole
+    match then each group ("" for a group that took no part)."""
+    submatch = getattr(regex, "submatch", None)
+    if submatch is not None:
+        return submatch(text)
+    found = regex.search(text)
+    return None if found is None else (found.group(0), *(g or "" for g in found.groups()))
+
+
+def _name_mapping_matcher(name: str, regex: str) -> _NameMapping:
+    """The matcher of one -namemapping pair; ArgumentTypeError for a bad regex."""
+    import yaml
+
+    from exporter.config import ConfigError, compile_template, parse_config
+
+    content = yaml.safe_dump({"process_names": [{"name": "{{.Comm}}", "comm": [name], "cmdline": [regex]}]})
+    try:
+        inner = parse_config(content, "--namemapping").matchers[0]
+    except ConfigError as e:
+        detail = str(e).split(": bad cmdline regex ", 1)[-1]
+        raise argparse.ArgumentTypeError(f"bad regex for {name!r}: {detail}") from None
+    return _NameMapping(inner, compile_template("{{.Comm}}:{{.Matches.%s}}" % NAME_MAPPING_CAPTURE))
+
+
+def names_config(procnames: Sequence[str], namemapping: Sequence[tuple]):
+    """The Config process-exporter builds from -procnames and -namemapping (no -config.path):
+    a process whose comm is a mapped NAME is named by its mapping (or nothing); one whose
+    comm is in procnames is in the group of that comm; every other process matches
+    nothing (with --children it joins its nearest grouped ancestor)."""
+    import yaml
+
+    from exporter.config import Config, parse_config
+
+    mapped = dict(namemapping)
+    matchers = [_name_mapping_matcher(name, regex) for name, regex in mapped.items()]
+    plain = [name for name in procnames if name not in mapped]
+    if plain:
+        content = yaml.safe_dump({"process_names": [{"name": "{{.Comm}}", "comm": plain}]})
+        matchers.extend(parse_config(content, "--procnames").matchers)
+    return Config(matchers, "--procnames/--namemapping")
 
 
 def _config_error_line(e: BaseException, path) -> str:
@@ -347,6 +662,10 @@ def _choose_backend(requested: str) -> str:
 DEFAULT_CONFIG_EMPTY_GRACE = 300.0
 
 
+def _default_config(args) -> bool:
+    return args.config_path is None and not args.procnames and not args.namemapping
+
+
 def make_exporter(args, config):
     from exporter.app import Exporter
     from exporter.grouper import Grouper
@@ -362,9 +681,9 @@ def make_exporter(args, config):
         facts.boot_time,
         children=args.children,
         remove_empty_groups=args.remove_empty_groups,
-        empty_grace_seconds=DEFAULT_CONFIG_EMPTY_GRACE if args.config_path is None else None,
+        empty_grace_seconds=DEFAULT_CONFIG_EMPTY_GRACE if _default_config(args) else None,
     )
-    return Exporter(Tracker(reader, facts), grouper)
+    return Exporter(Tracker(reader, facts), grouper, threads=getattr(args, "threads", True))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -379,6 +698,10 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     if args.version:
         print(f"procsnap version {__version__} (python {sys.version.split()[0]})")
         return 0
+    if args.man:
+        sys.stdout.write(manual())
+        sys.stdout.flush()
+        return 0
     logging.basicConfig(
         level=LOG_LEVELS[args.log_level], format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
     )
@@ -387,9 +710,12 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     from exporter.config import ConfigError
 
     try:
-        config = _load_config(args.config_path)
+        config = _load_config(args.config_path, args.procnames, args.namemapping)
     except (ConfigError, OSError) as e:
         return _die(_config_error_line(e, args.config_path), 2)
+    if not _default_config(args) and args.config_path is None:
+        log.info("groups from --procnames %s --namemapping %s", ",".join(args.procnames) or "(none)",
+                 ",".join(f"{n},{r}" for n, r in args.namemapping) or "(none)")
 
     try:
         exporter = make_exporter(args, config)
@@ -475,7 +801,10 @@ def _serve(exporter, args) -> int:
             wake.clear()
             if pending["reload"]:
                 pending["reload"] = False
-                _reload(exporter, args.config_path)
+                if args.config_path is None and (args.procnames or args.namemapping):
+                    log.info("SIGHUP: the groups come from --procnames/--namemapping; nothing to re-read")
+                else:
+                    _reload(exporter, args.config_path)
     finally:
         server.shutdown()
         exporter.close()

@@ -9,11 +9,14 @@ import subprocess
 import sys
 import time
 
+import shutil
+from types import SimpleNamespace
+
 import pytest
 
 from exporter import __version__
-from exporter.cli import FLAGS, env_name, parse_args
-from helpers import clean_env, free_port, http_get
+from exporter.cli import FLAGS, env_name, go_duration_ns, names_config, parse_args
+from helpers import clean_env, free_port, http_get, stop_processes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROC_BASIC = os.path.join(HERE, "fixtures", "proc-basic")
@@ -57,7 +60,9 @@ def test_help_explains_every_flag_and_its_env_twin():
     for flag in FLAGS:
         assert f"--{flag.name}" in text
         assert f"[env {flag.env}]" in text
-    for phrase in ("--no-children", "--version", "SIGHUP", "Exit status", "(default: :9256)", "(default: /proc)"):
+    for phrase in ("--no-children", "--version", "--man", "SIGHUP", "Exit status", "(default: :9256)",
+                   "(default: /proc)", "--threads [BOOL]", "--gather-smaps [BOOL]", "--debug [BOOL]",
+                   "--recheck-with-time-limit DURATION", "--procnames NAME,...", "--namemapping NAME,REGEX,..."):
         assert phrase in text
 
 
@@ -68,6 +73,8 @@ def test_env_names():
         "PROCSNAP_WEB_LISTEN_ADDRESS", "PROCSNAP_WEB_TELEMETRY_PATH", "PROCSNAP_CONFIG_PATH",
         "PROCSNAP_PATH_PROCFS", "PROCSNAP_CHILDREN", "PROCSNAP_REMOVE_EMPTY_GROUPS", "PROCSNAP_ONCE",
         "PROCSNAP_ONCE_DELAY", "PROCSNAP_BACKEND", "PROCSNAP_LOG_LEVEL", "PROCSNAP_PROCFS_KEEP_OPEN",
+        "PROCSNAP_DEBUG", "PROCSNAP_THREADS", "PROCSNAP_GATHER_SMAPS", "PROCSNAP_RECHECK",
+        "PROCSNAP_RECHECK_WITH_TIME_LIMIT", "PROCSNAP_PROCNAMES", "PROCSNAP_NAMEMAPPING",
     }
 
 
@@ -85,7 +92,18 @@ DEFAULTS = {
     "once_delay": 0.0,
     "backend": "native",
     "log_level": "info",
+    "debug": False,
+    "threads": True,
+    "gather_smaps": False,  # process-exporter: true (a listed divergence)
+    "recheck": False,
+    "recheck_with_time_limit": None,
+    "procnames": (),
+    "namemapping": (),
 }
+
+# a flag that sets another one too: --once.delay > 0 -> --once, a time limit -> --recheck,
+# --debug -> --log.level debug
+IMPLIES = {"once_delay": "once", "recheck_with_time_limit": "recheck", "debug": "log_level"}
 
 # flag name -> (env text, parsed env value, command-line args, parsed flag value)
 CASES = {
@@ -100,6 +118,14 @@ CASES = {
     "once.delay": ("2.5", 2.5, ["--once.delay", "0.5"], 0.5),
     "backend": ("python", "python", ["--backend", "native"], "native"),
     "log.level": ("DEBUG", "debug", ["--log.level", "error"], "error"),
+    "debug": ("true", True, ["-debug=false"], False),
+    "threads": ("false", False, ["-threads"], True),
+    "gather-smaps": ("1", True, ["-gather-smaps=false"], False),
+    "recheck": ("yes", True, ["-recheck=false"], False),
+    "recheck-with-time-limit": ("5m", 300.0, ["-recheck-with-time-limit", "1h30m"], 5400.0),
+    "procnames": ("bash,,sshd", ("bash", "sshd"), ["-procnames", "init"], ("init",)),
+    "namemapping": ("python3,([^/]+)\\.py", (("python3", r"([^/]+)\.py"),), ["-namemapping=java,-jar (\\S+)"],
+                    (("java", r"-jar (\S+)"),)),
 }
 
 
@@ -117,7 +143,7 @@ def test_env_twin_and_flag_wins(flag):
     assert getattr(parse_args([], environ=environ), dest) == env_value
     assert getattr(parse_args(argv, environ=environ), dest) == flag_value
     # the others keep their defaults
-    others = {k: v for k, v in DEFAULTS.items() if k != dest and not (dest == "once_delay" and k == "once")}
+    others = {k: v for k, v in DEFAULTS.items() if k not in (dest, IMPLIES.get(dest))}
     args = parse_args([], environ=environ)
     assert {k: getattr(args, k) for k in others} == others
 
@@ -417,3 +443,270 @@ def test_choose_backend_falls_back_when_extension_missing(monkeypatch, caplog):
     ]
     monkeypatch.setattr(reader, "native_available", lambda: True)
     assert cli._choose_backend("native") == "native"
+
+
+# -- process-exporter's other flags: -debug, -man, -threads, -gather-smaps, -recheck,
+# -recheck-with-time-limit, -procnames, -namemapping --------------------------------------
+
+S, MS, US = 10**9, 10**6, 10**3
+
+# Go's own time.ParseDuration test table (time/time_test.go), in nanoseconds
+GO_DURATIONS = {
+    "0": 0, "5s": 5 * S, "30s": 30 * S, "1478s": 1478 * S, "-5s": -5 * S, "+5s": 5 * S, "-0": 0, "+0": 0,
+    "5.0s": 5 * S, "5.6s": 5 * S + 600 * MS, "5.s": 5 * S, ".5s": 500 * MS, "1.0s": S, "1.00s": S,
+    "1.004s": S + 4 * MS, "1.0040s": S + 4 * MS, "100.00100s": 100 * S + 1 * MS,
+    "10ns": 10, "11us": 11 * US, "12\u00b5s": 12 * US, "12\u03bcs": 12 * US, "13ms": 13 * MS, "14s": 14 * S,
+    "15m": 15 * 60 * S, "16h": 16 * 3600 * S, "3h30m": 3 * 3600 * S + 30 * 60 * S,
+    "10.5s4m": 4 * 60 * S + 10 * S + 500 * MS, "-2m3.4s": -(2 * 60 * S + 3 * S + 400 * MS),
+    "1h2m3s4ms5us6ns": 3600 * S + 2 * 60 * S + 3 * S + 4 * MS + 5 * US + 6,
+    "39h9m14.425s": 39 * 3600 * S + 9 * 60 * S + 14 * S + 425 * MS, "52763797000ns": 52763797000,
+    "0.3333333333333333333h": 20 * 60 * S, "9007199254740993ns": 9007199254740993,
+    "9223372036854775807ns": 2**63 - 1, "9223372036854775.807us": 2**63 - 1,
+    "9223372036s854ms775us807ns": 2**63 - 1, "-9223372036854775808ns": -(2**63),
+    "0.100000000000000000000h": 6 * 60 * S, "0.830103483285477580700h": 49 * 60 * S + 48 * S + 372539827 * 1,
+}
+GO_BAD_DURATIONS = ["", "3", "-", "s", ".", "-.", ".s", "+.s", "1d", "1.5", "5 s", "9223372036854775808ns",
+                    "9223372036854775.808us", "9223372036854ms775us808ns", "-9223372036854775809ns"]
+
+
+def test_go_durations():
+    assert {text: go_duration_ns(text) for text in GO_DURATIONS} == GO_DURATIONS
+    for text in GO_BAD_DURATIONS:
+        with pytest.raises(ValueError):
+            go_duration_ns(text)
+
+
+def test_recheck_with_time_limit_implies_recheck():
+    args = parse_args(["-recheck-with-time-limit", "1m30s"], environ={})
+    assert (args.recheck, args.recheck_with_time_limit) == (True, 90.0)
+    args = parse_args(["-recheck-with-time-limit=0"], environ={})  # 0: no limit, as in process-exporter
+    assert (args.recheck, args.recheck_with_time_limit) == (False, None)
+    args = parse_args(["-recheck", "-recheck-with-time-limit=0s"], environ={})
+    assert (args.recheck, args.recheck_with_time_limit) == (True, None)
+    args = parse_args([], environ={"PROCSNAP_RECHECK_WITH_TIME_LIMIT": "250ms", "PROCSNAP_RECHECK": "false"})
+    assert (args.recheck, args.recheck_with_time_limit) == (True, 0.25)
+
+
+def test_threads_smaps_recheck_spellings():
+    args = parse_args(["-threads=false", "-gather-smaps", "-recheck"], environ={})
+    assert (args.threads, args.gather_smaps, args.recheck) == (False, True, True)
+    args = parse_args(["--threads", "no", "--gather-smaps=true"], environ={"PROCSNAP_THREADS": "true"})
+    assert (args.threads, args.gather_smaps) == (False, True)
+    # a process-exporter command line with all of them starts procsnap
+    r = run("--once", "--backend", "python", "-procfs", PROC_BASIC, "-threads=false", "-gather-smaps=false",
+            "-recheck", "-recheck-with-time-limit", "5m", "-debug=false")
+    assert r.returncode == 0, r.stderr
+    assert num_procs(r.stdout)["init"] == 1
+
+
+def test_debug_sets_the_log_level():
+    assert parse_args(["-debug"], environ={}).log_level == "debug"
+    assert parse_args(["--debug", "--log.level", "error"], environ={}).log_level == "debug"
+    assert parse_args([], environ={"PROCSNAP_DEBUG": "1"}).log_level == "debug"
+    assert parse_args(["-debug=false"], environ={"PROCSNAP_DEBUG": "1"}).log_level == "info"
+    assert parse_args(["-debug=false", "--log.level=warn"], environ={}).log_level == "warn"
+    base = ("--once", "--backend", "python", "--path.procfs", PROC_BASIC)
+    r = run(*base, "-debug")
+    assert r.returncode == 0 and b" DEBUG first snapshot: " in r.stderr, r.stderr
+    r = run(*base, env=clean_env(PROCSNAP_DEBUG="true"))
+    assert r.returncode == 0 and b" DEBUG first snapshot: " in r.stderr, r.stderr
+    r = run(*base)
+    assert r.returncode == 0 and b"DEBUG" not in r.stderr
+
+
+@pytest.mark.parametrize("spelling", ["--man", "-man"])
+def test_man_prints_the_manual_and_exits_0(spelling):
+    # nothing is read: a missing procfs or config does not matter
+    r = run(spelling, "--path.procfs", "/nonexistent", "--config.path", "/nonexistent.yaml")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == b""
+    text = r.stdout.decode()
+    assert text.startswith("procsnap - a Linux process exporter for Prometheus, a drop-in for process-exporter\n")
+    for phrase in ("process_names:", "comm: [bash, zsh]", "cmdline: ['-c (?P<cfg>\\S+)']", "{{.Matches.NAME}}",
+                   "--procnames bash,sshd", "--namemapping", "--no-children", "--version, --man, --help",
+                   "SIGHUP", "Exit status"):
+        assert phrase in text, phrase
+    for flag in FLAGS:
+        assert f"\n  --{flag.name}" in text and f"[env {flag.env}]" in " ".join(text.split()), flag.name
+    assert "--gather-smaps[=BOOL]\n" in text and "--recheck-with-time-limit DURATION\n" in text
+    # the config example in the manual is a config procsnap loads
+    from exporter.config import parse_config
+
+    example = text[text.index("  process_names:"):text.index("\n\n", text.index("  process_names:"))]
+    assert len(parse_config(example.encode()).matchers) == 3
+
+
+@pytest.mark.parametrize(
+    "argv, env, message",
+    [
+        (["-config.path", "c.yaml", "-procnames", "bash"], {},
+         "--config.path cannot be used with --procnames or --namemapping"),
+        (["-namemapping", "python3,(x)"], {"PROCSNAP_CONFIG_PATH": "c.yaml"}, "cannot be used with"),
+        (["-namemapping", "python3,(x),java"], {}, "argument --namemapping: odd number of tokens"),
+        (["-namemapping", "python3,,java,(x)"], {}, "argument --namemapping: token 1 is empty"),
+        (["-namemapping", "python3,(x"], {}, "argument --namemapping: bad regex for 'python3': '(x'"),
+        ([], {"PROCSNAP_NAMEMAPPING": "a,b,c"}, "PROCSNAP_NAMEMAPPING: odd number of tokens"),
+        (["-recheck-with-time-limit", "30"], {}, "missing unit in duration '30'"),
+        (["-recheck-with-time-limit", "5 min"], {}, "unknown unit ' min' in duration '5 min'"),
+        (["-recheck-with-time-limit=-5s"], {}, "negative duration '-5s'"),
+        ([], {"PROCSNAP_RECHECK_WITH_TIME_LIMIT": "1d"}, "PROCSNAP_RECHECK_WITH_TIME_LIMIT: unknown unit 'd'"),
+        (["-threads=maybe"], {}, "argument --threads: not a boolean"),
+        ([], {"PROCSNAP_GATHER_SMAPS": "perhaps"}, "PROCSNAP_GATHER_SMAPS: not a boolean"),
+        # process-exporter flags procsnap does not have still fail, in one line
+        (["-web.config.file", "web.yaml"], {}, "unrecognized arguments: -web.config.file web.yaml"),
+        (["-once-to-stdout-delay=1s"], {}, "unrecognized arguments: -once-to-stdout-delay=1s"),
+        (["-threadz"], {}, "unrecognized arguments: -threadz"),
+    ],
+)
+def test_new_flag_usage_errors_exit_2_with_one_line(argv, env, message):
+    r = run("--once", "--path.procfs", PROC_BASIC, *argv, env=clean_env(**env))
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("procsnap: ") and message in lines[0], lines
+    assert r.stdout == b""
+
+
+def test_names_config_matches_as_process_exporter():
+    def proc(comm, *argv):
+        return SimpleNamespace(comm=comm, cmdline=argv, is_kernel_thread=not argv, pid=1)
+
+    config = names_config(("bash", "python3", "kworker/0:1"),
+                          (("python3", r"([^/ ]+)\.py"), ("java", r"(x)?-jar\s+(?P<jar>[^/ ]+)\.jar"), ("cron", "cron")))
+
+    def matched(p):
+        matcher, captures = config.match(p)
+        return None if matcher is None else (matcher.template.source, captures)
+
+    assert matched(proc("bash", "-bash")) == ("{{.Comm}}", {})
+    assert matched(proc("kworker/0:1")) == ("{{.Comm}}", {})  # kernel threads too
+    assert matched(proc("zsh", "zsh")) is None
+    # a mapped comm is named by its capture, or not at all (even when it is in procnames)
+    assert matched(proc("python3", "python3", "/srv/app.py"))[1] == {"namemapping": "app"}
+    assert matched(proc("python3", "python3", "-c", "pass")) is None
+    # the first non-empty capture, named or not
+    assert matched(proc("java", "java", "-jar", "app.jar"))[1] == {"namemapping": "app"}
+    assert matched(proc("java", "java", "-jar", "x-jar y.jar"))[1] == {"namemapping": "x"}
+    assert matched(proc("cron", "cron", "-f")) is None  # no capture group: never named
+    assert names_config((), ()).matchers == []
+
+
+# groups of the fixture tree tests/fixtures/proc-basic, as process-exporter 0.7.10 reports
+# them for the same flags (tree: pid 1 init, 10 "a) b (c" with children 11 "x) Z 1 1" and
+# 17 defunct, 2 kthreadd, 12 "Uid: 7 spaces", 13 "new\nline", 14, 15 binary, 16 short
+# (unreadable stat), 18 noio, 20-22 "-sh" login shells with comms sh20, sh21, sh22)
+NAME_CASES = {
+    "procnames+mapping": (
+        ["-procnames", "init,short,noio,sh20,kthreadd,defunct", "-namemapping", "sh21,^-(s)h,sh22,(x)?(h)"],
+        {"defunct": 1, "init": 7, "kthreadd": 1, "noio": 1, "sh20": 1, "sh21:s": 1, "sh22:h": 1},
+    ),
+    "procnames+mapping, no children": (
+        ["-procnames", "init,short,noio,sh20,kthreadd,defunct", "-namemapping", "sh21,^-(s)h,sh22,(x)?(h)",
+         "-children=false"],
+        {"defunct": 1, "init": 1, "kthreadd": 1, "noio": 1, "sh20": 1, "sh21:s": 1, "sh22:h": 1},
+    ),
+    "mapping without a capture": (
+        ["-procnames", "sh20,init,a) b (c", "-namemapping", "sh20,-(z)?,init,(splash)"],
+        {"a) b (c": 3, "init:splash": 9},
+    ),
+    "mapping without a capture, no children": (
+        ["-procnames", "sh20,init,a) b (c", "-namemapping", "sh20,-(z)?,init,(splash)", "-children=false"],
+        {"a) b (c": 1, "init:splash": 1},
+    ),
+    "mapping only": (
+        ["-namemapping", "sh20,(-)(sh),sh21,(?P<x>sh)$,sh22,(sh)(.*)"],
+        {"sh20:-": 1, "sh21:sh": 1, "sh22:sh": 1},
+    ),
+    "odd comms": (
+        ["-procnames", "sh20,sh21,x) Z 1 1,Uid: 7 spaces"],
+        {"Uid: 7 spaces": 1, "sh20": 1, "sh21": 1, "x) Z 1 1": 1},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(NAME_CASES))
+def test_procnames_and_namemapping_group_the_fixture(case):
+    argv, expected = NAME_CASES[case]
+    r = run("--once", "--backend", "python", "-procfs", PROC_BASIC, *argv)
+    assert r.returncode == 0, r.stderr
+    assert num_procs(r.stdout) == expected
+
+
+def test_procnames_and_namemapping_env_twins():
+    argv, expected = NAME_CASES["procnames+mapping"]
+    r = run("--once", "--backend", "python", "-procfs", PROC_BASIC,
+            env=clean_env(PROCSNAP_PROCNAMES=argv[1], PROCSNAP_NAMEMAPPING=argv[3]))
+    assert r.returncode == 0, r.stderr
+    assert num_procs(r.stdout) == expected
+    # a flag wins over its twin
+    r = run("--once", "--backend", "python", "-procfs", PROC_BASIC, "-procnames", "noio",
+            env=clean_env(PROCSNAP_PROCNAMES="init", PROCSNAP_NAMEMAPPING=argv[3]))
+    assert num_procs(r.stdout) == {"noio": 1, "sh21:s": 1, "sh22:h": 1}
+
+
+PROCESS_EXPORTER = shutil.which("prometheus-process-exporter") or "/usr/bin/prometheus-process-exporter"
+needs_process_exporter = pytest.mark.skipif(not os.access(PROCESS_EXPORTER, os.X_OK),
+                                            reason="process-exporter not installed")
+
+
+@needs_process_exporter
+def test_procnames_and_namemapping_as_process_exporter_does(tmp_path):
+    """The real process-exporter, on the same fixture tree with the same flags, serving on
+    127.0.0.1: the same groups and num_procs."""
+    theirs, procs = {}, []
+    try:
+        for case, (argv, _) in NAME_CASES.items():
+            port = free_port()
+            with open(tmp_path / "process-exporter.log", "ab") as log:
+                procs.append(subprocess.Popen(
+                    [PROCESS_EXPORTER, "-procfs", PROC_BASIC, "-web.listen-address", f"127.0.0.1:{port}", *argv],
+                    stdout=log, stderr=log))
+            theirs[case] = port
+        for case, port in theirs.items():
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    status, body = http_get(port)
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                        raise AssertionError(f"process-exporter did not serve: {(tmp_path / 'process-exporter.log').read_text()}")
+                    time.sleep(0.05)
+            assert status == 200
+            theirs[case] = num_procs(body)
+    finally:
+        stop_processes(procs)
+    ours = {}
+    for case, (argv, _) in NAME_CASES.items():
+        r = run("--once", "--backend", "python", "-procfs", PROC_BASIC, *argv)
+        assert r.returncode == 0, r.stderr
+        ours[case] = num_procs(r.stdout)
+    assert ours == theirs
+    assert theirs == {case: expected for case, (_, expected) in NAME_CASES.items()}
+
+
+@needs_process_exporter
+def test_process_exporter_also_refuses_config_path_with_procnames(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("process_names:\n  - comm: [init]\n")
+    argv = ["-procfs", PROC_BASIC, "-config.path", str(config), "-procnames", "init", "-web.listen-address", "127.0.0.1:1"]
+    theirs = subprocess.run([PROCESS_EXPORTER, *argv], capture_output=True, timeout=60)
+    assert theirs.returncode != 0 and b"-config.path cannot be used with -namemapping or -procnames" in theirs.stderr
+    ours = run(*argv)
+    assert ours.returncode == 2 and b"--config.path cannot be used with --procnames" in ours.stderr
+
+
+def test_sighup_keeps_the_procnames_groups(tmp_path):
+    log = tmp_path / "procsnap.log"
+    proc, port = start_server("-procfs", PROC_BASIC, "-procnames", "init,noio", "-children=false", log_path=log)
+    try:
+        assert num_procs(http_get(port)[1]) == {"init": 1, "noio": 1}
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while b"nothing to re-read" not in log.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert num_procs(http_get(port)[1]) == {"init": 1, "noio": 1}
+    finally:
+        assert stop(proc) == 0
+    text = log.read_text()
+    assert "groups from --procnames init,noio --namemapping (none)" in text
+    assert "SIGHUP: the groups come from --procnames/--namemapping; nothing to re-read" in text
