@@ -20,7 +20,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.utils import floatToGoString
 
-from exporter.families import GROUP_FAMILIES, PREFIX, empty_family
+from exporter.families import GROUP_FAMILIES, PREFIX, THREAD_FAMILIES, empty_family
 
 
 class Families:
@@ -96,10 +96,13 @@ class GroupRenderer:
     """Writes [GroupStats] as the namedprocess_namegroup_* families. One per exporter; the
     label cache follows the groups of the last render, so it does not grow with churn."""
 
-    def __init__(self):
+    def __init__(self, threads: bool = True):
+        """``threads``: also the per-thread-name families (process-exporter's -threads)."""
+        specs = GROUP_FAMILIES + (THREAD_FAMILIES if threads else ())
         self._families = [
-            (spec, {False: _header(spec, False), True: _header(spec, True)}, _sample_parts(spec))
-            for spec in GROUP_FAMILIES
+            (spec, {False: _header(spec, False), True: _header(spec, True)},
+             None if spec.per_thread else _sample_parts(spec))
+            for spec in specs
         ]
         self._labels: dict = {}
 
@@ -122,12 +125,29 @@ class GroupRenderer:
                 continue
             lines = [headers[openmetrics]]
             append = lines.append
-            for g in groups:
-                label = labels[g.name]
-                for get, before, after in parts:
-                    value = get(g)
-                    if value is not None:
-                        append(f"{before}{label}{after}{fmt(value)}\n")
+            if spec.per_thread:
+                _thread_lines(spec, groups, labels, append)
+            else:
+                for g in groups:
+                    label = labels[g.name]
+                    for get, before, after in parts:
+                        value = get(g)
+                        if value is not None:
+                            append(f"{before}{label}{after}{fmt(value)}\n")
             if len(lines) > 1:
                 chunks.append("".join(lines).encode())
         return chunks
+
+
+def _thread_lines(spec, groups, labels: dict, append) -> None:
+    """The samples of a per-thread-name family (few: only multi-threaded processes have
+    them), labels sorted by name as prometheus_client writes them."""
+    sample = PREFIX + spec.name + ("_total" if spec.kind == "counter" else "")
+    for g in groups:
+        for thread in g.threads:
+            for label_value, get in spec.parts:
+                pairs = [("groupname", labels[g.name]), ("threadname", escape_label_value(thread[0]))]
+                if spec.label is not None:
+                    pairs.append((spec.label, escape_label_value(label_value)))
+                text = ",".join(f'{k}="{v}"' for k, v in sorted(pairs))
+                append(f"{sample}{{{text}}} {go_float(get(thread))}\n")

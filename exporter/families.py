@@ -24,7 +24,7 @@ from typing import Callable, Iterable, NamedTuple, Optional, Sequence
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from exporter.grouper import STATE_NAMES
+from exporter.grouper import STATE_NAMES, THREAD_COUNTERS
 
 PREFIX = "namedprocess_namegroup_"
 
@@ -44,8 +44,10 @@ class FamilySpec(NamedTuple):
     name: str  # without the prefix, and without _total for a counter
     kind: str  # "gauge" or "counter"
     help: str  # process-exporter's help text
-    label: Optional[str]  # the label beside groupname, or None
-    parts: tuple  # ((label value or None, getter of GroupStats -> value or None), ...)
+    label: Optional[str]  # the label beside groupname (and threadname), or None
+    parts: tuple  # ((label value or None, getter -> value or None), ...): of a GroupStats,
+    #               or for a per-thread family of one (name, count, counters) of GroupStats.threads
+    per_thread: bool = False  # one sample set per thread name of the group (label threadname)
 
 
 def _attr(name: str) -> Callable:
@@ -114,9 +116,34 @@ GROUP_FAMILIES = (
 )
 
 
+def _thread(field: str) -> Callable:
+    at = THREAD_COUNTERS.index(field)
+    return lambda t: t[2][at]
+
+
+# process-exporter's per-thread-name families (on unless --threads=false): the threads of
+# the group's multi-threaded processes, grouped by thread name (its comm).
+THREAD_FAMILIES = (
+    FamilySpec("thread_count", "gauge", "Number of threads in this group with same threadname", None,
+               ((None, lambda t: t[1]),), per_thread=True),
+    FamilySpec("thread_cpu_seconds", "counter", "Cpu user/system usage in seconds", "mode",
+               (("user", _thread("cpu_user_seconds")), ("system", _thread("cpu_system_seconds"))), per_thread=True),
+    FamilySpec("thread_io_bytes", "counter", "number of bytes read/written by these threads", "iomode",
+               (("read", _thread("read_bytes")), ("write", _thread("write_bytes"))), per_thread=True),
+    FamilySpec("thread_major_page_faults", "counter", "Major page faults for these threads", None,
+               ((None, _thread("major_faults")),), per_thread=True),
+    FamilySpec("thread_minor_page_faults", "counter", "Minor page faults for these threads", None,
+               ((None, _thread("minor_faults")),), per_thread=True),
+    FamilySpec("thread_context_switches", "counter", "Context switches for these threads", "ctxswitchtype",
+               (("voluntary", _thread("ctx_voluntary")), ("nonvoluntary", _thread("ctx_nonvoluntary"))),
+               per_thread=True),
+)
+
+
 def empty_family(spec: FamilySpec) -> Metric:
     kind = CounterMetricFamily if spec.kind == "counter" else GaugeMetricFamily
-    return kind(PREFIX + spec.name, spec.help, labels=["groupname"] + ([spec.label] if spec.label else []))
+    labels = ["groupname"] + (["threadname"] if spec.per_thread else []) + ([spec.label] if spec.label else [])
+    return kind(PREFIX + spec.name, spec.help, labels=labels)
 
 
 def self_families(result: Optional[ScrapeResult], version: str, keep_empty: bool = False) -> list:

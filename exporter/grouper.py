@@ -88,6 +88,14 @@ class GroupStats:
     oldest_start_time_seconds: Optional[float] = None
     num_threads: Optional[int] = None
     states: dict = field(default_factory=lambda: dict.fromkeys(STATE_NAMES, 0))
+    # per thread name of the multi-threaded members: (name, thread count, counters), the
+    # counters in THREAD_COUNTERS order (CPU in seconds), as process-exporter accumulates them
+    threads: tuple = ()
+
+
+# a thread's counters, in the order the tracker gives them (it gives CPU in clock ticks)
+THREAD_COUNTERS = ("cpu_user_seconds", "cpu_system_seconds", "minor_faults", "major_faults", "ctx_voluntary",
+                   "ctx_nonvoluntary", "read_bytes", "write_bytes")
 
 
 class Grouper:
@@ -104,6 +112,7 @@ class Grouper:
         self.reported: dict = {}  # name -> (last reported counter totals; None: never read)
         self.per_process: dict = {}  # name -> the name differs for every process
         self.empty_since: dict = {}  # name -> timestamp of the first reading it was empty at
+        self.thread_totals: dict = {}  # name -> {thread name: (count, counters)} of the last update
         self._reload = None  # a config to switch to at the next update
 
     def reload(self, config) -> None:
@@ -133,6 +142,7 @@ class _Update:
         self.per_process = dict(grouper.per_process)
         self.empty_since = dict(grouper.empty_since)
         self.reported: dict = {}
+        self.thread_totals_now: dict = {}
 
     def own_base(self, name) -> list:
         """The group's base list, copied before this update's first change to it."""
@@ -225,6 +235,7 @@ class _Update:
             g.config, g._reload = self.config, None
         g.group_of, g.base, g.reported = self.group_of, self.base, self.reported
         g.per_process, g.empty_since = self.per_process, self.empty_since
+        g.thread_totals = self.thread_totals_now
 
     # -- assignment ------------------------------------------------------------------
 
@@ -314,9 +325,44 @@ class _Update:
             ratios = [o / m for o, m in zip(columns[_OPEN_FDS], [limits[i] for i in idx]) if o is not None and m]
             ratio = max(ratios) if ratios else None
             oldest = self.g.boot_time + min(columns[_START]) / self.g.clock_ticks
-            for state, count in Counter(columns[_STATE]).items():
+            # process-exporter counts a multi-threaded process' state and each thread's
+            counted = Counter(columns[_STATE])
+            thread_states = step.thread_states
+            if thread_states:
+                for i in idx:
+                    counted.update(thread_states.get(step.identities[i], ()))
+            for state, count in counted.items():
                 states[_STATE_OF.get(state, "Other")] += count
         hz = self.g.clock_ticks
         user, system = (None if t is None else t / hz for t in totals[:2])
         rss, vms, swap, fds, threads = gauges
-        return GroupStats(name, n, user, system, *totals[2:], rss, vms, swap, fds, ratio, oldest, threads, states)
+        return GroupStats(name, n, user, system, *totals[2:], rss, vms, swap, fds, ratio, oldest, threads, states,
+                          self.thread_totals(name, idx))
+
+    def thread_totals(self, name: str, idx) -> tuple:
+        """Per thread name in the group: how many threads, and counters as
+        process-exporter keeps them: what grew this step plus the name's total of the last
+        step (a name absent for a step starts again from 0)."""
+        deltas = self.step.thread_deltas
+        if not deltas:
+            return ()
+        now: dict = {}
+        identities = self.step.identities
+        for i in idx:
+            for thread_name, grown in deltas.get(identities[i], ()):
+                entry = now.get(thread_name)
+                if entry is None:
+                    now[thread_name] = entry = [0, [0] * len(THREAD_COUNTERS)]
+                entry[0] += 1
+                entry[1] = [a + b for a, b in zip(entry[1], grown)]
+        if not now:
+            return ()
+        before = self.g.thread_totals.get(name, {})
+        totals = {}
+        for thread_name, (count, grown) in now.items():
+            old = before.get(thread_name)
+            totals[thread_name] = (count, tuple(a + b for a, b in zip(grown, old[1])) if old else tuple(grown))
+        self.thread_totals_now[name] = totals
+        hz = self.g.clock_ticks
+        return tuple((thread_name, count, (counters[0] / hz, counters[1] / hz) + counters[2:])
+                     for thread_name, (count, counters) in sorted(totals.items()))

@@ -17,7 +17,7 @@ import resource
 import stat as stat_mod
 import threading
 
-from exporter.reader import MALFORMED, UNLIMITED, WANT_CGROUP, WANT_CMDLINE, WANT_EXE, WANT_NOFILE
+from exporter.reader import MALFORMED, UNLIMITED, WANT_CGROUP, WANT_CMDLINE, WANT_EXE, WANT_NOFILE, WANT_THREADS
 
 FILE_MAX = 1 << 20  # files are read whole up to this (PS_FILE_MAX); cmdline is cut there
 U64_MAX = 2**64 - 1
@@ -299,7 +299,7 @@ class PythonReader:
 
     def _facts(self, pid, start, want, errors):
         mine: dict = {}
-        cmdline = exe = cgroup = nofile = None
+        cmdline = exe = cgroup = nofile = threads = None
         try:
             if want & WANT_CMDLINE:
                 cmdline = self._try(pid, lambda: self._read(pid, "cmdline", cut=True), mine)
@@ -309,13 +309,49 @@ class PythonReader:
                 cgroup = self._try(pid, lambda: self._read(pid, "cgroup"), mine)
             if want & WANT_NOFILE:
                 nofile = self._nofile(pid, mine)
+            if want & WANT_THREADS:
+                threads = self._threads(pid)
             if not self._still(pid, start):
                 raise _Gone
         except _Gone:
-            return (pid, True, None, None, None, None)
+            return (pid, True, None, None, None, None, None)
         for err, count in mine.items():
             errors[err] = errors.get(err, 0) + count
-        return (pid, False, cmdline, exe, cgroup, nofile)
+        return (pid, False, cmdline, exe, cgroup, nofile, threads)
+
+    def _threads(self, pid):
+        """task/TID/{stat,status,io} of each thread, sorted by tid; None when fewer than
+        two could be read (one thread is the process itself). A thread whose stat does
+        not read or parse is skipped; nothing is counted (threads come and go)."""
+        try:
+            fd = os.open(f"{self.procfs}/{pid}/task", os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK | os.O_CLOEXEC)
+            try:
+                names = os.listdir(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            return None
+        threads = []
+        for tid in sorted(t for t in map(pid_of, names) if t is not None):
+            try:
+                st = parse_stat(self._read(pid, f"task/{tid}/stat"))
+            except (OSError, Malformed):
+                continue
+            try:
+                status = parse_keyed(self._read(pid, f"task/{tid}/status"), STATUS_KEYS)
+            except (OSError, Malformed):
+                status = {}
+            try:
+                io = parse_keyed(self._read(pid, f"task/{tid}/io"), IO_KEYS)
+            except (OSError, Malformed):
+                io = {}
+            threads.append((
+                tid, st["comm"].decode("utf-8", "replace"), st["state"].decode("utf-8", "replace"),
+                st["utime"], st["stime"], st["minflt"], st["majflt"],
+                status.get("ctx_voluntary"), status.get("ctx_nonvoluntary"),
+                io.get("read_bytes"), io.get("write_bytes"),
+            ))
+        return threads if len(threads) >= 2 else None
 
     def _exe(self, pid, errors):
         try:

@@ -48,9 +48,24 @@ FIELDS = (
 )
 F = {name: i for i, name in enumerate(FIELDS)}
 
+# A thread of a multi-threaded process (read_facts with WANT_THREADS): task/TID/{stat,status,io}.
+THREAD_FIELDS = (
+    "tid",
+    "comm",
+    "state",
+    "utime_ticks",
+    "stime_ticks",
+    "minor_faults",
+    "major_faults",
+    "ctx_voluntary",
+    "ctx_nonvoluntary",
+    "read_bytes",
+    "write_bytes",
+)
+
 # read_facts: what to read for a pid (bits)
-WANT_CMDLINE, WANT_EXE, WANT_CGROUP, WANT_NOFILE = 1, 2, 4, 8
-WANT_ALL = WANT_CMDLINE | WANT_EXE | WANT_CGROUP | WANT_NOFILE
+WANT_CMDLINE, WANT_EXE, WANT_CGROUP, WANT_NOFILE, WANT_THREADS = 1, 2, 4, 8, 16
+WANT_ALL = WANT_CMDLINE | WANT_EXE | WANT_CGROUP | WANT_NOFILE  # a new identity's static facts
 UNLIMITED = 2**64 - 1  # a soft RLIMIT_NOFILE of "unlimited"
 MALFORMED = -1  # the errno of a file that does not parse
 
@@ -79,6 +94,7 @@ class Fact(NamedTuple):
     exe: object
     cgroup: object
     nofile: object  # int (UNLIMITED for unlimited) or None
+    threads: object  # [tuple laid out as THREAD_FIELDS] sorted by tid, or None (asked, < 2 read)
 
 
 def _native_module():

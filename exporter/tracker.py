@@ -26,7 +26,7 @@ from itertools import compress, count, repeat
 from operator import contains, itemgetter
 from typing import NamedTuple, Optional
 
-from exporter.reader import F, PF_KTHREAD, UNLIMITED, WANT_ALL, WANT_NOFILE, reason
+from exporter.reader import F, PF_KTHREAD, UNLIMITED, WANT_ALL, WANT_CMDLINE, WANT_NOFILE, WANT_THREADS, reason
 
 LIMITS_EVERY = 16  # re-read a known process' fd limit every 16th read (staggered by pid)
 
@@ -39,6 +39,10 @@ _first = itemgetter(0)
 _starts = itemgetter(START)
 _keys = itemgetter(PID, START, COMM, MARK)
 _carried = itemgetter(*CARRIED)
+_nthreads = itemgetter(F["num_threads"])
+_CTXV, _CTXNV = F["ctx_voluntary"], F["ctx_nonvoluntary"]
+# a thread's counters (THREAD_FIELDS 3..10: CPU, faults, context switches, io); None as 0
+_thread_counts = itemgetter(3, 4, 5, 6, 7, 8, 9, 10)
 
 
 class Proc:
@@ -96,6 +100,9 @@ class Step(NamedTuple):
     exited: list  # [(identity, last record)]
     readable: list  # [(identity, field, value)]: a counter readable for the first time
     previous: dict  # identity -> record of the last step (the committed state)
+    threads: dict  # identity -> {tid: counters} of multi-threaded processes (read each step)
+    thread_states: dict  # identity -> the state letters of its threads
+    thread_deltas: dict  # identity -> [(thread name, counters grown since the last step)]
     errors: dict  # reason -> count of this read (stat of unreadable pids included)
     unreadable_pids: frozenset
     timestamp: float
@@ -111,6 +118,7 @@ class Tracker:
         self.procs: dict = {}
         self.last: dict = {}
         self.nofile: dict = {}
+        self.threads: dict = {}  # identity -> {tid: counters} of the last step
         self._keys: set = set()  # (pid, start, comm, mark) of the last step's records
         self._holes: set = set()  # identities whose last record lacks a carried counter
         self._by_pid: dict = {}
@@ -188,6 +196,9 @@ class Tracker:
         for identity in identities:
             if (identity[0] + gen) % LIMITS_EVERY == 0 and identity not in want:
                 want[identity] = WANT_NOFILE
+        # threads, as process-exporter reads them: each step, for processes with two or more
+        for identity in compress(identities, map(contains, repeat(range(2, 1 << 62)), map(_nthreads, records))):
+            want[identity] = want.get(identity, 0) | WANT_THREADS
         requests = [(pid, start, bits) for (pid, start), bits in want.items()]
         facts, fact_errors = self.reader.read_facts(requests)
         for key, n in fact_errors.items():
@@ -200,20 +211,23 @@ class Tracker:
             nofile.pop(identity, None)
         for identity, mark in remarked:
             procs[identity] = procs[identity].with_mark(mark)
-        position = {identity: i for i, identity in enumerate(identities)} if (started or execed) else None
+        position = dict(zip(identities, range(len(identities)))) if (started or execed) else None
         dropped = set()
+        threads, thread_states, thread_deltas = {}, {}, {}
         for (pid, start, bits), fact in zip(requests, facts):
             identity = (pid, start)
             if fact.gone:
-                if bits == WANT_ALL:  # exited before its facts were read: not seen at all
+                if bits & WANT_CMDLINE:  # exited before its facts were read: not seen at all
                     dropped.add(identity)
                 continue
-            if bits == WANT_ALL:
+            if fact.threads is not None:
+                self._thread_step(identity, fact.threads, threads, thread_states, thread_deltas)
+            if bits & WANT_CMDLINE:
                 record = records[position[identity]]
                 uid = record[F["uid"]]
                 username = None if uid is None else self.facts.usernames[uid]
                 procs[identity] = Proc(record, fact, self.start_time_seconds(start), username)
-            if fact.nofile is not None or bits == WANT_ALL:
+            if fact.nofile is not None or bits & WANT_CMDLINE:
                 nofile[identity] = None if fact.nofile in (None, UNLIMITED) else fact.nofile
         if dropped:
             keep = [i for i, identity in enumerate(identities) if identity not in dropped]
@@ -230,20 +244,48 @@ class Tracker:
             execed = [identity for identity in execed if identity not in dropped]
 
         from_now = set(started) if first else {i for i in started if i[0] in self._unreadable_pids}
+        if threads:  # context switches summed over the threads, as process-exporter does
+            if position is None:
+                position = dict(zip(identities, range(len(identities))))
+            for identity, counts in threads.items():
+                i = position[identity]
+                ctxv = sum(c[4] for c in counts.values())
+                ctxnv = sum(c[5] for c in counts.values())
+                rec = list(records[i])
+                rec[_CTXV], rec[_CTXNV] = ctxv, ctxnv
+                records[i] = last[identity] = tuple(rec)
         if dropped:
             keys = set(map(_keys, records))
             last = dict(zip(identities, records))
         return Step(
             records, identities, list(map(nofile.get, identities)), keys, holes, procs, last,
             nofile, started, from_now,
-            execed, exited, readable, old_last, errors, unreadable_pids, reading.timestamp, first,
+            execed, exited, readable, old_last, threads, thread_states, thread_deltas, errors, unreadable_pids,
+            reading.timestamp, first,
         )
+
+    def _thread_step(self, identity, read, threads, states, deltas) -> None:
+        """A multi-threaded process' threads: their counters (None read as 0, as
+        process-exporter does), states, and per thread name what grew since the last step
+        (a thread seen for the first time has grown by nothing)."""
+        before = self.threads.get(identity, {})
+        now = {}
+        named = []
+        for t in read:
+            counts = tuple(v or 0 for v in _thread_counts(t))
+            now[t[0]] = counts
+            old = before.get(t[0])
+            named.append((t[1], tuple(a - b for a, b in zip(counts, old)) if old else (0,) * 8))
+        threads[identity] = now
+        states[identity] = tuple(t[2] for t in read)
+        deltas[identity] = named
 
     def commit(self, step: Step) -> None:
         self.procs = step.procs
         self.last = step.last
         self.nofile = step.nofile
         self._keys = step.keys
+        self.threads = step.threads
         self._holes = step.holes
         self._by_pid = dict(zip(map(_first, step.identities), step.identities))
         self._unreadable_pids = step.unreadable_pids

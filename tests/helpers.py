@@ -50,16 +50,18 @@ def stop_processes(procs):
 def group_families(groups, keep_empty=False) -> list:
     """The namedprocess_namegroup_* families of [GroupStats] as prometheus_client objects:
     the reference the fast renderer (exporter.exposition) is held byte-equal to."""
-    from exporter.families import GROUP_FAMILIES, empty_family
+    from exporter.families import GROUP_FAMILIES, THREAD_FAMILIES, empty_family
 
     families = []
-    for spec in GROUP_FAMILIES:
+    for spec in GROUP_FAMILIES + THREAD_FAMILIES:
         family = empty_family(spec)
         for g in groups:
-            for label_value, get in spec.parts:
-                value = get(g)
-                if value is not None:
-                    family.add_metric([g.name] if spec.label is None else [g.name, label_value], float(value))
+            for thread in (g.threads if spec.per_thread else (None,)):
+                for label_value, get in spec.parts:
+                    value = get(thread if spec.per_thread else g)
+                    labels = [g.name] + ([thread[0]] if spec.per_thread else [])
+                    if value is not None:
+                        family.add_metric(labels + ([] if spec.label is None else [label_value]), float(value))
         if family.samples or keep_empty:
             families.append(family)
     return families

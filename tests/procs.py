@@ -9,12 +9,18 @@ tests can tell what the tracker memoizes.
 from exporter.app import Exporter
 from exporter.grouper import Grouper
 from exporter.hostfacts import HostFacts
-from exporter.reader import FIELDS, WANT_CMDLINE, WANT_NOFILE, Fact, Reading
+from exporter.reader import FIELDS, THREAD_FIELDS, WANT_CMDLINE, WANT_NOFILE, WANT_THREADS, Fact, Reading
 from exporter.snapshots import Process
 from exporter.tracker import Tracker
 
 BOOT = 1700000000
 HZ = 100
+
+
+def thread(tid, comm, state="S", utime=0, stime=0, minflt=0, majflt=0, ctxv=0, ctxnv=0, read=0, write=0):
+    t = (tid, comm, state, utime, stime, minflt, majflt, ctxv, ctxnv, read, write)
+    assert len(t) == len(THREAD_FIELDS)
+    return t
 
 
 def rec(pid, comm, start=100, ppid=0, state="S", flags=0, utime=0, stime=0, minflt=0, majflt=0,
@@ -50,13 +56,17 @@ class FakeReader:
         self.records = {}  # pid -> record
         self.unreadable = {}  # pid -> errno: stat unreadable, the pid there
         self.facts = {}  # (pid, start) -> (cmdline bytes, exe bytes, cgroup bytes, nofile)
+        self.threads = {}  # pid -> [thread tuples] (THREAD_FIELDS), given with put()
         self.asked = []  # (pid, want) of every fact request
         self.now = 1000.0
 
-    def put(self, record, cmdline=None, exe=None, cgroup=b"0::/", nofile=1024):
-        """Put (or replace) a process; its facts are kept per identity unless given."""
+    def put(self, record, cmdline=None, exe=None, cgroup=b"0::/", nofile=1024, threads=None):
+        """Put (or replace) a process; its facts are kept per identity unless given.
+        ``threads``: [thread tuples] (see thread()), read when the record says >= 2."""
         pid, start = record[0], record[5]
         self.records[pid] = record
+        if threads is not None:
+            self.threads[pid] = threads
         self.unreadable.pop(pid, None)
         if cmdline is not None or (pid, start) not in self.facts:
             argv = cmdline if cmdline is not None else (f"/usr/bin/{record[2]}",)
@@ -82,13 +92,16 @@ class FakeReader:
             self.asked.append((pid, want))
             record = self.records.get(pid)
             if record is None or record[5] != start:
-                out.append(Fact(pid, True, None, None, None, None))
+                out.append(Fact(pid, True, None, None, None, None, None))
                 continue
             cmdline, exe, cgroup, nofile = self.facts[(pid, start)]
-            if want == WANT_NOFILE:
-                out.append(Fact(pid, False, None, None, None, nofile))
+            threads = self.threads.get(pid) if want & WANT_THREADS else None
+            if threads is not None and len(threads) < 2:
+                threads = None
+            if want & WANT_CMDLINE:
+                out.append(Fact(pid, False, cmdline, exe, cgroup, nofile, threads))
             else:
-                out.append(Fact(pid, False, cmdline, exe, cgroup, nofile))
+                out.append(Fact(pid, False, None, None, None, nofile if want & WANT_NOFILE else None, threads))
         return out, {}
 
     def facts_read(self, pid) -> int:
@@ -112,4 +125,4 @@ def groups(exp) -> dict:
     return {g.name: g for g in exp.scrape().groups}
 
 
-__all__ = ["BOOT", "HZ", "FakeReader", "exporter", "groups", "proc", "rec"]
+__all__ = ["BOOT", "HZ", "FakeReader", "exporter", "groups", "proc", "rec", "thread"]

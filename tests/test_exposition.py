@@ -9,7 +9,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from prometheus_client.utils import floatToGoString
 
 from exporter.exposition import Families, GroupRenderer, encode_families, go_float
-from exporter.families import GROUP_FAMILIES, ScrapeResult, self_families
+from exporter.families import GROUP_FAMILIES, THREAD_FAMILIES, ScrapeResult, self_families
 from exporter.grouper import STATE_NAMES, GroupStats
 from helpers import group_families
 
@@ -35,6 +35,9 @@ def random_groups(seed: int, count: int) -> list:
             maybe(rnd.randrange(0, 5000)), maybe(rnd.random()), maybe(1.7e9 + rnd.random() * 1e6),
             maybe(rnd.randrange(1, 300)),
             {s: rnd.randrange(0, 4) for s in STATE_NAMES},
+            tuple((rnd.choice(NASTY) + f"t{j}", rnd.randrange(1, 9),
+                   (rnd.random() * 100, round(rnd.random(), 2)) + tuple(rnd.randrange(0, 10 ** 9) for _ in range(6)))
+                  for j in range(rnd.choice((0, 0, 1, 3)))),
         ))
     return groups
 
@@ -80,8 +83,16 @@ def test_label_cache_follows_live_groups():
 
 
 def test_every_family_is_rendered():
-    text = b"".join(GroupRenderer().render([GroupStats("all", 1, 1.0, 2.0, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 0.5, 1.0, 13)])).decode()
-    assert text.count("# TYPE") == len(GROUP_FAMILIES)
+    group = GroupStats("all", 1, 1.0, 2.0, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 0.5, 1.0, 13,
+                       threads=(("worker", 2, (1.5, 0.5, 1, 2, 3, 4, 5, 6)),))
+    text = b"".join(GroupRenderer().render([group])).decode()
+    assert text.count("# TYPE") == len(GROUP_FAMILIES) + len(THREAD_FAMILIES)
+    assert ('namedprocess_namegroup_thread_cpu_seconds_total{groupname="all",mode="user",threadname="worker"} 1.5\n'
+            in text)
+    assert ('namedprocess_namegroup_thread_context_switches_total{ctxswitchtype="voluntary",groupname="all",'
+            'threadname="worker"} 3.0\n' in text)
+    plain = b"".join(GroupRenderer(threads=False).render([group])).decode()
+    assert plain.count("# TYPE") == len(GROUP_FAMILIES) and "thread_" not in plain
 
 
 def test_go_float_is_float_to_go_string():

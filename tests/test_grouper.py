@@ -10,7 +10,7 @@ import pytest
 
 from exporter.config import load_config, parse_config
 from exporter.reader import WANT_NOFILE
-from procs import BOOT, HZ, FakeReader, exporter, groups, rec
+from procs import BOOT, HZ, FakeReader, exporter, groups, rec, thread
 
 DEFAULT = load_config(None)
 BY_COMM = parse_config(b"process_names:\n  - name: '{{.Comm}}'\n    cmdline: ['.*']\n")
@@ -481,3 +481,47 @@ def test_random_sequence_counts_each_process_growth_once(seed):
                 if value is not None:
                     assert value >= reported.get((g.name, attr), 0)
                     reported[(g.name, attr)] = value
+
+
+# -- threads, as process-exporter counts them ------------------------------------------------
+
+
+def test_threads_sum_context_switches_count_states_and_accumulate_per_thread_name():
+    r = FakeReader()
+    exp = exporter(DEFAULT, r)
+    # the leader's status counts only itself; process-exporter sums task/*/status
+    r.put(rec(10, "srv", threads=3, ctxv=5, ctxnv=1, state="S"),
+          threads=[thread(10, "srv", "S", utime=10, ctxv=5, ctxnv=1),
+                   thread(11, "worker", "R", utime=20, ctxv=100, ctxnv=7, read=4096),
+                   thread(12, "worker", "D", utime=30, ctxv=50, ctxnv=2)])
+    g = groups(exp)["srv"]
+    assert (g.ctx_voluntary, g.ctx_nonvoluntary) == (0, 0)  # from the first scrape on
+    # the process' own state and each of its threads' (the leader too), as process-exporter
+    assert g.states == {"Running": 1, "Sleeping": 2, "Waiting": 1, "Zombie": 0, "Other": 0}
+    assert [(name, count) for name, count, _ in g.threads] == [("srv", 1), ("worker", 2)]
+    assert all(counters == (0.0, 0.0, 0, 0, 0, 0, 0, 0) for _, _, counters in g.threads)
+    r.put(rec(10, "srv", threads=4, ctxv=6, ctxnv=1),
+          threads=[thread(10, "srv", "S", utime=10, ctxv=6, ctxnv=1),
+                   thread(11, "worker", "S", utime=25, ctxv=110, ctxnv=7, read=8192),
+                   thread(12, "worker", "S", utime=30, ctxv=52, ctxnv=2),
+                   thread(13, "worker", "S", utime=99, ctxv=9, ctxnv=9)])  # new: from now
+    g = groups(exp)["srv"]
+    assert (g.ctx_voluntary, g.ctx_nonvoluntary) == (1 + 10 + 2 + 9, 9)
+    worker = dict((name, (count, counters)) for name, count, counters in g.threads)["worker"]
+    assert worker == (3, (0.05, 0.0, 0, 0, 12, 0, 4096, 0))
+    # a thread name absent for a scrape starts again from 0 (process-exporter's threadAccum)
+    r.put(rec(10, "srv", threads=2, ctxv=7, ctxnv=1),
+          threads=[thread(10, "srv", "S", utime=10, ctxv=7, ctxnv=1), thread(14, "io", "S", utime=1)])
+    g = groups(exp)["srv"]
+    assert [(name, count) for name, count, _ in g.threads] == [("io", 1), ("srv", 1)]
+    r.put(rec(10, "srv", threads=2, ctxv=7, ctxnv=1),
+          threads=[thread(10, "srv", "S", utime=10, ctxv=7, ctxnv=1), thread(15, "worker", "S", utime=5)])
+    worker = dict((name, (count, counters)) for name, count, counters in groups(exp)["srv"].threads)["worker"]
+    assert worker == (1, (0.0, 0.0, 0, 0, 0, 0, 0, 0))
+
+
+def test_a_single_threaded_process_has_no_thread_families_and_its_own_states():
+    r = FakeReader()
+    r.put(rec(10, "one", state="R"), threads=[thread(10, "one", "R")])  # threads=1: not read
+    g = groups(exporter(DEFAULT, r))["one"]
+    assert g.threads == () and g.states["Running"] == 1 and sum(g.states.values()) == 1

@@ -403,7 +403,7 @@ def test_nasty_tree(tmp_path):
     # status of 45; ENOTDIR: fd of 27; EINVAL: io of 43; EACCES: io of 42 (not to root)
     assert a.errors == {"malformed": 4, "ENOENT": 5, "ENOTDIR": 1, "EINVAL": 1, **({} if ROOT else {"EACCES": 1})}
     # the facts
-    assert facts[1] == (1, False, b"/usr/bin/init\0--flag\0", b"/usr/bin/init", b"0::/user.slice/x.scope\n", 1024)
+    assert facts[1] == (1, False, b"/usr/bin/init\0--flag\0", b"/usr/bin/init", b"0::/user.slice/x.scope\n", 1024, None)
     assert facts[6].cmdline == b"ab\xff\xfe\0c\0" and facts[21].exe == b"/opt/\xff\xfe/bin"
     assert facts[8].exe is None and facts[8].cmdline == b"" and facts[19].cmdline == b"a\0\0b"
     assert facts[20].cgroup == b"0::/caf\xc3\n\n"
@@ -412,7 +412,7 @@ def test_nasty_tree(tmp_path):
     assert facts[61].exe is None and not facts[61].gone
     assert facts[62].cmdline == (b"secret\0" if ROOT else None)
     for pid in bad:
-        assert facts[pid] == (pid, True, None, None, None, None)
+        assert facts[pid] == (pid, True, None, None, None, None, None)
     # ENOENT: limits of 22; malformed: limits of 24 and 25; EINVAL: exe of 61; EACCES: cmdline of 62
     assert ferrors == {"ENOENT": 1, "malformed": 2, "EINVAL": 1, **({} if ROOT else {"EACCES": 1})}
 
@@ -439,7 +439,7 @@ def test_small_trees(tmp_path, case):
         r = dict(zip(FIELDS, a.records[0]))
         assert r["uid"] is None and r["read_bytes"] is None and r["open_fds"] is None
         assert a.errors == {"ENOENT": 3}
-        assert facts[5] == (5, False, None, None, None, None)
+        assert facts[5] == (5, False, None, None, None, None, None)
 
 
 @pytest.mark.parametrize("kind", ["missing", "file"])
@@ -641,13 +641,13 @@ def test_sequence_exec_reuse_and_exit(tmp_path):
     now, a, f = step()
     assert now[101]["start_ticks"] == 9000 and f[101].cmdline == b"changed\0"
     old, _ = facts_both(nat, py, [(101, 501, WANT_ALL)])
-    assert old == [(101, True, None, None, None, None)]
+    assert old == [(101, True, None, None, None, None, None)]
     # exit
     remove_proc(root, 102)
     now, a, _ = step()
     assert 102 not in now and 102 not in dict(a.unreadable)
     gone, errors = facts_both(nat, py, [(102, 502, WANT_ALL)])
-    assert gone == [(102, True, None, None, None, None)] and errors == {}
+    assert gone == [(102, True, None, None, None, None, None)] and errors == {}
     # a malformed stat: unreadable, not gone; then readable again
     (root / "101" / "stat").write_bytes(b"101 (stay) S\n")
     now, a, _ = step()
@@ -733,11 +733,11 @@ def test_read_facts_stale_start_is_gone(tmp_path):
     reqs = [(10, 500, WANT_ALL), (11, 600, WANT_ALL), (11, 599, WANT_CMDLINE), (12, 0, WANT_ALL),
             (10, 501, WANT_NOFILE)]
     facts, errors = facts_both(nat, py, reqs)
-    assert facts[0] == (10, True, None, None, None, None)
-    assert facts[1] == (11, False, b"/usr/bin/q\0--flag\0", b"/usr/bin/q", b"0::/user.slice/x.scope\n", 1024)
-    assert facts[2] == (11, True, None, None, None, None)
-    assert facts[3] == (12, True, None, None, None, None)
-    assert facts[4] == (10, False, None, None, None, None)  # nofile asked: its limits is missing
+    assert facts[0] == (10, True, None, None, None, None, None)
+    assert facts[1] == (11, False, b"/usr/bin/q\0--flag\0", b"/usr/bin/q", b"0::/user.slice/x.scope\n", 1024, None)
+    assert facts[2] == (11, True, None, None, None, None, None)
+    assert facts[3] == (12, True, None, None, None, None, None)
+    assert facts[4] == (10, False, None, None, None, None, None)  # nofile asked: its limits is missing
     assert errors == {"ENOENT": 1}
 
 
@@ -754,7 +754,7 @@ def test_read_facts_want(tmp_path, want, expected):
     root = make_root(tmp_path)
     add_proc(root, 10, comm=b"p", start=500)
     facts, errors = facts_both(*pair(root), [(10, 500, want)])
-    assert tuple(facts[0]) == (10, False) + expected and errors == {}
+    assert tuple(facts[0]) == (10, False) + expected + (None,) and errors == {}
 
 
 @pytest.mark.parametrize("soft,expected", [(b"unlimited", UNLIMITED), (b"0", 0), (b"1048576", 1048576),
@@ -763,7 +763,7 @@ def test_read_facts_nofile(tmp_path, soft, expected):
     root = make_root(tmp_path)
     add_proc(root, 10, comm=b"p", start=500, limits=b"Limit Soft Hard Units\nMax open files  " + soft + b"\n")
     facts, errors = facts_both(*pair(root), [(10, 500, WANT_NOFILE)])
-    assert facts[0] == (10, False, None, None, None, expected)
+    assert facts[0] == (10, False, None, None, None, expected, None)
     assert errors == ({} if expected is not None else {"malformed": 1})
 
 
@@ -997,7 +997,7 @@ def test_live_parity(sleepers):
         with open(f"/proc/{os.getpid()}/cgroup", "rb") as f:
             cgroup = f.read()
         for i, p in enumerate(sleepers):
-            assert facts[i] == (p.pid, False, b"sleep\0" + b"600\0", exe, cgroup, 100 + i)
+            assert facts[i] == (p.pid, False, b"sleep\0" + b"600\0", exe, cgroup, 100 + i, None)
         assert facts[-1].exe is None and facts[-1].cmdline == b"" and not facts[-1].gone
         # exit between reads: gone from both, and read_facts says gone
         gone = sleepers[0]
@@ -1006,7 +1006,7 @@ def test_live_parity(sleepers):
         a = read_both_live(nat, py, children)
         assert gone.pid not in a
         facts, _ = facts_both(nat, py, [reqs[0]])
-        assert facts == [(gone.pid, True, None, None, None, None)]
+        assert facts == [(gone.pid, True, None, None, None, None, None)]
         nat.close()
     finally:
         zombie.wait()

@@ -249,7 +249,11 @@ def test_promtool_accepts_live_exposition():
     assert r.returncode == 0
     assert b"namedprocess_namegroup_num_procs{" in r.stdout
     status, output = promtool_check(r.stdout)
-    assert status == 0 and output.strip() == "", output
+    # process-exporter's name for a per-thread-name gauge breaks one lint rule; it stays
+    # for drop-in dashboards: the only complaint allowed
+    inherited = 'namedprocess_namegroup_thread_count non-histogram and non-summary metrics should not have "_count" suffix'
+    problems = [line for line in output.strip().splitlines() if line != inherited]
+    assert problems == [] and status in (0, 3 if output.strip() else 0), output
 
 
 # -- a real Prometheus ---------------------------------------------------------------------

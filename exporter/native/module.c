@@ -128,6 +128,42 @@ error:
     return NULL;
 }
 
+/* The threads of fact f: a list of plain tuples (exporter.reader.THREAD_FIELDS), or None. */
+static PyObject *reader_threads(ps_walker *w, const ps_fact *f)
+{
+    PyObject *list, *t, *v;
+    size_t i;
+    int k;
+
+    if (f->nthreads == 0)
+        Py_RETURN_NONE;
+    if ((list = PyList_New((Py_ssize_t)f->nthreads)) == NULL)
+        return NULL;
+    for (i = 0; i < f->nthreads; i++) {
+        const ps_thread *th = &w->threads[f->first_thread + i];
+        Py_ssize_t j = 0;
+        if ((t = PyTuple_New(T_COUNT + 3)) == NULL)
+            goto error;
+        PyList_SET_ITEM(list, (Py_ssize_t)i, t);
+#define SET(expr)                                                                          \
+    do {                                                                                   \
+        if ((v = (expr)) == NULL)                                                          \
+            goto error;                                                                    \
+        PyTuple_SET_ITEM(t, j++, v);                                                       \
+    } while (0)
+        SET(PyLong_FromLong(th->tid));
+        SET(reader_text(w, th->comm));
+        SET(reader_text(w, th->state));
+        for (k = 0; k < T_COUNT; k++)
+            SET((th->has & (1u << k)) ? PyLong_FromUnsignedLongLong(th->num[k]) : Py_NewRef(Py_None));
+#undef SET
+    }
+    return list;
+error:
+    Py_DECREF(list);
+    return NULL;
+}
+
 /* errno counts -> {errno: count}, PS_MALFORMED (-1) for files that do not parse. */
 static PyObject *reader_errors(const ps_walker *w)
 {
@@ -233,10 +269,12 @@ done:
 PyDoc_STRVAR(Reader_read_facts_doc,
 "read_facts(requests) -> (facts, errors)\n\n"
 "requests: [(pid, starttime, want)], want a bit set of exporter.reader.WANT_*.\n"
-"facts: [(pid, gone, cmdline, exe, cgroup, nofile)] in request order; gone is True\n"
-"when the process exited or its pid holds another process now (then nothing else is\n"
-"given); cmdline, exe and cgroup are bytes (None: not asked or unreadable); nofile\n"
-"is the soft RLIMIT_NOFILE (2**64-1: unlimited). errors as for read().");
+"facts: [(pid, gone, cmdline, exe, cgroup, nofile, threads)] in request order; gone\n"
+"is True when the process exited or its pid holds another process now (then nothing\n"
+"else is given); cmdline, exe and cgroup are bytes (None: not asked or unreadable);\n"
+"nofile is the soft RLIMIT_NOFILE (2**64-1: unlimited); threads a list of tuples\n"
+"(exporter.reader.THREAD_FIELDS) when asked and at least two could be read, else\n"
+"None. errors as for read().");
 
 static PyObject *Reader_read_facts(ReaderObject *self, PyObject *requests)
 {
@@ -307,15 +345,17 @@ static PyObject *Reader_read_facts(ReaderObject *self, PyObject *requests)
         const ps_fact *f = &want[i];
         PyObject *cmdline = reader_bytes(w, f->cmdline), *exe = reader_bytes(w, f->exe),
                  *cgroup = reader_bytes(w, f->cgroup), *nofile;
+        PyObject *threads = reader_threads(w, f);
         nofile = f->has_nofile ? PyLong_FromUnsignedLongLong(f->nofile) : Py_NewRef(Py_None);
         item = NULL;
-        if (cmdline != NULL && exe != NULL && cgroup != NULL && nofile != NULL)
-            item = Py_BuildValue("(iOOOOO)", f->pid, f->gone ? Py_True : Py_False, cmdline, exe,
-                                 cgroup, nofile);
+        if (cmdline != NULL && exe != NULL && cgroup != NULL && nofile != NULL && threads != NULL)
+            item = Py_BuildValue("(iOOOOOO)", f->pid, f->gone ? Py_True : Py_False, cmdline, exe,
+                                 cgroup, nofile, threads);
         Py_XDECREF(cmdline);
         Py_XDECREF(exe);
         Py_XDECREF(cgroup);
         Py_XDECREF(nofile);
+        Py_XDECREF(threads);
         if (item == NULL)
             goto done;
         PyList_SET_ITEM(facts, i, item);

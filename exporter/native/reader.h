@@ -94,7 +94,18 @@ typedef struct {
 } ps_record;
 
 /* One pid the tracker asks facts of (read_facts). */
-enum { PS_WANT_CMDLINE = 1, PS_WANT_EXE = 2, PS_WANT_CGROUP = 4, PS_WANT_NOFILE = 8 };
+enum { PS_WANT_CMDLINE = 1, PS_WANT_EXE = 2, PS_WANT_CGROUP = 4, PS_WANT_NOFILE = 8, PS_WANT_THREADS = 16 };
+
+/* Numeric fields of a thread (task/TID/{stat,status,io}), in exporter/reader.py's
+ * THREAD_FIELDS order after tid, comm and state. */
+enum { T_UTIME, T_STIME, T_MINFLT, T_MAJFLT, T_CTXV, T_CTXNV, T_READ, T_WRITE, T_COUNT };
+
+typedef struct {
+    int tid;
+    uint32_t has; /* bit i set: field i is not None */
+    uint64_t num[T_COUNT];
+    ps_span comm, state;
+} ps_thread;
 
 typedef struct {
     int pid;
@@ -105,6 +116,7 @@ typedef struct {
     ps_span cmdline, exe, cgroup;
     int has_nofile;
     uint64_t nofile; /* soft RLIMIT_NOFILE; PS_UNLIMITED when unlimited */
+    size_t first_thread, nthreads; /* in w->threads; nthreads 0: not asked or unreadable */
 } ps_fact;
 
 typedef struct {
@@ -129,6 +141,8 @@ typedef struct {
     size_t nrecords, cap_records;
     ps_unreadable *unreadable;
     size_t nunreadable, cap_unreadable;
+    ps_thread *threads;   /* of read_facts' PS_WANT_THREADS */
+    size_t nthreads, cap_threads;
     char *arena;          /* text of the output: comm, state, facts */
     size_t arena_len, arena_cap;
     uint32_t errors[PS_ERRNO_MAX + 1];

@@ -602,6 +602,11 @@ static int walk_add_pid(ps_walker *w, const char *s, void *unused)
     return 0;
 }
 
+static int walk_add_tid(ps_walker *w, const char *s, void *unused)
+{
+    return walk_add_pid(w, s, unused);
+}
+
 /* The root fd, opened when not kept (a fixture tree is opened afresh for each call, so
  * it is listed as it is now). 0 or -1 with *err. */
 static int walk_open_root(ps_walker *w, int *err)
@@ -642,6 +647,7 @@ static int walk_root(ps_walker *w, int *err)
 
 void walk_reset_output(ps_walker *w)
 {
+    w->nthreads = 0;
     w->nrecords = 0;
     w->nunreadable = 0;
     w->arena_len = 0;
@@ -736,6 +742,112 @@ static int walk_nofile(ps_walker *w, ps_fact *f)
     return 0;
 }
 
+/* A numeric name of a task dir into w->pids (reused as scratch for the tids). */
+static int walk_add_tid(ps_walker *w, const char *s, void *unused);
+
+/* One thread: task/TID/stat must parse (else the thread is skipped), status and io may be
+ * unreadable (None). 0, or -1 on ENOMEM. */
+static int walk_thread(ps_walker *w, int pid, int tid)
+{
+    char name[64];
+    uint64_t x[PS_ST_NKEYS];
+    unsigned found;
+    size_t mark = w->arena_len;
+    ps_thread *t;
+    ps_stat st;
+    ssize_t n;
+    int err = 0, k;
+
+    snprintf(name, sizeof(name), "task/%d/stat", tid);
+    n = walk_read(w, NULL, -1, pid, name, 0, &err);
+    if (n < 0)
+        return err == ENOMEM ? -1 : 0;
+    if (parse_stat(w->buf, (size_t)n, &st) < 0)
+        return 0;
+    if (walk_grow((void **)&w->threads, w->nthreads, &w->cap_threads, 64, sizeof(*w->threads)) < 0)
+        return -1;
+    t = &w->threads[w->nthreads];
+    memset(t, 0, sizeof(*t));
+    t->tid = tid;
+    if (walk_arena_put(w, w->buf + st.comm_off, st.comm_len, &t->comm) < 0 ||
+        walk_arena_put(w, w->buf + st.state_off, st.state_len, &t->state) < 0) {
+        w->arena_len = mark;
+        return -1;
+    }
+    t->num[T_UTIME] = st.utime;
+    t->num[T_STIME] = st.stime;
+    t->num[T_MINFLT] = st.minflt;
+    t->num[T_MAJFLT] = st.majflt;
+    t->has = 1u << T_UTIME | 1u << T_STIME | 1u << T_MINFLT | 1u << T_MAJFLT;
+    snprintf(name, sizeof(name), "task/%d/status", tid);
+    n = walk_read(w, NULL, -1, pid, name, 0, &err);
+    if (n >= 0 && parse_keyed(w->buf, (size_t)n, ps_status_keys, PS_ST_NKEYS, x, &found) == 0) {
+        for (k = PS_ST_CTXV; k <= PS_ST_CTXNV; k++)
+            if (found & (1u << k)) {
+                t->num[T_CTXV + k - PS_ST_CTXV] = x[k];
+                t->has |= 1u << (T_CTXV + k - PS_ST_CTXV);
+            }
+    } else if (n < 0 && err == ENOMEM) {
+        return -1;
+    }
+    snprintf(name, sizeof(name), "task/%d/io", tid);
+    n = walk_read(w, NULL, -1, pid, name, 0, &err);
+    if (n >= 0 && parse_keyed(w->buf, (size_t)n, ps_io_keys, PS_IO_NKEYS, x, &found) == 0) {
+        for (k = 0; k < PS_IO_NKEYS; k++)
+            if (found & (1u << k)) {
+                t->num[T_READ + k] = x[k];
+                t->has |= 1u << (T_READ + k);
+            }
+    } else if (n < 0 && err == ENOMEM) {
+        return -1;
+    }
+    w->nthreads++;
+    return 0;
+}
+
+/* The threads of a process, as process-exporter reads them: each of task/, sorted by
+ * tid; fewer than two read is none. Nothing is counted as an error (a thread may exit
+ * at any time). 0, or -1 on ENOMEM. */
+static int walk_threads(ps_walker *w, ps_fact *f)
+{
+    char path[48];
+    size_t i, first = w->nthreads, ntids;
+    int fd, err = 0, rc;
+    int *tids;
+
+    f->first_thread = first;
+    f->nthreads = 0;
+    walk_path(path, f->pid, "task");
+    do
+        fd = openat(w->rootfd, path, O_RDONLY | O_DIRECTORY | O_NONBLOCK | O_CLOEXEC);
+    while (fd < 0 && errno == EINTR);
+    if (fd < 0)
+        return 0;
+    w->npids = 0;
+    rc = walk_each_entry(w, fd, walk_add_tid, NULL, &err);
+    close(fd);
+    if (rc < 0)
+        return err == ENOMEM ? -1 : 0;
+    ntids = w->npids;
+    tids = malloc((ntids ? ntids : 1) * sizeof(*tids));
+    if (tids == NULL)
+        return -1;
+    memcpy(tids, w->pids, ntids * sizeof(*tids));
+    qsort(tids, ntids, sizeof(*tids), walk_cmp_int);
+    for (i = 0; i < ntids; i++)
+        if (walk_thread(w, f->pid, tids[i]) < 0) {
+            free(tids);
+            return -1;
+        }
+    free(tids);
+    f->nthreads = w->nthreads - first;
+    if (f->nthreads < 2) { /* one thread is the process itself */
+        w->nthreads = first;
+        f->nthreads = 0;
+    }
+    return 0;
+}
+
 /* Still the process with this starttime? (read after the facts: if so, they are its) */
 static int walk_still(ps_walker *w, ps_fact *f)
 {
@@ -761,6 +873,8 @@ static int walk_fact(ps_walker *w, ps_fact *f)
     f->cmdline.at = f->exe.at = f->cgroup.at = PS_NONE;
     f->has_nofile = 0;
     f->gone = 0;
+    f->first_thread = w->nthreads;
+    f->nthreads = 0;
     if (f->impossible)
         rc = 1;
     if (rc == 0 && (f->want & PS_WANT_CMDLINE))
@@ -771,6 +885,8 @@ static int walk_fact(ps_walker *w, ps_fact *f)
         rc = walk_fact_file(w, f->pid, "cgroup", 0, &f->cgroup);
     if (rc == 0 && (f->want & PS_WANT_NOFILE))
         rc = walk_nofile(w, f);
+    if (rc == 0 && (f->want & PS_WANT_THREADS) && walk_threads(w, f) < 0)
+        return -1;
     if (rc == 0) {
         rc = walk_still(w, f);
         if (rc < 0)
@@ -785,6 +901,8 @@ static int walk_fact(ps_walker *w, ps_fact *f)
         f->cmdline.at = f->exe.at = f->cgroup.at = PS_NONE;
         f->has_nofile = 0;
         f->gone = 1;
+        w->nthreads = f->first_thread;
+        f->nthreads = 0;
         return 0;
     }
     walk_commit(w);
@@ -872,13 +990,16 @@ void walk_free(ps_walker *w)
     free(w->dents);
     free(w->records);
     free(w->unreadable);
+    free(w->threads);
     free(w->arena);
     free(w->pids);
     w->buckets = NULL;
     w->procfs = w->buf = w->dents = w->arena = NULL;
     w->records = NULL;
     w->unreadable = NULL;
+    w->threads = NULL;
     w->pids = NULL;
     w->nbuckets = w->cap_records = w->cap_unreadable = w->arena_cap = w->cap_pids = 0;
+    w->cap_threads = 0;
     w->buf_cap = 0;
 }
