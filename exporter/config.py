@@ -31,7 +31,6 @@ matcher and the problem.
 
 from __future__ import annotations
 
-import datetime
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -62,18 +61,31 @@ def go_base(path: str) -> str:
     return path[path.rfind("/") + 1 :]
 
 
-_EPOCH = datetime.datetime(1970, 1, 1)
 
 
 def go_time_ns(unix_ns: int) -> str:
     """time.Time.String() of a UTC time given in integer nanoseconds since the epoch:
     '2023-11-14 22:13:20.25 +0000 UTC' (fraction without trailing zeros, none if zero)."""
     seconds, nanos = divmod(int(unix_ns), 1_000_000_000)
-    t = _EPOCH + datetime.timedelta(seconds=seconds)
-    text = f"{t.year:04d}-{t.month:02d}-{t.day:02d} {t.hour:02d}:{t.minute:02d}:{t.second:02d}"
+    days, second = divmod(seconds, 86400)
+    year, month, day = _civil_from_days(days)  # any year: a garbled starttime must not raise
+    text = f"{year:04d}-{month:02d}-{day:02d} {second // 3600:02d}:{second // 60 % 60:02d}:{second % 60:02d}"
     if nanos:
         text += "." + f"{nanos:09d}".rstrip("0")
     return text + " +0000 UTC"
+
+
+def _civil_from_days(days: int) -> tuple:
+    """(year, month, day) of a day count since 1970-01-01 (H. Hinnant's algorithm)."""
+    days += 719468
+    era = days // 146097
+    doe = days - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    day = doy - (153 * mp + 2) // 5 + 1
+    month = mp + 3 if mp < 10 else mp - 9
+    return yoe + era * 400 + (month <= 2), month, day
 
 
 def go_time(epoch_seconds: float) -> str:

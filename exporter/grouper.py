@@ -258,7 +258,8 @@ class _Update:
         if matcher is None:
             return _NO_MATCH
         name = matcher.template.render(
-            Facts(p.comm, p.cmdline or (), p.username, p.pid, p.start_time_seconds, p.cgroup, captures)
+            Facts(p.comm, p.cmdline or (), p.effective_username, p.pid, p.start_time_seconds, p.cgroup, captures,
+                  p.start_ticks, self.g.boot_time, self.g.clock_ticks)
         )
         self.group_of[identity] = name
         if name not in self.base:

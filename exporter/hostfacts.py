@@ -8,6 +8,7 @@ than trusting a table frozen at start.
 
 from __future__ import annotations
 
+import errno
 import os
 import pwd
 import stat as stat_mod
@@ -17,17 +18,25 @@ import time
 
 def read_boot_time(procfs: str) -> int:
     """btime of <procfs>/stat: the epoch second the host booted. Raises OSError or
-    ValueError with a message naming that file."""
+    ValueError with a message naming that file. Like every /proc read, it never blocks
+    (a FIFO in a fixture tree is an error) and reads at most 1 MiB."""
     path = os.path.join(procfs, "stat")
     try:
-        with open(path, "rb") as f:
-            for line in f:
-                if line.startswith(b"btime "):
-                    return int(line.split()[1])
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            if not stat_mod.S_ISREG(os.fstat(fd).st_mode):  # /proc/stat is a regular file
+                raise OSError(errno.EINVAL, "not a regular file")
+            data = os.pread(fd, 1 << 20, 0)
+        finally:
+            os.close(fd)
     except OSError as e:
         raise OSError(e.errno, f"cannot read {path}: {e.strerror}") from None
-    except (ValueError, IndexError):
-        raise ValueError(f"{path}: malformed btime line") from None
+    for line in data.split(b"\n"):
+        if line.startswith(b"btime "):
+            value = line[6:].strip()
+            if not (value.isascii() and value.isdigit()) or len(value.lstrip(b"0")) > 19:
+                raise ValueError(f"{path}: malformed btime line")
+            return int(value)
     raise ValueError(f"{path} has no btime line (is {procfs} a procfs?)")
 
 
@@ -53,6 +62,7 @@ class UserNames(dict):
                 self._unknown_until[uid] = now + self._retry_seconds
                 return str(uid)
             self._unknown_until.pop(uid, None)
+            name = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")  # labels are UTF-8
             self[uid] = name
             return name
 

@@ -112,6 +112,17 @@ STATUS_KEYS = {
 IO_KEYS = {b"read_bytes": "read_bytes", b"write_bytes": "write_bytes"}
 
 
+def parse_effective_uid(data: bytes) -> int:
+    """The second number of the first "Uid:" line of /proc/PID/status."""
+    for line in data.split(b"\n"):
+        if line.startswith(b"Uid:"):
+            tokens = line[4:].split()
+            if len(tokens) < 2:
+                raise Malformed(line)
+            return uint(tokens[1])
+    raise Malformed("no Uid line")
+
+
 def parse_limits_nofile(data: bytes) -> int:
     """The soft limit of 'Max open files' in /proc/PID/limits; UNLIMITED when unlimited."""
     for line in data.split(b"\n"):
@@ -156,9 +167,9 @@ PID_MAX = 0x7FFFFFFF
 
 
 def pid_of(name: str):
-    """The pid a root entry names, or None: ASCII digits only (str.isdigit() also takes
-    '²' and '١٢'), at most a pid_t."""
-    if not (name.isascii() and name.isdigit()):
+    """The pid a root entry names, or None: ASCII digits without a leading zero
+    (str.isdigit() also takes '²' and '١٢'), at most a pid_t."""
+    if not (name.isascii() and name.isdigit()) or name[0] == "0":  # "0", "007": no pid's name
         return None
     pid = int(name)
     return pid if pid <= PID_MAX else None
@@ -215,6 +226,16 @@ class PythonReader:
             errors[e.errno] = errors.get(e.errno, 0) + 1
         return None
 
+    def _status(self, pid: int) -> dict:
+        data = self._read(pid, "status")
+        status = parse_keyed(data, STATUS_KEYS)
+        if "uid" in status:
+            try:
+                status["euid"] = parse_effective_uid(data)
+            except Malformed:
+                pass
+        return status
+
     def _fd_count(self, pid: int) -> int:
         path = f"{self.procfs}/{pid}/fd"
         if self.procfs_root:  # Linux >= 6.2: the size of a procfs fd dir is the count
@@ -252,7 +273,7 @@ class PythonReader:
             return
         mine: dict = {}  # this process' errors: dropped with it if it vanishes half-way
         try:
-            status = self._try(pid, lambda: parse_keyed(self._read(pid, "status"), STATUS_KEYS), mine) or {}
+            status = self._try(pid, lambda: self._status(pid), mine) or {}
             swap_kb = status.get("swap_kb")
             if swap_kb is not None and swap_kb * 1024 > U64_MAX:
                 status, swap_kb = {}, None
@@ -286,6 +307,7 @@ class PythonReader:
             open_fds,
             st["tty_nr"],
             st["mark"],
+            status.get("euid"),
         ))
 
     # -- read_facts -----------------------------------------------------------------------

@@ -45,6 +45,7 @@ FIELDS = (
     "open_fds",
     "tty_nr",  # stat tty_nr: 0 without a controlling terminal
     "mark",  # exec evidence from the mm addresses in stat; 0 when the kernel hides them
+    "euid",  # effective uid (status Uid, second column): process-exporter's {{.Username}}
 )
 F = {name: i for i, name in enumerate(FIELDS)}
 

@@ -49,9 +49,10 @@ class Proc:
     """The static facts of one identity: read once, again only after an exec."""
 
     __slots__ = ("pid", "start_ticks", "start_time_seconds", "comm", "mark", "is_kernel_thread",
-                 "cmdline", "exe", "cgroup", "uid", "username")
+                 "cmdline", "exe", "cgroup", "uid", "username", "effective_username")
 
-    def __init__(self, record, fact, start_time_seconds: float, username: Optional[str]):
+    def __init__(self, record, fact, start_time_seconds: float, username: Optional[str],
+                 effective_username: Optional[str]):
         self.pid = record[PID]
         self.start_ticks = record[START]
         self.start_time_seconds = start_time_seconds
@@ -62,7 +63,8 @@ class Proc:
         self.exe = None if fact.exe is None else fact.exe.decode("utf-8", "replace")
         self.cgroup = None if fact.cgroup is None else fact.cgroup.decode("utf-8", "replace").rstrip("\n")
         self.uid = record[F["uid"]]
-        self.username = username
+        self.username = username  # of the real uid
+        self.effective_username = effective_username  # process-exporter's {{.Username}}
 
     def with_mark(self, mark: int) -> "Proc":
         twin = object.__new__(Proc)
@@ -77,9 +79,9 @@ def parse_cmdline(data: Optional[bytes]) -> Optional[tuple]:
     prometheus/procfs does; () for kernel threads and zombies; None when unreadable."""
     if data is None:
         return None
-    data = data.rstrip(b"\0")
     if not data:
         return ()
+    data = data.rstrip(b"\0")  # b"\0\0" leaves b"": one empty argument, as procfs splits it
     return tuple(arg.decode("utf-8", "replace") for arg in data.split(b"\0"))
 
 
@@ -225,8 +227,10 @@ class Tracker:
             if bits & WANT_CMDLINE:
                 record = records[position[identity]]
                 uid = record[F["uid"]]
-                username = None if uid is None else self.facts.usernames[uid]
-                procs[identity] = Proc(record, fact, self.start_time_seconds(start), username)
+                euid = record[F["euid"]]
+                names = self.facts.usernames
+                procs[identity] = Proc(record, fact, self.start_time_seconds(start),
+                                       None if uid is None else names[uid], None if euid is None else names[euid])
             if fact.nofile is not None or bits & WANT_CMDLINE:
                 nofile[identity] = None if fact.nofile in (None, UNLIMITED) else fact.nofile
         if dropped:
@@ -244,6 +248,8 @@ class Tracker:
             execed = [identity for identity in execed if identity not in dropped]
 
         from_now = set(started) if first else {i for i in started if i[0] in self._unreadable_pids}
+        if dropped:  # read but not its facts: if it is there next time, its past is unseen
+            unreadable_pids = unreadable_pids | {pid for pid, _ in dropped}
         if threads:  # context switches summed over the threads, as process-exporter does
             if position is None:
                 position = dict(zip(identities, range(len(identities))))

@@ -654,3 +654,10 @@ def test_process_exporter_agrees(tmp_path):
                 names[sample.labels["groupname"]] += int(sample.value)
     assert names == DIFF_EXPECTED
     assert procsnap_names() == names
+
+
+def test_start_time_of_a_garbled_starttime_renders_without_raising():
+    from exporter.config import go_time_ns, start_time_ns
+
+    assert go_time_ns(start_time_ns(1700000000, 25)) == "2023-11-14 22:13:20.25 +0000 UTC"
+    assert go_time_ns(start_time_ns(2**64 - 1, 2**64 - 1)).endswith(" +0000 UTC")  # year beyond 9999

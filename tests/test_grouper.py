@@ -525,3 +525,21 @@ def test_a_single_threaded_process_has_no_thread_families_and_its_own_states():
     r.put(rec(10, "one", state="R"), threads=[thread(10, "one", "R")])  # threads=1: not read
     g = groups(exporter(DEFAULT, r))["one"]
     assert g.threads == () and g.states["Running"] == 1 and sum(g.states.values()) == 1
+
+
+def test_a_process_whose_facts_came_back_gone_counts_from_when_it_is_seen_again():
+    """read_facts can say 'gone' for a live process (its stat unreadable for a moment):
+    seen again later, its past is history procsnap did not see."""
+    r = FakeReader()
+    exp = exporter(DEFAULT, r)
+    r.put(rec(1, "init"))
+    groups(exp)
+    real = r.read_facts
+    r.read_facts = lambda requests: ([f._replace(gone=True, cmdline=None) for f in real(requests)[0]], {})
+    r.put(rec(50, "old", start=3, utime=5000))
+    assert "old" not in groups(exp)
+    r.read_facts = real
+    r.put(rec(50, "old", start=3, utime=5001))
+    assert cpu(groups(exp)["old"]) == 0
+    r.put(rec(50, "old", start=3, utime=5003))
+    assert cpu(groups(exp)["old"]) == 2

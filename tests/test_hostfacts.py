@@ -242,3 +242,22 @@ def test_terminals_concurrent_misses():
         t.join()
     assert results == [("pts/3", "pts/300")] * 8
     assert ttys.scans == 1
+
+
+def test_boot_time_from_a_fifo_or_a_huge_number_is_a_clear_error(tmp_path):
+    """The root's stat is read like every /proc file: never blocking, and a number beyond
+    64 bits is malformed (it would overflow the start-time arithmetic)."""
+    from exporter.hostfacts import read_boot_time
+
+    fifo_root = tmp_path / "fifo"
+    fifo_root.mkdir()
+    os.mkfifo(fifo_root / "stat")
+    with pytest.raises(OSError, match=f"cannot read {fifo_root}/stat"):
+        read_boot_time(str(fifo_root))  # a blocking open would hang here
+    huge_root = tmp_path / "huge"
+    huge_root.mkdir()
+    (huge_root / "stat").write_bytes(b"cpu 1 2 3\nbtime " + b"9" * 400 + b"\n")
+    with pytest.raises(ValueError, match="malformed btime"):
+        read_boot_time(str(huge_root))
+    (huge_root / "stat").write_bytes(b"btime 1700000000\n")
+    assert read_boot_time(str(huge_root)) == 1700000000

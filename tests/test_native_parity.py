@@ -1198,3 +1198,27 @@ def test_kept_files_of_exited_processes_are_released(nofile_raised):
     assert after <= kept_before - 3 * n + slack, (baseline, kept_before, after)
     r.close()
     assert r.kept() == 0 and proc_fds() == baseline
+
+
+def test_pid_names_with_a_leading_zero_are_no_pids(tmp_path):
+    """"007" would read 7/: one process counted twice. Neither backend takes it."""
+    root = make_root(tmp_path)
+    add_proc(root, 7, comm=b"seven", start=70)
+    os.symlink("7", root / "007")
+    os.symlink("7", root / "0")
+    a = read_both(*pair(root))
+    assert [r[0] for r in a.records] == [7] and a.unreadable == []
+
+
+def test_read_facts_survives_requests_changed_while_read():
+    """Converting an item may run Python code; the C works on a copy."""
+    requests = []
+
+    class Sneaky:
+        def __iter__(self):
+            requests.clear()
+            return iter((os.getpid(), 0, WANT_NOFILE))
+
+    requests.extend([Sneaky()] + [(os.getpid(), 0, WANT_NOFILE)] * 50)
+    facts, _ = Reader("/proc", "native", PAGE, "off").read_facts(requests)
+    assert len(facts) == 51 and all(f.gone for f in facts)  # start 0 is not ours: gone

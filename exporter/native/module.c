@@ -284,31 +284,32 @@ static PyObject *Reader_read_facts(ReaderObject *self, PyObject *requests)
     Py_ssize_t n, i;
     int rc, err = 0, locked = 0;
 
-    seq = PySequence_Fast(requests, "requests must be a sequence of (pid, starttime, want)");
+    /* A tuple copy: converting an item may run Python code, which must not change the
+     * sequence under us. */
+    seq = PySequence_Tuple(requests);
     if (seq == NULL)
         return NULL;
-    n = PySequence_Fast_GET_SIZE(seq);
+    n = PyTuple_GET_SIZE(seq);
     if ((want = PyMem_Calloc(n ? (size_t)n : 1, sizeof(*want))) == NULL) {
         PyErr_NoMemory();
         goto done;
     }
     for (i = 0; i < n; i++) {
-        PyObject *item = PySequence_Fast(PySequence_Fast_GET_ITEM(seq, i),
-                                         "a request must be (pid, starttime, want)");
+        PyObject *item = PySequence_Tuple(PyTuple_GET_ITEM(seq, i));
         long pid;
         unsigned long long start;
         unsigned long bits;
 
         if (item == NULL)
             goto done;
-        if (PySequence_Fast_GET_SIZE(item) != 3) {
+        if (PyTuple_GET_SIZE(item) != 3) {
             PyErr_SetString(PyExc_ValueError, "a request must be (pid, starttime, want)");
             Py_DECREF(item);
             goto done;
         }
         /* out-of-range values never wrap: a starttime beyond u64 is no process's (gone),
          * a bad pid or want raises */
-        start = PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(item, 1));
+        start = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(item, 1));
         if (start == (unsigned long long)-1 && PyErr_Occurred()) {
             if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
                 Py_DECREF(item);
@@ -317,8 +318,8 @@ static PyObject *Reader_read_facts(ReaderObject *self, PyObject *requests)
             PyErr_Clear();
             want[i].impossible = 1;
         }
-        pid = PyLong_AsLong(PySequence_Fast_GET_ITEM(item, 0));
-        bits = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(item, 2));
+        pid = PyLong_AsLong(PyTuple_GET_ITEM(item, 0));
+        bits = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(item, 2));
         Py_DECREF(item);
         if (PyErr_Occurred())
             goto done;

@@ -187,3 +187,25 @@ int parse_limits_nofile(const char *buf, size_t n, uint64_t *out)
     }
     return -1;
 }
+
+/* The effective uid: the second number of the first "Uid:" line of /proc/PID/status.
+ * 0 or -1 (malformed, or no such line). */
+int parse_effective_uid(const char *buf, size_t n, uint64_t *out)
+{
+    size_t pos = 0;
+
+    while (pos < n) {
+        const char *nl = memchr(buf + pos, '\n', n - pos);
+        size_t end = nl ? (size_t)(nl - buf) : n;
+
+        if (end - pos >= 4 && memcmp(buf + pos, "Uid:", 4) == 0) {
+            size_t tpos = pos + 4, toff, tlen;
+            if (!parse_token(buf, end, &tpos, &toff, &tlen) ||
+                !parse_token(buf, end, &tpos, &toff, &tlen))
+                return -1;
+            return parse_uint(buf, toff, tlen, out);
+        }
+        pos = end + 1;
+    }
+    return -1;
+}

@@ -47,6 +47,7 @@ int parse_stat(const char *buf, size_t n, ps_stat *out);
 int parse_keyed(const char *buf, size_t n, const char *const *keys, int nkeys, uint64_t *out,
                 unsigned *found);
 int parse_limits_nofile(const char *buf, size_t n, uint64_t *out);
+int parse_effective_uid(const char *buf, size_t n, uint64_t *out);
 
 extern const char *const ps_status_keys[PS_ST_NKEYS];
 extern const char *const ps_io_keys[PS_IO_NKEYS];
@@ -59,7 +60,7 @@ extern const char *const ps_io_keys[PS_IO_NKEYS];
  * pid, ppid, comm and state. */
 enum {
     F_PPID, F_FLAGS, F_START, F_UTIME, F_STIME, F_MINFLT, F_MAJFLT, F_THREADS, F_VSIZE,
-    F_RSS, F_UID, F_SWAP, F_CTXV, F_CTXNV, F_READ, F_WRITE, F_OPEN_FDS, F_TTY, F_MARK,
+    F_RSS, F_UID, F_SWAP, F_CTXV, F_CTXNV, F_READ, F_WRITE, F_OPEN_FDS, F_TTY, F_MARK, F_EUID,
     F_COUNT
 };
 
@@ -152,6 +153,7 @@ typedef struct {
     /* scratch */
     char *buf;            /* grows up to PS_FILE_MAX */
     size_t buf_cap;
+    size_t last_len;      /* bytes of the keyed file (status, io) last read into buf */
     int *pids;
     size_t npids, cap_pids;
     char *dents;

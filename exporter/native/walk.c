@@ -461,6 +461,7 @@ static int walk_keyed(ps_walker *w, ps_entry *e, ps_record *r, int slot, const c
     n = walk_read(w, e, slot, r->pid, name, 0, &err);
     if (n < 0)
         return walk_failed(w, r->pid, err);
+    w->last_len = (size_t)n;
     if (parse_keyed(w->buf, (size_t)n, keys, nkeys, x, &found) < 0) {
         walk_count(w, PS_MALFORMED);
         return 0;
@@ -550,8 +551,13 @@ static int walk_process(ps_walker *w, int pid)
     }
 
     rc = walk_keyed(w, e, r, K_STATUS, "status", ps_status_keys, PS_ST_NKEYS, F_UID);
+    if (rc == 0 && (r->has & (1u << F_UID))) { /* w->buf still holds status */
+        uint64_t euid;
+        if (parse_effective_uid(w->buf, w->last_len, &euid) == 0)
+            walk_set(r, F_EUID, euid);
+    }
     if (rc == 0 && walk_scale(r, F_SWAP, 1024) < 0) { /* status VmSwap is in kB */
-        r->has &= ~(1u << F_UID | 1u << F_SWAP | 1u << F_CTXV | 1u << F_CTXNV);
+        r->has &= ~(1u << F_UID | 1u << F_SWAP | 1u << F_CTXV | 1u << F_CTXNV | 1u << F_EUID);
         walk_count(w, PS_MALFORMED);
     }
     if (rc == 0)
@@ -588,7 +594,7 @@ static int walk_add_pid(ps_walker *w, const char *s, void *unused)
 {
     long pid = 0;
 
-    if (*s == '\0')
+    if (*s == '\0' || *s == '0') /* "0", "007": no pid is named so (7/ would be read) */
         return 0;
     for (; *s >= '0' && *s <= '9' && pid <= 0x7fffffff; s++)
         pid = pid * 10 + (*s - '0');
