@@ -18,13 +18,19 @@ import gc
 import logging
 import threading
 import time
+from itertools import repeat
+from operator import contains, itemgetter
 from typing import Optional
 
 from exporter import __version__
 from exporter.exposition import GroupRenderer, encode_families
-from exporter.families import ScrapeResult, runtime_registry, self_families
+from exporter.reader import F
+from exporter.families import ScrapeResult, runtime_registry, scrape_error_text, self_families
 
 log = logging.getLogger("procsnap")
+
+# a process read without one of these was read partially (process-exporter's partial errors)
+_partial_fields = itemgetter(F["read_bytes"], F["open_fds"])
 
 
 class _Flight:
@@ -50,6 +56,9 @@ class Exporter:
         self.reader = tracker.reader
         self.grouper = grouper
         self._read_errors: dict = {}
+        self._failed = 0  # scrapes that raised
+        self._procread = 0
+        self._partial = 0
         self._gate = threading.Lock()  # guards _inflight
         self._step = threading.Lock()  # one snapshot + grouper step (or a reload) at a time
         self._inflight: Optional[_Flight] = None
@@ -80,7 +89,10 @@ class Exporter:
             errors = self._read_errors
             for reason, count in step.errors.items():
                 errors[reason] = errors.get(reason, 0) + count
-            result = ScrapeResult(groups, len(step.records), duration, dict(errors))
+            self._procread += len(step.unreadable_pids)
+            self._partial += sum(map(contains, map(_partial_fields, step.records), repeat(None)))
+            result = ScrapeResult(groups, len(step.records), duration, dict(errors), self._failed, self._procread,
+                                  self._partial)
             self.last = result
             return result
 
@@ -96,6 +108,7 @@ class Exporter:
                 flight.result = self._run()
             except BaseException as e:  # noqa: BLE001 - handed to every waiter
                 flight.error = e
+                self._failed += 1
             finally:
                 with self._gate:
                     self._inflight = None
@@ -126,7 +139,8 @@ class Exporter:
             groups_chunks = self._renderer.render(result.groups, openmetrics, names)
             self._rendered = key + (groups_chunks,)
         families = self_families(result, self.version) + list(self.runtime.collect())
-        return groups_chunks + [encode_families(families, openmetrics, names)]
+        return groups_chunks + [scrape_error_text(result, openmetrics, names),
+                                encode_families(families, openmetrics, names)]
 
     # -- config reload ---------------------------------------------------------------
 

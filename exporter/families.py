@@ -36,6 +36,10 @@ class ScrapeResult(NamedTuple):
     processes: int  # processes seen in the snapshot
     duration_seconds: float  # snapshot + grouping
     read_errors: dict  # reason -> count, accumulated over all snapshots so far
+    # process-exporter's namedprocess_scrape_* counters, since start
+    scrape_errors: int = 0  # scrapes that failed (answered with an error)
+    procread_errors: int = 0  # processes whose stat could not be read
+    partial_errors: int = 0  # processes read without their io or fd count
 
 
 class FamilySpec(NamedTuple):
@@ -231,3 +235,27 @@ def runtime_registry() -> CollectorRegistry:
     GCCollector(registry=registry)
     return registry
 
+
+
+# process-exporter's own error counters. client_golang writes a counter under its name as
+# given (no _total in the text format; OpenMetrics adds it to the sample), so they are
+# written here as text rather than through prometheus_client, which would rename them.
+SCRAPE_ERROR_FAMILIES = (
+    ("namedprocess_scrape_errors", "general scrape errors: no proc metrics collected during a cycle",
+     "scrape_errors"),
+    ("namedprocess_scrape_procread_errors", "incremented each time a proc's metrics collection fails",
+     "procread_errors"),
+    ("namedprocess_scrape_partial_errors",
+     "incremented each time a tracked proc's metrics collection fails partially, e.g. unreadable I/O stats",
+     "partial_errors"),
+)
+
+
+def scrape_error_text(result: ScrapeResult, openmetrics: bool, names: Optional[set] = None) -> bytes:
+    lines = []
+    for name, help_text, field in SCRAPE_ERROR_FAMILIES:
+        sample = name + "_total" if openmetrics else name
+        if names is not None and name not in names and sample not in names:
+            continue
+        lines.append(f"# HELP {name} {help_text}\n# TYPE {name} counter\n{sample} {float(getattr(result, field))}\n")
+    return "".join(lines).encode()
