@@ -195,6 +195,12 @@ class _Update:
             if name is not None:
                 self.own_base(name)[_COUNTER_INDEX[at]] -= value
 
+        if not self.g.remove_empty_groups:  # groups the config names literally exist from the start
+            for name in self.literal_names - self.base.keys():
+                self.base[name] = [0] * len(COUNTERS)
+                self.copied.add(name)
+                self.per_process[name] = False
+
         members: dict = {}
         for i, name in enumerate(map(group_of.__getitem__, identities)):
             if name is not None:
@@ -301,6 +307,8 @@ class _Update:
         # one column per field; a lone member (one group per process) is its own columns
         columns = list(zip(*members)) if n > 1 else [(v,) for v in members[0]] if n else None
         before = self.g.reported.get(name)
+        if before is None and name in self.literal_names:  # named by the config: counts from 0
+            before = (0,) * len(COUNTERS)
         base = self.base[name]
         totals = []
         for i, at in enumerate(_COUNTER_AT):

@@ -135,9 +135,9 @@ def test_exec_from_no_group_into_one_counts_from_the_exec():
     r = FakeReader()
     exp = exporter(config, r)
     r.put(rec(1, "python3", utime=1000, write=5000, mark=1), cmdline=("python3", "setup.py"))
-    assert groups(exp) == {}
+    assert groups(exp)["app"].num_procs == 0  # named literally: there from the start
     r.put(rec(1, "python3", utime=3000, write=9000, mark=1))
-    assert groups(exp) == {}
+    assert groups(exp)["app"].num_procs == 0
     r.put(rec(1, "python3", utime=3100, write=9500, mark=2), cmdline=("python3", "app.py", "--serve"))
     app = groups(exp)["app"]  # the growth since the last reading, not the 31 s of its life
     assert (app.num_procs, cpu(app), app.write_bytes) == (1, 100, 500)
@@ -181,12 +181,12 @@ def test_a_reload_drops_groups_the_new_config_cannot_produce():
                                 b"  - name: kept\n    comm: [zzz]\n"), r)
     r.put(rec(1, "a"))
     r.put(rec(2, "b"))
-    assert set(groups(exp)) == {"a", "b"}
+    assert set(groups(exp)) == {"a", "b", "kept"}
     exp.reload(parse_config(b"process_names:\n  - name: '{{.Comm}}'\n    comm: [a]\n"
                             b"  - name: kept\n    comm: [zzz]\n"))
-    assert set(groups(exp)) == {"a"}  # b has no members and no matcher names it
+    assert set(groups(exp)) == {"a", "kept"}  # b has no members and no matcher names it
     r.remove(1)
-    assert set(groups(exp)) == {"a"}  # an empty group of a config that still names it stays
+    assert set(groups(exp)) == {"a", "kept"}  # an empty group of a config that still names it stays
 
 
 def test_default_config_drops_a_group_that_stays_empty_after_the_grace():
@@ -543,3 +543,20 @@ def test_a_process_whose_facts_came_back_gone_counts_from_when_it_is_seen_again(
     assert cpu(groups(exp)["old"]) == 0
     r.put(rec(50, "old", start=3, utime=5003))
     assert cpu(groups(exp)["old"]) == 2
+
+
+def test_a_group_the_config_names_literally_is_reported_before_any_process_matches():
+    config = parse_config(b"process_names:\n  - name: postgres\n    comm: [postgres]\n"
+                          b"  - name: '{{.Comm}}'\n    comm: [nginx]\n")
+    r = FakeReader()
+    exp = exporter(config, r)
+    r.put(rec(1, "init"))
+    stats = groups(exp)
+    assert set(stats) == {"postgres"}  # a templated name waits for a process
+    pg = stats["postgres"]
+    assert (pg.num_procs, pg.cpu_user_seconds, pg.read_bytes, pg.rss_bytes) == (0, 0.0, 0, 0)
+    r.put(rec(5, "postgres", start=300, utime=20))
+    assert cpu(groups(exp)["postgres"]) == 20  # born since the last scrape: in full
+    r2 = FakeReader()
+    r2.put(rec(1, "init"))
+    assert groups(exporter(config, r2, remove_empty_groups=True)) == {}
