@@ -79,7 +79,7 @@ class Exporter:
             paused = gc.isenabled()
             gc.disable()
             try:
-                step = self.tracker.step(reading)
+                step = self.tracker.step(reading, self.grouper.to_recheck(reading.timestamp))
                 groups = self.grouper.update(step)  # on an exception nothing is committed
                 self.tracker.commit(step)
             finally:

@@ -682,8 +682,10 @@ def make_exporter(args, config):
         children=args.children,
         remove_empty_groups=args.remove_empty_groups,
         empty_grace_seconds=DEFAULT_CONFIG_EMPTY_GRACE if _default_config(args) else None,
+        recheck=args.recheck,
+        recheck_seconds=args.recheck_with_time_limit or None,
     )
-    return Exporter(Tracker(reader, facts), grouper, threads=getattr(args, "threads", True))
+    return Exporter(Tracker(reader, facts), grouper, threads=args.threads)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

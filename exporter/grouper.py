@@ -100,13 +100,19 @@ THREAD_COUNTERS = ("cpu_user_seconds", "cpu_system_seconds", "minor_faults", "ma
 
 class Grouper:
     def __init__(self, config, clock_ticks: int, boot_time: float, children: bool = True,
-                 remove_empty_groups: bool = False, empty_grace_seconds: Optional[float] = None):
+                 remove_empty_groups: bool = False, empty_grace_seconds: Optional[float] = None,
+                 recheck: bool = False, recheck_seconds: Optional[float] = None):
+        """``recheck`` (process-exporter's -recheck): a process no matcher named is
+        matched again at every update, for ``recheck_seconds`` after its start when
+        given (-recheck-with-time-limit), else for its whole life."""
         self.config = config
         self.clock_ticks = clock_ticks
         self.boot_time = boot_time
         self.children = children
         self.remove_empty_groups = remove_empty_groups
         self.empty_grace_seconds = empty_grace_seconds
+        self.recheck = recheck
+        self.recheck_seconds = recheck_seconds
         self.group_of: dict = {}  # identity -> group name, or None (not exported)
         self.base: dict = {}  # name -> [counter] (exited members' last values - baselines)
         self.reported: dict = {}  # name -> (last reported counter totals; None: never read)
@@ -119,6 +125,15 @@ class Grouper:
         """Use a new config from the next update: every identity is matched again; group
         totals are kept for names that survive."""
         self._reload = config
+
+    def to_recheck(self, now: float) -> list:
+        """With recheck on: the identities no matcher named (within the time limit after
+        their start), whose static facts the tracker should read again."""
+        if not self.recheck:
+            return []
+        limit, boot, hz = self.recheck_seconds, self.boot_time, self.clock_ticks
+        return [identity for identity, name in self.group_of.items()
+                if name is None and (limit is None or boot + identity[1] / hz + limit > now)]
 
     def update(self, step) -> list:
         """Advance by one tracker step; return [GroupStats] sorted by name."""
@@ -168,8 +183,11 @@ class _Update:
         for identity, last in step.exited:
             self.shift(group_of.pop(identity, None), last, +1)
 
-        # identities to match again: exec'd ones, and every known one on a reload
+        # identities to match again: exec'd ones, every known one on a reload, and with
+        # recheck the ones no matcher named
         again = list(group_of) if reloading else step.execed
+        if step.refreshed and not reloading:
+            again = again + [i for i in step.refreshed if group_of.get(i, 0) is None]
         moved = []
         for identity in again:
             previous = step.previous.get(identity)

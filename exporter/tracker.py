@@ -99,6 +99,7 @@ class Step(NamedTuple):
     started: list  # identities first seen now
     from_now: set  # of those, the ones whose past procsnap did not see (count from now)
     execed: list  # identities that exec'd (facts read again)
+    refreshed: list  # identities whose facts were read again on request (recheck)
     exited: list  # [(identity, last record)]
     readable: list  # [(identity, field, value)]: a counter readable for the first time
     previous: dict  # identity -> record of the last step (the committed state)
@@ -131,7 +132,9 @@ class Tracker:
     def start_time_seconds(self, start_ticks: int) -> float:
         return self.facts.boot_time + start_ticks / self.facts.clock_ticks
 
-    def step(self, reading) -> Step:
+    def step(self, reading, refresh=()) -> Step:
+        """The next state after ``reading``; ``refresh``: known identities whose static
+        facts are to be read again (process-exporter's -recheck)."""
         records = reading.records
         identities = list(zip(map(_pids, records), map(_starts, records)))
         old_procs, old_last = self.procs, self.last
@@ -195,6 +198,8 @@ class Tracker:
         gen = self._gen
         want = {identity: WANT_ALL for identity in started}
         want.update((identity, WANT_ALL) for identity in execed)
+        refreshed = [identity for identity in refresh if identity in last and identity not in want]
+        want.update((identity, WANT_ALL) for identity in refreshed)
         for identity in identities:
             if (identity[0] + gen) % LIMITS_EVERY == 0 and identity not in want:
                 want[identity] = WANT_NOFILE
@@ -213,7 +218,7 @@ class Tracker:
             nofile.pop(identity, None)
         for identity, mark in remarked:
             procs[identity] = procs[identity].with_mark(mark)
-        position = dict(zip(identities, range(len(identities)))) if (started or execed) else None
+        position = dict(zip(identities, range(len(identities)))) if (started or execed or refreshed) else None
         dropped = set()
         threads, thread_states, thread_deltas = {}, {}, {}
         for (pid, start, bits), fact in zip(requests, facts):
@@ -266,8 +271,8 @@ class Tracker:
         return Step(
             records, identities, list(map(nofile.get, identities)), keys, holes, procs, last,
             nofile, started, from_now,
-            execed, exited, readable, old_last, threads, thread_states, thread_deltas, errors, unreadable_pids,
-            reading.timestamp, first,
+            execed, [identity for identity in refreshed if identity in procs], exited, readable, old_last,
+            threads, thread_states, thread_deltas, errors, unreadable_pids, reading.timestamp, first,
         )
 
     def _thread_step(self, identity, read, threads, states, deltas) -> None:

@@ -560,3 +560,25 @@ def test_a_group_the_config_names_literally_is_reported_before_any_process_match
     r2 = FakeReader()
     r2.put(rec(1, "init"))
     assert groups(exporter(config, r2, remove_empty_groups=True)) == {}
+
+
+def test_recheck_matches_unnamed_processes_again_within_the_time_limit():
+    """-recheck: a process no matcher named is matched again at each scrape (its
+    cmdline can change without an exec, e.g. setproctitle); with a time limit, only that
+    long after its start."""
+    config = parse_config(b"process_names:\n  - name: worker\n    cmdline: ['--role=worker']\n")
+    for limit, expected in ((None, 1), (1000.0, 1), (1.0, 0)):
+        r = FakeReader()
+        r.now = BOOT + 100  # reads 115 s and more after boot; the process started at 1 s
+        exp = exporter(config, r, recheck=True, recheck_seconds=limit)
+        r.put(rec(5, "app", start=100, utime=10), cmdline=("app",))
+        groups(exp)
+        r.facts[(5, 100)] = (b"app\0--role=worker\0", None, b"0::/", 1024)  # retitled in place
+        r.put(rec(5, "app", start=100, utime=30))
+        assert groups(exp)["worker"].num_procs == expected, limit
+    r = FakeReader()
+    exp = exporter(config, r)  # without recheck: matched once
+    r.put(rec(5, "app", start=100), cmdline=("app",))
+    groups(exp)
+    r.facts[(5, 100)] = (b"app\0--role=worker\0", None, b"0::/", 1024)
+    assert groups(exp)["worker"].num_procs == 0
