@@ -296,8 +296,9 @@ FLAGS = (
         "gather-smaps",
         False,
         parse_bool,
-        "Read /proc/PID/smaps_rollup for proportional memory (memtype proportionalResident, "
-        "proportionalSwapped). Off by default, unlike process-exporter: reading smaps stalls big processes.",
+        "Accepted for process-exporter's command lines; proportional memory (smaps_rollup) is not read "
+        "yet, so the flag changes nothing (a warning says so). Off by default, unlike process-exporter: "
+        "reading smaps stalls big processes.",
         boolean=True,
     ),
     _Flag(
@@ -685,6 +686,8 @@ def make_exporter(args, config):
         recheck=args.recheck,
         recheck_seconds=args.recheck_with_time_limit or None,
     )
+    if args.gather_smaps:
+        log.warning("--gather-smaps: proportional memory is not read yet; the flag changes nothing")
     return Exporter(Tracker(reader, facts), grouper, threads=args.threads)
 
 
