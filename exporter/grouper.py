@@ -351,7 +351,8 @@ class _Update:
             limits = step.limits
             ratios = [o / m for o, m in zip(columns[_OPEN_FDS], [limits[i] for i in idx]) if o is not None and m]
             ratio = max(ratios) if ratios else None
-            oldest = self.g.boot_time + min(columns[_START]) / self.g.clock_ticks
+            # whole seconds, as process-exporter reports it (Go's Time.Unix())
+            oldest = float(int(self.g.boot_time) + min(columns[_START]) // self.g.clock_ticks)
             # process-exporter counts a multi-threaded process' state and each thread's
             counted = Counter(columns[_STATE])
             thread_states = step.thread_states

@@ -274,6 +274,8 @@ class PythonReader:
         mine: dict = {}  # this process' errors: dropped with it if it vanishes half-way
         try:
             status = self._try(pid, lambda: self._status(pid), mine) or {}
+            if "uid" in status:  # no VmSwap line: no mm (kernel thread, zombie), nothing swapped
+                status.setdefault("swap_kb", 0)
             swap_kb = status.get("swap_kb")
             if swap_kb is not None and swap_kb * 1024 > U64_MAX:
                 status, swap_kb = {}, None

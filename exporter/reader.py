@@ -37,7 +37,7 @@ FIELDS = (
     "vms_bytes",
     "rss_bytes",
     "uid",  # real uid (status Uid, first column)
-    "swap_bytes",  # status VmSwap; None for kernel threads (no mm)
+    "swap_bytes",  # status VmSwap; 0 without the line (kernel threads, zombies: no mm)
     "ctx_voluntary",
     "ctx_nonvoluntary",
     "read_bytes",  # io read_bytes (storage layer)

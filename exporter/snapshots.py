@@ -16,7 +16,7 @@ import threading
 from typing import NamedTuple, Optional, Sequence
 
 from exporter.hostfacts import HostFacts
-from exporter.reader import F, Reader
+from exporter.reader import UNLIMITED, F, Reader
 from exporter.tracker import Tracker
 
 
@@ -37,7 +37,7 @@ class Process(NamedTuple):
     num_threads: int
     rss_bytes: Optional[int]
     vms_bytes: Optional[int]
-    swap_bytes: Optional[int]  # status VmSwap; None for kernel threads (no mm)
+    swap_bytes: Optional[int]  # status VmSwap; 0 for kernel threads and zombies (no mm)
     ctx_voluntary: Optional[int]
     ctx_nonvoluntary: Optional[int]
     read_bytes: Optional[int]  # io read_bytes (storage layer), None if io unreadable
@@ -67,6 +67,10 @@ _NAMES = ("pid", "ppid", "comm", "state", "start_ticks", "utime_ticks", "stime_t
  _CTXV, _CTXNV, _READ, _WRITE, _FDS, _UID, _TTY) = (F[name] for name in _NAMES)
 
 
+def _max_fds(nofile):
+    return None if nofile == UNLIMITED else nofile
+
+
 def _tty(ttys, tty_nr: int):
     """The terminal's name, None without one (0) or when the map does not know it."""
     if not tty_nr:
@@ -88,7 +92,7 @@ def processes(step, facts: HostFacts) -> list:
             r[_PID], r[_PPID], r[_COMM], r[_STATE], proc.is_kernel_thread, r[_START],
             proc.start_time_seconds, r[_UTIME] / hz, r[_STIME] / hz, r[_MINFLT], r[_MAJFLT],
             r[_THREADS], r[_RSS], r[_VMS], r[_SWAP], r[_CTXV], r[_CTXNV], r[_READ], r[_WRITE],
-            r[_FDS], step.nofile.get(identity), uid, None if uid is None else facts.usernames[uid],
+            r[_FDS], _max_fds(step.nofile.get(identity)), uid, None if uid is None else facts.usernames[uid],
             _tty(facts.ttys, r[_TTY]), proc.cmdline, proc.exe, proc.cgroup,
         ))
     return out

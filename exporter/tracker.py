@@ -26,7 +26,7 @@ from itertools import compress, count, repeat
 from operator import contains, itemgetter
 from typing import NamedTuple, Optional
 
-from exporter.reader import F, PF_KTHREAD, UNLIMITED, WANT_ALL, WANT_CMDLINE, WANT_NOFILE, WANT_THREADS, reason
+from exporter.reader import F, PF_KTHREAD, WANT_ALL, WANT_CMDLINE, WANT_NOFILE, WANT_THREADS, reason
 
 LIMITS_EVERY = 16  # re-read a known process' fd limit every 16th read (staggered by pid)
 
@@ -90,12 +90,12 @@ class Step(NamedTuple):
 
     records: list  # this read's records, plus the last one of each unreadable identity
     identities: list  # (pid, start_ticks) of each record
-    limits: list  # fd limit of each record's identity (None: unlimited or unknown)
+    limits: list  # fd limit of each record's identity (UNLIMITED: unlimited; None: unknown)
     keys: set  # (pid, start_ticks, comm, mark) of the records
     holes: set  # identities whose record lacks a carried counter (never read yet)
     procs: dict  # identity -> Proc
     last: dict  # identity -> record
-    nofile: dict  # identity -> fd limit (None: unlimited or unknown)
+    nofile: dict  # identity -> fd limit (UNLIMITED: unlimited; None: unknown)
     started: list  # identities first seen now
     from_now: set  # of those, the ones whose past procsnap did not see (count from now)
     execed: list  # identities that exec'd (facts read again)
@@ -237,7 +237,7 @@ class Tracker:
                 procs[identity] = Proc(record, fact, self.start_time_seconds(start),
                                        None if uid is None else names[uid], None if euid is None else names[euid])
             if fact.nofile is not None or bits & WANT_CMDLINE:
-                nofile[identity] = None if fact.nofile in (None, UNLIMITED) else fact.nofile
+                nofile[identity] = fact.nofile  # UNLIMITED stays: the fd ratio is then about 0
         if dropped:
             keep = [i for i, identity in enumerate(identities) if identity not in dropped]
             records = [records[i] for i in keep]

@@ -174,10 +174,7 @@ ALLOWED = [
 
 # Entries README.md's section does not name yet (test_readme_names_allowed_difference
 # expects these to fail; when the README gains the phrase, remove it here).
-README_PENDING = {
-    "`oldest_start_time_seconds` of an empty group", "`worst_fd_ratio` of an empty group",
-    "before any process matched", "whole clock ticks", "when a thread exits", "absent, never 0",
-}
+README_PENDING: set = set()
 
 
 # -- scenarios --------------------------------------------------------------------------
@@ -620,15 +617,11 @@ process_names:
 """
 
 
-OLDEST_WHOLE = "oldest_start_time_seconds in whole seconds (Go's Time.Unix())"
-
 SCENARIOS = [
     Scenario("basic", "every matcher kind, children, late starts, an exit, pid reuse, every state",
              basic_build, basic_step, BASIC_CONFIG, BASIC_GROUPS),
     Scenario("no-mm", "kernel threads and zombies: no memory map, no Vm lines in status", no_mm_build, grow_all,
-             NO_MM_CONFIG, {"kernel", "zombies"},
-             diverges={family("memory_bytes"): "memory: swapped is 0 for processes without memory (kernel threads, "
-                                               "zombies), not absent"}),
+             NO_MM_CONFIG, {"kernel", "zombies"}),
     Scenario("cmdlines", "setproctitle padding, empty arguments, a Java command line over 64 KiB",
              cmdline_build, cmdline_step, CMDLINE_CONFIG,
              {"java:com.example.Main", "nginx -g daemon on;", "nginx: worker process", "main: checkpointer ",
@@ -648,9 +641,7 @@ SCENARIOS = [
              EXEC_CONFIG, {"launcher", "other"}, facts={"execed_groups": {"launcher", "app"}}),
     Scenario("per-process-names", "{{.PID}} groups whose process exits; a literal group emptied",
              per_process_build, per_process_step, PER_PROCESS_CONFIG, {"pid-500", "pid-501", "pid-503", "jobs"}),
-    Scenario("fd-unlimited", "unlimited open-files limits", fds_build, grow_all, FDS_CONFIG, {"unlimited", "mixed"},
-             diverges={family("worst_fd_ratio"): "fd ratio: an unlimited open-files limit is 2^64-1 (ratio about "
-                                                 "0), not a missing ratio"}),
+    Scenario("fd-unlimited", "unlimited open-files limits", fds_build, grow_all, FDS_CONFIG, {"unlimited", "mixed"}),
     Scenario("fd-unreadable", "processes whose fd/ directory cannot be listed", nofd_build, grow_all, FDS_CONFIG,
              {"nofd", "somefd"}),
     Scenario("unreadable-io", "a group whose only process has no io file", errors_build, grow_all,
@@ -684,13 +675,11 @@ SCENARIOS = [
     Scenario("username", "{{.Username}} of processes whose real and effective uids differ", username_build,
              grow_all, USERNAME_CONFIG, {"root:setuid-tool", "daemon:dropped", "daemon:plain"}),
     Scenario("starttime-ticks", "{{.StartTime}} of start times with hundredths (TZ=UTC0)",
-             starttime_build([1234567, 2345601, 3456790]), grow_all, STARTTIME_CONFIG, None, env={"TZ": "UTC0"},
-             diverges={family("oldest_start_time_seconds"): OLDEST_WHOLE}),
+             starttime_build([1234567, 2345601, 3456790]), grow_all, STARTTIME_CONFIG, None, env={"TZ": "UTC0"}),
     Scenario("starttime-zone", "{{.StartTime}} of whole-second start times, local zone +05:30",
              starttime_build([1234500, 2345600]), grow_all, STARTTIME_CONFIG, None, env={"TZ": "XST-5:30"}),
     Scenario("oldest-start-fraction", "start times with hundredths of a second", starttime_build([1234567, 2345601]),
-             grow_all, "process_names:\n  - name: early\n    comm: [early]\n", {"early"},
-             diverges={family("oldest_start_time_seconds"): OLDEST_WHOLE}),
+             grow_all, "process_names:\n  - name: early\n    comm: [early]\n", {"early"}),
     Scenario("cgroups", "{{.Cgroups}} of cgroup v1, v2 and empty cgroup files", cgroups_build, grow_all,
              CGROUPS_CONFIG, {"v2 in [/user.slice/user-1000.slice/session-3.scope]", "none in []"}),
     Scenario("template-trim", "Go template trim markers {{- -}}", two_procs(b"trimmed", b"plain"), grow_all,

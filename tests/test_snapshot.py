@@ -84,7 +84,7 @@ EXPECTED = {
     2: rec(pid=2, ppid=0, comm="kthreadd", state="S", is_kernel_thread=True, start_ticks=50,
            start_time_seconds=1700000000.5, cpu_user_seconds=0.03, cpu_system_seconds=0.47,
            minor_faults=0, major_faults=0, num_threads=1, rss_bytes=0, vms_bytes=0,
-           swap_bytes=None, ctx_voluntary=59, ctx_nonvoluntary=1, read_bytes=0, write_bytes=0,
+           swap_bytes=0, ctx_voluntary=59, ctx_nonvoluntary=1, read_bytes=0, write_bytes=0,
            open_fds=3, max_fds=1024, uid=0, username="root", tty=None, cmdline=(),
            exe=None, cgroup="0::/"),
     # comm "a) b (c": cut at the last ')'
@@ -137,7 +137,7 @@ EXPECTED = {
     17: rec(pid=17, ppid=10, comm="defunct", state="Z", is_kernel_thread=False, start_ticks=1775,
             start_time_seconds=1700000017.75, cpu_user_seconds=17.17, cpu_system_seconds=12.17,
             minor_faults=817, major_faults=17, num_threads=1, rss_bytes=0, vms_bytes=0,
-            swap_bytes=None, ctx_voluntary=171, ctx_nonvoluntary=17, read_bytes=1717, write_bytes=3434,
+            swap_bytes=0, ctx_voluntary=171, ctx_nonvoluntary=17, read_bytes=1717, write_bytes=3434,
             open_fds=3, max_fds=1024, uid=0, username="root", tty=None, cmdline=(),
             exe=None, cgroup="0::/system.slice/paren.service"),
     # no io file -> read/write None, counted ENOENT
@@ -573,7 +573,7 @@ def test_backends_agree_on_live_proc(spawned):
     assert (a[sleeper.pid].cmdline, a[sleeper.pid].exe) == (("sleep", "60"), os.path.realpath(shutil.which("sleep")))
     assert a[reader.pid].cmdline[-1] == "an arg" and a[reader.pid].read_bytes is not None
     z = a[zombie.pid]
-    assert (z.state, z.cmdline, z.exe, z.swap_bytes, z.ppid) == ("Z", (), None, None, os.getpid())
+    assert (z.state, z.cmdline, z.exe, z.swap_bytes, z.ppid) == ("Z", (), None, 0, os.getpid())  # no mm: none swapped
 
 
 # --------------------------------------------------------------------------------------

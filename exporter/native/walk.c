@@ -556,6 +556,8 @@ static int walk_process(ps_walker *w, int pid)
         if (parse_effective_uid(w->buf, w->last_len, &euid) == 0)
             walk_set(r, F_EUID, euid);
     }
+    if (rc == 0 && (r->has & (1u << F_UID)) && !(r->has & (1u << F_SWAP)))
+        walk_set(r, F_SWAP, 0); /* no VmSwap line: no mm (kernel thread, zombie), nothing swapped */
     if (rc == 0 && walk_scale(r, F_SWAP, 1024) < 0) { /* status VmSwap is in kB */
         r->has &= ~(1u << F_UID | 1u << F_SWAP | 1u << F_CTXV | 1u << F_CTXNV | 1u << F_EUID);
         walk_count(w, PS_MALFORMED);
