@@ -186,8 +186,10 @@ class _Update:
         # identities to match again: exec'd ones, every known one on a reload, and with
         # recheck the ones no matcher named
         again = list(group_of) if reloading else step.execed
+        rechecked = ()
         if step.refreshed and not reloading:
-            again = again + [i for i in step.refreshed if group_of.get(i, 0) is None]
+            rechecked = [i for i in step.refreshed if group_of.get(i, 0) is None]
+            again = again + rechecked
         moved = []
         for identity in again:
             previous = step.previous.get(identity)
@@ -195,6 +197,9 @@ class _Update:
             if previous is not None:
                 self.shift(name, previous, +1)
                 moved.append((identity, previous))
+        if rechecked:  # matched late by -recheck: counts from now, as process-exporter
+            late, current = set(rechecked), step.last
+            moved = [(i, current.get(i, p) if i in late else p) for i, p in moved]
 
         records, identities = step.records, step.identities
         if step.started or again:
