@@ -38,6 +38,8 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
+from conftest import make_proc_trees
+
 CLOCK_TICKS = 100  # USER_HZ: both exporters divide starttime/utime/stime by it
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
@@ -46,25 +48,7 @@ STATE_WORDS = {
     "Z": "zombie", "X": "dead", "I": "idle",
 }
 
-LIMITS = """\
-Limit                     Soft Limit           Hard Limit           Units     
-Max cpu time              unlimited            unlimited            seconds   
-Max file size             unlimited            unlimited            bytes     
-Max data size             unlimited            unlimited            bytes     
-Max stack size            8388608              unlimited            bytes     
-Max core file size        0                    unlimited            bytes     
-Max resident set          unlimited            unlimited            bytes     
-Max processes             96365                96365                processes 
-Max open files            {soft:<20} {hard:<20} files     
-Max locked memory         8388608              8388608              bytes     
-Max address space         unlimited            unlimited            bytes     
-Max file locks            unlimited            unlimited            locks     
-Max pending signals       96365                96365                signals   
-Max msgqueue size         819200               819200               bytes     
-Max nice priority         0                    0                    
-Max realtime priority     0                    0                    
-Max realtime timeout      unlimited            unlimited            us        
-"""
+LIMITS = make_proc_trees.LIMITS  # the limits file the fixture trees use, {soft} and {hard}
 
 
 @dataclass
@@ -240,18 +224,7 @@ def _smaps_rollup(rss_kb, pss_kb, swap_kb, swap_pss_kb) -> bytes:
     )
 
 
-ROOT_STAT = (
-    b"cpu  3419 0 2718 80618 482 0 59 1232 0 0\n"
-    b"cpu0 806 0 1024 41806 29 0 8 601 0 0\n"
-    b"cpu1 2613 0 1693 38811 453 0 50 630 0 0\n"
-    b"intr 1000 0 0 0\n"
-    b"ctxt 123456\n"
-    b"btime %d\n"
-    b"processes 4380\n"
-    b"procs_running 1\n"
-    b"procs_blocked 0\n"
-    b"softirq 100 0 0 0 0 0 0 0 0 0 0\n"
-)
+ROOT_STAT = make_proc_trees.ROOT_STAT_TEMPLATE  # btime %d
 
 
 def _write(path, content: bytes):
