@@ -942,9 +942,10 @@ def live(tmp_path_factory):
                 '  - name: "live-long:{{.Matches.main}}"\n'
                 f"    cmdline: [' -cp \\S+ (?P<main>[a-z][\\w.]*) {tag}-long$']\n")
     try:
-        singles = [spawn("-c", SLEEPER, f"{tag}-single") for _ in range(2)]
+        for _ in range(2):  # spawn() keeps each in procs
+            spawn("-c", SLEEPER, f"{tag}-single")
         threaded = spawn("-c", THREADED, "5", f"{tag}-threads")
-        longp = spawn("-c", SLEEPER, "-cp", long_arg, "com.example.Main", f"{tag}-long")
+        spawn("-c", SLEEPER, "-cp", long_arg, "com.example.Main", f"{tag}-long")
         for p in procs:
             assert p.stdout.readline() == b"ready\n"
         pids = [p.pid for p in procs]

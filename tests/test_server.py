@@ -2,7 +2,6 @@
 
 import gzip
 import http.client
-import os
 import socket
 import threading
 import time
