@@ -43,6 +43,7 @@ _nthreads = itemgetter(F["num_threads"])
 _CTXV, _CTXNV = F["ctx_voluntary"], F["ctx_nonvoluntary"]
 # a thread's counters (THREAD_FIELDS 3..10: CPU, faults, context switches, io); None as 0
 _thread_counts = itemgetter(3, 4, 5, 6, 7, 8, 9, 10)
+_T_CTXV, _T_CTXNV = 4, 5  # where the context switches are among those counters
 
 
 class Proc:
@@ -238,6 +239,15 @@ class Tracker:
                                        None if uid is None else names[uid], None if euid is None else names[euid])
             if fact.nofile is not None or bits & WANT_CMDLINE:
                 nofile[identity] = fact.nofile  # UNLIMITED stays: the fd ratio is then about 0
+        if threads:  # context switches summed over the threads, as process-exporter does
+            if position is None:
+                position = dict(zip(identities, range(len(identities))))
+            for identity, counts in threads.items():
+                i = position[identity]
+                rec = list(records[i])
+                rec[_CTXV] = sum(c[_T_CTXV] for c in counts.values())
+                rec[_CTXNV] = sum(c[_T_CTXNV] for c in counts.values())
+                records[i] = last[identity] = tuple(rec)
         if dropped:
             keep = [i for i, identity in enumerate(identities) if identity not in dropped]
             records = [records[i] for i in keep]
@@ -255,16 +265,6 @@ class Tracker:
         from_now = set(started) if first else {i for i in started if i[0] in self._unreadable_pids}
         if dropped:  # read but not its facts: if it is there next time, its past is unseen
             unreadable_pids = unreadable_pids | {pid for pid, _ in dropped}
-        if threads:  # context switches summed over the threads, as process-exporter does
-            if position is None:
-                position = dict(zip(identities, range(len(identities))))
-            for identity, counts in threads.items():
-                i = position[identity]
-                ctxv = sum(c[4] for c in counts.values())
-                ctxnv = sum(c[5] for c in counts.values())
-                rec = list(records[i])
-                rec[_CTXV], rec[_CTXNV] = ctxv, ctxnv
-                records[i] = last[identity] = tuple(rec)
         if dropped:
             keys = set(map(_keys, records))
             last = dict(zip(identities, records))

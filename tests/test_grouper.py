@@ -9,7 +9,7 @@ import random
 import pytest
 
 from exporter.config import load_config, parse_config
-from exporter.reader import WANT_NOFILE
+from exporter.reader import F, WANT_NOFILE
 from procs import BOOT, HZ, FakeReader, exporter, groups, rec, thread
 
 DEFAULT = load_config(None)
@@ -582,3 +582,26 @@ def test_recheck_matches_unnamed_processes_again_within_the_time_limit():
     groups(exp)
     r.facts[(5, 100)] = (b"app\0--role=worker\0", None, b"0::/", 1024)
     assert groups(exp)["worker"].num_procs == 0
+
+
+def test_thread_sums_land_on_their_own_process_when_another_is_dropped_in_the_same_step():
+    r = FakeReader()
+    exp = exporter(DEFAULT, r)
+    r.put(rec(1, "init"))
+    r.put(rec(30, "srv", threads=2, ctxv=1),
+          threads=[thread(30, "srv", ctxv=1), thread(31, "srv", ctxv=10)])
+    groups(exp)
+    r.put(rec(20, "brief", start=500))  # a lower pid, gone before its facts are read
+    real = r.read_facts
+
+    def brief_gone(requests):
+        facts, errors = real(requests)
+        return [f._replace(gone=True, cmdline=None) if f.pid == 20 else f for f in facts], errors
+
+    r.read_facts = brief_gone
+    r.put(rec(30, "srv", threads=2, ctxv=2),
+          threads=[thread(30, "srv", ctxv=2), thread(31, "srv", ctxv=15)])
+    step = exp.tracker.step(r.read())
+    srv = step.last[(30, 100)]
+    assert (20, 500) not in step.last and srv[2] == "srv"
+    assert srv[F["ctx_voluntary"]] == 17 and step.last[(1, 100)][F["ctx_voluntary"]] == 0
