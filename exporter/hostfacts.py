@@ -8,12 +8,13 @@ than trusting a table frozen at start.
 
 from __future__ import annotations
 
-import errno
 import os
 import pwd
 import stat as stat_mod
 import threading
 import time
+
+from exporter.procfs import read_file
 
 
 def read_boot_time(procfs: str) -> int:
@@ -22,13 +23,7 @@ def read_boot_time(procfs: str) -> int:
     (a FIFO in a fixture tree is an error) and reads at most 1 MiB."""
     path = os.path.join(procfs, "stat")
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            if not stat_mod.S_ISREG(os.fstat(fd).st_mode):  # /proc/stat is a regular file
-                raise OSError(errno.EINVAL, "not a regular file")
-            data = os.pread(fd, 1 << 20, 0)
-        finally:
-            os.close(fd)
+        data = read_file(path)  # /proc/stat is a regular file
     except OSError as e:
         raise OSError(e.errno, f"cannot read {path}: {e.strerror}") from None
     for line in data.split(b"\n"):

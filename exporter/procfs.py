@@ -175,6 +175,19 @@ def pid_of(name: str):
     return pid if pid <= PID_MAX else None
 
 
+def read_file(path: str, regular_only: bool = True) -> bytes:
+    """At most FILE_MAX bytes of a /proc file, as the C reads one: never blocking (a FIFO
+    in a fixture tree), and with ``regular_only`` (outside a real procfs) only a regular
+    file (EINVAL otherwise)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if regular_only and not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return os.pread(fd, FILE_MAX, 0)
+    finally:
+        os.close(fd)
+
+
 class _Gone(Exception):
     """The process exited while we were reading it."""
 
@@ -200,13 +213,7 @@ class PythonReader:
     def _read(self, pid: int, name: str, cut: bool = False) -> bytes:
         """PID/name whole (up to FILE_MAX: cut there for cmdline, else Malformed). Never
         blocks on a FIFO; outside a real procfs only regular files are read."""
-        fd = os.open(f"{self.procfs}/{pid}/{name}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            if not self.procfs_root and not stat_mod.S_ISREG(os.fstat(fd).st_mode):
-                raise OSError(errno.EINVAL, "not a regular file")
-            data = os.pread(fd, FILE_MAX, 0)
-        finally:
-            os.close(fd)
+        data = read_file(f"{self.procfs}/{pid}/{name}", regular_only=not self.procfs_root)
         if len(data) >= FILE_MAX and not cut:
             raise Malformed(f"{name} of {FILE_MAX} bytes or more")
         return data

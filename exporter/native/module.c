@@ -18,6 +18,15 @@
 #define PS_ARENA_KEEP (4u << 20)
 #define PS_BUF_KEEP (64u << 10)
 
+/* t[k++] = expr, or goto error when expr failed (NULL) */
+#define TUPLE_PUT(t, k, expr)                                                              \
+    do {                                                                                   \
+        PyObject *item_ = (expr);                                                          \
+        if (item_ == NULL)                                                                 \
+            goto error;                                                                    \
+        PyTuple_SET_ITEM((t), (k)++, item_);                                               \
+    } while (0)
+
 typedef struct {
     PyObject_HEAD
     PyObject *procfs; /* as given, for messages */
@@ -100,25 +109,18 @@ static PyObject *reader_num(const ps_record *r, int f)
 static PyObject *reader_record(ps_walker *w, size_t i)
 {
     const ps_record *r = &w->records[i];
-    PyObject *rec = PyTuple_New(PS_RECORD_LEN), *v;
+    PyObject *rec = PyTuple_New(PS_RECORD_LEN);
     Py_ssize_t k = 0;
     int f;
 
     if (rec == NULL)
         return NULL;
-#define SET(expr)                                                                          \
-    do {                                                                                   \
-        if ((v = (expr)) == NULL)                                                          \
-            goto error;                                                                    \
-        PyTuple_SET_ITEM(rec, k++, v);                                                     \
-    } while (0)
-    SET(PyLong_FromLong(r->pid));
-    SET(reader_num(r, F_PPID));
-    SET(reader_comm(w, r));
-    SET(reader_text(w, r->state));
+    TUPLE_PUT(rec, k, PyLong_FromLong(r->pid));
+    TUPLE_PUT(rec, k, reader_num(r, F_PPID));
+    TUPLE_PUT(rec, k, reader_comm(w, r));
+    TUPLE_PUT(rec, k, reader_text(w, r->state));
     for (f = F_FLAGS; f < F_COUNT; f++)
-        SET(reader_num(r, f));
-#undef SET
+        TUPLE_PUT(rec, k, reader_num(r, f));
     /* ints and strs only: in no reference cycle, so the cyclic GC need not walk the
      * thousands of records a read makes */
     PyObject_GC_UnTrack(rec);
@@ -131,7 +133,7 @@ error:
 /* The threads of fact f: a list of plain tuples (exporter.reader.THREAD_FIELDS), or None. */
 static PyObject *reader_threads(ps_walker *w, const ps_fact *f)
 {
-    PyObject *list, *t, *v;
+    PyObject *list, *t;
     size_t i;
     int k;
 
@@ -145,18 +147,11 @@ static PyObject *reader_threads(ps_walker *w, const ps_fact *f)
         if ((t = PyTuple_New(T_COUNT + 3)) == NULL)
             goto error;
         PyList_SET_ITEM(list, (Py_ssize_t)i, t);
-#define SET(expr)                                                                          \
-    do {                                                                                   \
-        if ((v = (expr)) == NULL)                                                          \
-            goto error;                                                                    \
-        PyTuple_SET_ITEM(t, j++, v);                                                       \
-    } while (0)
-        SET(PyLong_FromLong(th->tid));
-        SET(reader_text(w, th->comm));
-        SET(reader_text(w, th->state));
+        TUPLE_PUT(t, j, PyLong_FromLong(th->tid));
+        TUPLE_PUT(t, j, reader_text(w, th->comm));
+        TUPLE_PUT(t, j, reader_text(w, th->state));
         for (k = 0; k < T_COUNT; k++)
-            SET((th->has & (1u << k)) ? PyLong_FromUnsignedLongLong(th->num[k]) : Py_NewRef(Py_None));
-#undef SET
+            TUPLE_PUT(t, j, (th->has & (1u << k)) ? PyLong_FromUnsignedLongLong(th->num[k]) : Py_NewRef(Py_None));
     }
     return list;
 error:

@@ -610,11 +610,6 @@ static int walk_add_pid(ps_walker *w, const char *s, void *unused)
     return 0;
 }
 
-static int walk_add_tid(ps_walker *w, const char *s, void *unused)
-{
-    return walk_add_pid(w, s, unused);
-}
-
 /* The root fd, opened when not kept (a fixture tree is opened afresh for each call, so
  * it is listed as it is now). 0 or -1 with *err. */
 static int walk_open_root(ps_walker *w, int *err)
@@ -750,9 +745,6 @@ static int walk_nofile(ps_walker *w, ps_fact *f)
     return 0;
 }
 
-/* A numeric name of a task dir into w->pids (reused as scratch for the tids). */
-static int walk_add_tid(ps_walker *w, const char *s, void *unused);
-
 /* One thread: task/TID/stat must parse (else the thread is skipped), status and io may be
  * unreadable (None). 0, or -1 on ENOMEM. */
 static int walk_thread(ps_walker *w, int pid, int tid)
@@ -819,9 +811,8 @@ static int walk_thread(ps_walker *w, int pid, int tid)
 static int walk_threads(ps_walker *w, ps_fact *f)
 {
     char path[48];
-    size_t i, first = w->nthreads, ntids;
+    size_t i, first = w->nthreads;
     int fd, err = 0, rc;
-    int *tids;
 
     f->first_thread = first;
     f->nthreads = 0;
@@ -831,23 +822,15 @@ static int walk_threads(ps_walker *w, ps_fact *f)
     while (fd < 0 && errno == EINTR);
     if (fd < 0)
         return 0;
-    w->npids = 0;
-    rc = walk_each_entry(w, fd, walk_add_tid, NULL, &err);
+    w->npids = 0; /* the tids, in w->pids (the walk's, free after it; walk_thread leaves it) */
+    rc = walk_each_entry(w, fd, walk_add_pid, NULL, &err);
     close(fd);
     if (rc < 0)
         return err == ENOMEM ? -1 : 0;
-    ntids = w->npids;
-    tids = malloc((ntids ? ntids : 1) * sizeof(*tids));
-    if (tids == NULL)
-        return -1;
-    memcpy(tids, w->pids, ntids * sizeof(*tids));
-    qsort(tids, ntids, sizeof(*tids), walk_cmp_int);
-    for (i = 0; i < ntids; i++)
-        if (walk_thread(w, f->pid, tids[i]) < 0) {
-            free(tids);
+    qsort(w->pids, w->npids, sizeof(*w->pids), walk_cmp_int);
+    for (i = 0; i < w->npids; i++)
+        if (walk_thread(w, f->pid, w->pids[i]) < 0)
             return -1;
-        }
-    free(tids);
     f->nthreads = w->nthreads - first;
     if (f->nthreads < 2) { /* one thread is the process itself */
         w->nthreads = first;
