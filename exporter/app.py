@@ -89,7 +89,7 @@ class Exporter:
             errors = self._read_errors
             for reason, count in step.errors.items():
                 errors[reason] = errors.get(reason, 0) + count
-            self._procread += len(step.unreadable_pids)
+            self._procread += len(reading.unreadable)  # stat unreadable (not: exited meanwhile)
             self._partial += sum(map(contains, map(_partial_fields, step.records), repeat(None)))
             result = ScrapeResult(groups, len(step.records), duration, dict(errors), self._failed, self._procread,
                                   self._partial)

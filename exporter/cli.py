@@ -586,7 +586,7 @@ class _NameMapping:
     def match(self, process):
         if process.comm != self.name:
             return None
-        groups = _submatch(self.regex, " ".join(process.cmdline or ()))
+        groups = self.regex.submatch(" ".join(process.cmdline or ()))
         for value in groups[1:] if groups else ():
             if value:
                 return {NAME_MAPPING_CAPTURE: value}
@@ -594,16 +594,6 @@ class _NameMapping:
 
     def __repr__(self):
         return f"_NameMapping({self.name!r}, {self.regex.pattern!r})"
-
-
-def _submatch(regex, text: str):
-    """Go's FindStringSubmatch with a regex the config module compiled: None, or the whole
-    match then each group ("" for a group that took no part)."""
-    submatch = getattr(regex, "submatch", None)
-    if submatch is not None:
-        return submatch(text)
-    found = regex.search(text)
-    return None if found is None else (found.group(0), *(g or "" for g in found.groups()))
 
 
 def _name_mapping_matcher(name: str, regex: str) -> _NameMapping:
