@@ -1,10 +1,11 @@
 """`make bench`: procsnap against its peers and the C floor, in one interleaved run.
 
-For each size N (idle `sleep` processes spawned for the run), every contender is started,
-warmed with one scrape, then scraped round-robin for several rounds (the order rotates
-each round). Per contender: median / p95 scrape time, CPU per scrape (utime+stime of the
-contender's process around each scrape), peak RSS (VmHWM), peak memory charged to the
-contender's own memory cgroup (user + kernel, and the kernel part: bench/memcg.py), series
+For each size N and each host mix (idle: N `sleep` processes spawned for the run; busy: the
+same plus 50 processes of 100 threads that burn a little CPU and do small file I/O), every
+contender is started, warmed with one scrape, then scraped round-robin for several rounds
+(the order rotates each round). Per contender: median / p95 scrape time, CPU per scrape
+(utime+stime of the contender's process around each scrape), peak RSS (VmHWM), peak memory
+charged to the contender's own memory cgroup (user + kernel, and the kernel part: bench/memcg.py), series
 count, and, in a separate phase under `strace -c -f`, syscalls per process per scrape.
 
 Contenders:
@@ -19,14 +20,18 @@ Contenders:
   floor_kept             bench/floor.c: the same files kept open, pread at offset 0
   snapshot_native        exporter.Snapshotter(backend="native").snapshot(), no HTTP
   snapshot_python        exporter.Snapshotter(backend="python").snapshot(), no HTTP
+  apps_plugin            Netdata's apps.plugin 1.37 (`apps.plugin 1`): one collection cycle per
+                         round, compared by CPU per cycle (reported apart: no scrape time)
 
 Also: the GIL proof (a pure-Python thread's throughput while snapshots run in another),
 and psutil's own benchmark claims (oneshot, process_iter(attrs)) reproduced.
 
-Writes bench/results/latest.json and latest.md (or --out DIR). Timing assertions do not
-belong in tests: this prints PASS/FAIL against the targets, it never fails the build on them.
+Writes bench/results/latest.json, latest.md and scrape_vs_n.png (or --out DIR). Timing
+assertions do not belong in tests: this prints PASS/FAIL against the targets, it never fails
+the build on them.
 
-    .venv/bin/python bench/run.py [--quick] [--sizes 500,2000] [--rounds 7] [--no-strace]
+    .venv/bin/python bench/run.py [--quick] [--sizes 500,2000] [--mixes idle,busy] [--busy 50x100]
+                                  [--rounds 7] [--no-strace]
                                   [--only procsnap_grouped,pe_grouped] [--procsnap-args "..."]
 """
 
@@ -35,6 +40,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import operator
 import os
 import platform
 import re
@@ -49,6 +55,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -57,10 +64,20 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 from memcg import MemCgroups, mib  # noqa: E402
-from spawn import IdleProcesses, capacity_check, die_with_parent  # noqa: E402
+from spawn import (  # noqa: E402
+    BUSY_BURN, BUSY_BYTES, BUSY_PERIOD, ProcessSet, capacity_check, count_tasks, die_with_parent, group_cpu_seconds,
+    stat_fields,
+)
 
 PE_BIN = shutil.which("prometheus-process-exporter") or "/usr/bin/prometheus-process-exporter"
 PROCSNAP_BIN = os.path.join(os.path.dirname(sys.executable), "procsnap")
+# Netdata's apps.plugin (Debian netdata-core) runs standalone: `apps.plugin 1` collects every
+# second and writes netdata's text protocol to stdout. Both config dirs point at the stock
+# one, so it groups by the stock apps_groups.conf whatever /etc/netdata holds.
+APPS_PLUGIN = "/usr/lib/netdata/plugins.d/apps.plugin"
+APPS_PLUGIN_ENV = {"NETDATA_USER_CONFIG_DIR": "/usr/lib/netdata/conf.d",
+                   "NETDATA_STOCK_CONFIG_DIR": "/usr/lib/netdata/conf.d"}
+APPS_PLUGIN_CYCLE_START = b"BEGIN netdata.apps_cpu "  # the first chart of each cycle
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 GROUPED_PE_CONFIG = """process_names:
@@ -97,6 +114,11 @@ ORDER = [
     "snapshot_native",
     "snapshot_python",
 ]
+# Contenders that collect on their own clock: compared by CPU per collection cycle, apart
+# from the scrape table (they have no scrape time).
+CYCLE_ORDER = ["apps_plugin"]
+ALL_KEYS = ORDER + CYCLE_ORDER
+MIXES = ["idle", "busy"]
 LABELS = {
     "procsnap_grouped": "procsnap, grouped by comm (HTTP), default --procfs.keep-open=auto",
     "procsnap_grouped_all": "procsnap, grouped by comm (HTTP), --procfs.keep-open=all (fastest)",
@@ -109,6 +131,7 @@ LABELS = {
     "floor_kept": "C floor: same files kept open, pread only",
     "snapshot_native": "procsnap snapshot() alone, native backend",
     "snapshot_python": "procsnap snapshot() alone, python backend",
+    "apps_plugin": "Netdata apps.plugin, one 1 s collection cycle (stock apps_groups.conf)",
 }
 
 
@@ -132,6 +155,11 @@ def log(msg: str) -> None:
 # ---------------------------------------------------------------- small helpers
 
 
+def size_key(n: int, mix: str) -> str:
+    """The results' key of one size of one mix: "5000" (idle), "5000 busy"."""
+    return str(n) if mix == "idle" else f"{n} {mix}"
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -140,9 +168,16 @@ def free_port() -> int:
 
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a whole process (all its threads, live and dead), in seconds."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        fields = f.read().rsplit(b")", 1)[1].split()
+    fields = stat_fields(pid)
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def process_state(pid: int) -> Optional[str]:
+    """The state letter from /proc/PID/stat (R, S, T, ...); None once it is gone."""
+    try:
+        return stat_fields(pid)[0].decode()
+    except OSError:
+        return None
 
 
 def status_kb(pid: int, key: str) -> Optional[int]:
@@ -260,7 +295,11 @@ class Contender:
         die_with_parent()
         MemCgroups.join(self.cgroup)
 
-    def _check_cgroup(self) -> None:
+    def _spawn(self, stdin, stdout, env: Optional[dict] = None) -> None:
+        """Start the process (stderr to its file), then check it joined its memory cgroup."""
+        with open(self.stderr_path, "ab") as err:
+            self.proc = subprocess.Popen(self.cmd, stdin=stdin, stdout=stdout, stderr=err,
+                                         preexec_fn=self._preexec, cwd=ROOT, env=env)
         if self.cgroup and self.cgroups and not self.cgroups.member(self.cgroup, self.pid):
             self.mem_reason = f"process {self.pid} did not join {self.cgroup}"  # no figures then
 
@@ -299,12 +338,7 @@ class HttpContender(Contender):
 
     def start(self, timeout: float) -> None:
         t0 = time.monotonic()
-        with open(self.stderr_path, "ab") as err:
-            self.proc = subprocess.Popen(
-                self.cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                preexec_fn=self._preexec, cwd=ROOT,
-            )
-        self._check_cgroup()
+        self._spawn(subprocess.DEVNULL, subprocess.DEVNULL)
         deadline = t0 + timeout
         last_error = ""
         while time.monotonic() < deadline:
@@ -351,12 +385,7 @@ class PipeContender(Contender):
 
     def start(self, timeout: float) -> None:
         t0 = time.monotonic()
-        with open(self.stderr_path, "ab") as err:
-            self.proc = subprocess.Popen(
-                self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
-                preexec_fn=self._preexec, cwd=ROOT,
-            )
-        self._check_cgroup()
+        self._spawn(subprocess.PIPE, subprocess.PIPE)
         if self.expect_ready:
             reply = self._readline(timeout)
             if "error" in reply:
@@ -379,6 +408,65 @@ class PipeContender(Contender):
         self.proc.stdin.flush()
         reply = self._readline(timeout)
         return Sample(reply["wall_ns"] / 1e9, reply["cpu_ns"] / 1e9, procs=reply.get("procs"))
+
+
+class CycleContender(Contender):
+    """Netdata's apps.plugin, which collects every second by itself. One "scrape" lets it run
+    one collection cycle: SIGCONT, read its output to the end of a cycle, SIGSTOP. Its CPU
+    between the two is that cycle's cost (a stopped process spends none, so none is missed
+    or counted twice). The wall time includes waiting for its tick: only CPU compares."""
+
+    def start(self, timeout: float) -> None:
+        t0 = time.monotonic()
+        # stdin stays an open pipe: the plugin exits when it reads EOF there
+        self._spawn(subprocess.PIPE, subprocess.PIPE, env=dict(os.environ, **APPS_PLUGIN_ENV))
+        try:
+            self._one_cycle(timeout)
+        except (TimeoutError, RuntimeError) as e:
+            raise Skip(str(e)) from None
+        self._pause()
+        self.startup_seconds = time.monotonic() - t0
+
+    def _one_cycle(self, timeout: float) -> None:
+        """Read the output up to the end of the next whole cycle: its first chart seen, then
+        an END line followed by quiet (the plugin flushes once a cycle, then sleeps)."""
+        assert self.proc is not None and self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        seen, started = b"", False
+        while True:
+            done_if_quiet = started and seen.endswith(b"END\n")
+            wait = 0.03 if done_if_quiet else deadline - time.monotonic()
+            if wait <= 0 or not select.select([fd], [], [], wait)[0]:
+                if done_if_quiet:
+                    return
+                raise TimeoutError(f"{self.key}: no whole collection cycle within {timeout:.0f}s")
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                raise RuntimeError(f"exited: {crash_reason(self)}")
+            seen = seen[-len(APPS_PLUGIN_CYCLE_START):] + chunk  # a marker may span two reads
+            started = started or APPS_PLUGIN_CYCLE_START in seen
+
+    def _pause(self) -> None:
+        """SIGSTOP, and wait until it has stopped (its CPU is final then)."""
+        os.kill(self.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 5
+        while process_state(self.pid) not in ("T", "t", None) and time.monotonic() < deadline:
+            time.sleep(0.001)
+
+    def scrape(self, timeout: float) -> Sample:
+        c0 = cpu_seconds(self.pid)
+        t0 = time.perf_counter()
+        os.kill(self.pid, signal.SIGCONT)
+        self._one_cycle(timeout)
+        wall = time.perf_counter() - t0
+        self._pause()
+        return Sample(wall, cpu_seconds(self.pid) - c0)
+
+    def stop(self) -> None:
+        if self.alive():
+            os.kill(self.pid, signal.SIGCONT)  # a stopped process would not act on SIGTERM
+        super().stop()
 
 
 # ---------------------------------------------------------------- strace
@@ -600,6 +688,8 @@ def make_contenders(workdir: str, floor_bin: Optional[str], env: dict, wanted: s
                           [sys.executable, os.path.join(HERE, "snapworker.py"), "serve", backend_name], workdir)
         c.expect_ready = True
         contenders.append(c)
+    contenders.append(CycleContender("apps_plugin", LABELS["apps_plugin"], [APPS_PLUGIN, "1"], workdir,
+                                     note="stock apps_groups.conf; users and groups charts on (its defaults)"))
     return [c for c in contenders if c.key in wanted]
 
 
@@ -709,7 +799,22 @@ def mem_after_rounds(c: Contender) -> None:
         m["note"] = "the process was restarted: figures span all its lives (their kernel charges stay)"
 
 
-def bench_size(n: int, args, env: dict, workdir: str, floor_bin: Optional[str], deadline: float) -> dict:
+def unavailable(key: str, env: dict, floor_bin: Optional[str]) -> Optional[str]:
+    """Why the contender `key` cannot run on this machine, or None."""
+    if key.startswith("procsnap_") and not env["procsnap_cli"]:
+        return env["procsnap_cli_reason"]
+    if key.startswith("floor_") and not floor_bin:
+        return env["floor_reason"]
+    if key.startswith("pe_") and not os.path.exists(PE_BIN):
+        return f"{PE_BIN} not installed (make tools installs it)"
+    if key == "apps_plugin" and not os.access(APPS_PLUGIN, os.X_OK):
+        return f"{APPS_PLUGIN} not installed (make bench installs Debian's netdata-core)"
+    return None
+
+
+def bench_size(n: int, mix: str, busy_pgid: Optional[int], args, env: dict, workdir: str, floor_bin: Optional[str],
+               deadline: float) -> dict:
+    """One size of one mix: start the contenders, warm up, interleaved rounds, strace."""
     wanted = set(args.contenders)
     contenders = make_contenders(workdir, floor_bin, env, wanted)
     cgroups: Optional[MemCgroups] = env.get("memcg")
@@ -718,7 +823,7 @@ def bench_size(n: int, args, env: dict, workdir: str, floor_bin: Optional[str], 
         if cgroups is None or not cgroups.available:
             c.mem_reason = cgroups.reason if cgroups else "not measured"
             continue
-        c.cgroup = cgroups.create(f"n{n}-{c.key}")
+        c.cgroup = cgroups.create(f"n{n}-{mix}-{c.key}")
         if c.cgroup is None:
             c.mem_reason = cgroups.reason
 
@@ -740,19 +845,11 @@ def bench_size(n: int, args, env: dict, workdir: str, floor_bin: Optional[str], 
                     return  # a usage/config error will not go away
                 if attempt < 2:
                     time.sleep(3)
-    result: dict = {"n": n}
+    result: dict = {"n": n, "mix": mix}
     try:
         for c in contenders:
-            if c.key.startswith("procsnap_") and not env["procsnap_cli"]:
-                c.skipped = env["procsnap_cli_reason"]
-                log(f"  skip {c.key}: {c.skipped}")
-                continue
-            if c.key.startswith("floor_") and not floor_bin:
-                c.skipped = env["floor_reason"]
-                log(f"  skip {c.key}: {c.skipped}")
-                continue
-            if c.key.startswith("pe_") and not os.path.exists(PE_BIN):
-                c.skipped = f"{PE_BIN} not installed (make tools installs it)"
+            c.skipped = unavailable(c.key, env, floor_bin)
+            if c.skipped:
                 log(f"  skip {c.key}: {c.skipped}")
                 continue
             start_with_retries(c)
@@ -761,6 +858,7 @@ def bench_size(n: int, args, env: dict, workdir: str, floor_bin: Optional[str], 
         live = [c for c in contenders if c.alive()]
         nprocs = count_pids()
         result["pids"] = nprocs
+        result["tasks"] = count_tasks()
         log(f"  {nprocs} pids; contenders: {', '.join(c.key for c in live)}")
 
         def revive(c: Contender) -> bool:
@@ -816,6 +914,7 @@ def bench_size(n: int, args, env: dict, workdir: str, floor_bin: Optional[str], 
         for c in live:
             mem_after_warmup(c)
         busy0 = cpu_busy()
+        workload0 = group_cpu_seconds(busy_pgid) if busy_pgid else None
         rounds_t0 = time.monotonic()
         result["loadavg_before"] = os.getloadavg()
         for r in range(args.rounds):
@@ -835,6 +934,8 @@ def bench_size(n: int, args, env: dict, workdir: str, floor_bin: Optional[str], 
         result["machine_cpu_seconds"] = (busy1[0] - busy0[0]) / CLK_TCK
         # the rest is the harness itself plus whatever else runs on the machine (noise)
         result["contender_cpu_seconds"] = sum(sum(s.cpu for s in c.samples) for c in live)
+        if workload0 is not None:
+            result["busy_cpu_seconds"] = group_cpu_seconds(busy_pgid) - workload0
         for c in live:
             if c.alive():
                 c.rss_kb = status_kb(c.pid, "VmHWM")
@@ -855,7 +956,8 @@ def bench_size(n: int, args, env: dict, workdir: str, floor_bin: Optional[str], 
                     except Exception as e:  # noqa: BLE001
                         c.strace = {"error": f"{type(e).__name__}: {e}"}
                         log(f"  strace {c.key}: {c.strace['error']}")
-        result["contenders"] = {c.key: summarize(c, nprocs) for c in contenders}
+        result["contenders"] = {c.key: summarize(c, nprocs) for c in contenders if c.key in ORDER}
+        result["cycle_contenders"] = {c.key: summarize(c, nprocs) for c in contenders if c.key in CYCLE_ORDER}
     finally:
         for c in contenders:
             c.stop()
@@ -875,13 +977,17 @@ def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
     return a / b
 
 
+COMPARE = {"<=": operator.le, ">=": operator.ge, "<": operator.lt}
+
+
 def evaluate(size: dict) -> tuple:
-    cs = size.get("contenders", {})
+    cs = all_contenders(size)
 
     def get(key, field_name):
         return (cs.get(key) or {}).get(field_name)
 
     med = lambda k: get(k, "median_ms")  # noqa: E731
+    cpu = lambda k: get(k, "cpu_ms_per_scrape")  # noqa: E731
     ratios = {
         "procsnap_grouped / floor_fresh": ratio(med("procsnap_grouped"), med("floor_fresh")),
         "procsnap_grouped_all / floor_kept": ratio(med("procsnap_grouped_all"), med("floor_kept")),
@@ -895,12 +1001,14 @@ def evaluate(size: dict) -> tuple:
         "snapshot_native / floor_fresh": ratio(med("snapshot_native"), med("floor_fresh")),
         "snapshot_python / snapshot_native": ratio(med("snapshot_python"), med("snapshot_native")),
         "floor_fresh / floor_kept": ratio(med("floor_fresh"), med("floor_kept")),
+        "CPU: apps_plugin per cycle / procsnap_grouped per scrape": ratio(cpu("apps_plugin"), cpu("procsnap_grouped")),
+        "CPU: pe_grouped / procsnap_grouped, per scrape": ratio(cpu("pe_grouped"), cpu("procsnap_grouped")),
     }
 
     targets = []
 
     def target(name, value, limit, op, unit=""):
-        ok = None if value is None or limit is None else (value <= limit if op == "<=" else value >= limit)
+        ok = None if value is None or limit is None else COMPARE[op](value, limit)
         targets.append({"name": name, "value": value, "target": f"{op} {limit:g}{unit}" if limit is not None else f"{op} ?",
                         "pass": ok})
 
@@ -918,6 +1026,8 @@ def evaluate(size: dict) -> tuple:
     target("grouped, keep-open=all, within 1.5x of C floor kept", ratios["procsnap_grouped_all / floor_kept"], 1.5, "<=", "x")
     target("procsnap_grouped_all: syscalls/process/scrape <= 5", get("procsnap_grouped_all", "syscalls_per_proc_per_scrape"),
            5, "<=")
+    target("procsnap_grouped: CPU per scrape < apps.plugin's CPU per collection cycle", cpu("procsnap_grouped"),
+           cpu("apps_plugin"), "<", " ms")
     target("procsnap_grouped: peak RSS <= 45 MB", get("procsnap_grouped", "peak_rss_mb"), 45, "<=", " MB")
     target("procsnap_per_process: peak RSS <= process-exporter per-process",
            get("procsnap_per_process", "peak_rss_mb"), get("pe_per_process", "peak_rss_mb"), "<=", " MB")
@@ -952,9 +1062,9 @@ def memcg_line(results: dict) -> str:
 
 def memcg_section(size: dict, measured: bool) -> list:
     """The charged memory in detail, and what it depends on (who touched /proc first)."""
-    cs = size.get("contenders", {})
+    cs = all_contenders(size)
     rows = []
-    for key in ORDER:
+    for key in ALL_KEYS:
         c = cs.get(key) or {}
         mc = c.get("memcg") or {}
         if c.get("skipped") or "peak_mib" not in mc:
@@ -967,7 +1077,7 @@ def memcg_section(size: dict, measured: bool) -> list:
                     f"{fmt(mc.get('end_anon_mib'))} / {fmt(mc.get('end_file_mib'))} |")
     if not rows:
         return []
-    any_mc = next((cs[k]["memcg"] for k in ORDER if "peak_mib" in ((cs.get(k) or {}).get("memcg") or {})), {})
+    any_mc = next((cs[k]["memcg"] for k in ALL_KEYS if "peak_mib" in ((cs.get(k) or {}).get("memcg") or {})), {})
     out = [
         "| memory charged to the cgroup | scrapes | peak MiB, start + warm-up scrape | peak MiB over the rounds | "
         "peak MiB, all | at end MiB: total / kernel | at end MiB: anon / page cache |",
@@ -989,10 +1099,46 @@ def memcg_section(size: dict, measured: bool) -> list:
     return out
 
 
+def all_contenders(size: dict) -> dict:
+    """The scrape and the cycle contenders of one size, by key."""
+    return {**size.get("contenders", {}), **size.get("cycle_contenders", {})}
+
+
+def mix_title(size: dict) -> str:
+    title = f"N = {size['n']} idle processes"
+    if size.get("mix", "idle") == "idle":
+        return f"{title} ({size.get('pids', '?')} pids)"
+    busy = size.get("busy") or {}
+    return (f"{title} + {busy.get('procs', '?')} busy processes of {busy.get('threads', '?')} threads "
+            f"({size.get('pids', '?')} pids, {size.get('tasks', '?')} tasks)")
+
+
+def cycle_section(size: dict) -> list:
+    """apps.plugin's CPU per collection cycle next to the exporters' CPU per scrape."""
+    cycles = size.get("cycle_contenders") or {}
+    if not cycles:
+        return []
+    cs = all_contenders(size)
+    out = ["| CPU per collection cycle vs per scrape | cycles / scrapes | CPU ms per cycle / scrape | peak RSS MB | "
+           "peak charged MiB | of which kernel MiB | syscalls/proc per cycle / scrape |",
+           "|---|---:|---:|---:|---:|---:|---:|"]
+    for key in CYCLE_ORDER + ["procsnap_grouped", "pe_grouped"]:
+        c = cs.get(key)
+        if c is None:
+            continue
+        if c.get("skipped"):
+            out.append(f"| {key} | skipped: {one_line(c['skipped'], 300)} |" + " |" * 5)
+            continue
+        out.append(f"| {key} | {c['scrapes']} | {fmt(c['cpu_ms_per_scrape'])} | {fmt(c['peak_rss_mb'])} | "
+                   f"{fmt(c.get('peak_charged_mib'))} | {fmt(c.get('kernel_charged_mib'))} | "
+                   f"{fmt(c['syscalls_per_proc_per_scrape'])} |")
+    return out + [""]
+
+
 def markdown(results: dict) -> str:
     m = results["machine"]
     lines = [
-        "## Benchmark: procsnap vs process-exporter, a psutil exporter and the C floor",
+        "## Benchmark: procsnap vs process-exporter, Netdata's apps.plugin, a psutil exporter and the C floor",
         "",
         f"Machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['mem_gib']:.0f} GiB, Linux {m['kernel']}, "
         f"Python {m['python']}, psutil {m['psutil']}, process-exporter {m['process_exporter']}. "
@@ -1008,14 +1154,29 @@ def markdown(results: dict) -> str:
         "(kept-open /proc files' seq_file buffers and struct files, dentries, inodes, page tables) is what RSS "
         f"does not show. {memcg_line(results)}",
         "",
+        "Two host mixes: *idle*, N idle `sleep` processes; *busy*, the same plus processes of many threads, "
+        f"each thread waking every ~{BUSY_PERIOD:g} s (jittered) to burn {BUSY_BURN * 1e6:g} µs of CPU and "
+        f"rewrite and reread a {BUSY_BYTES // 1024} KiB file of its own (bench/spawn.py). "
+        "Netdata's apps.plugin collects on its own 1 s clock, so it is compared by CPU per collection cycle: "
+        "each of its rounds lets it run one cycle (SIGCONT, its output read to the cycle's end, SIGSTOP) and "
+        "counts the utime+stime it spent, next to the exporters' CPU per scrape.",
+        "",
     ]
+    if results.get("plot"):
+        lines += [f"![scrape time and CPU against N]({results['plot']})", ""]
+    elif results.get("plot_error"):
+        lines += [f"No plot: {results['plot_error']}.", ""]
     for note in results.get("notes", []):
         lines.append(f"- {note}")
     if results.get("notes"):
         lines.append("")
-    for n, size in results["sizes"].items():
-        lines.append(f"### N = {n} idle processes ({size.get('pids', '?')} pids)")
+    for size in results["sizes"].values():
+        lines.append(f"### {mix_title(size)}")
         lines.append("")
+        if size.get("busy_cpu_seconds") is not None:
+            lines.append(f"The busy processes used {size['busy_cpu_seconds']:.0f} CPU-s during the timed rounds "
+                         f"({size['busy_cpu_seconds'] / size['rounds_wall_seconds']:.2f} CPUs).")
+            lines.append("")
         if size.get("machine_cpu_seconds") is not None:
             lines.append(f"During the timed rounds ({size['rounds_wall_seconds']:.0f} s) the machine used "
                          f"{size['machine_cpu_seconds']:.0f} CPU-s (busy {100 * (size['machine_busy_fraction'] or 0):.0f}% "
@@ -1023,7 +1184,7 @@ def markdown(results: dict) -> str:
                          f"the rest is the harness and other load. Load average before/after: "
                          f"{size['loadavg_before'][0]:.1f} / {size['loadavg_after'][0]:.1f}.")
             lines.append("")
-        anchors = ANCHORS_5000 if str(n) == "5000" else {}
+        anchors = ANCHORS_5000 if size.get("mix", "idle") == "idle" and size["n"] == 5000 else {}
         head = ("| contender | median ms | p95 ms | CPU ms/scrape | CPU/wall | peak RSS MB | peak charged MiB | "
                 "of which kernel MiB | series | syscalls/proc/scrape |")
         if anchors:
@@ -1048,8 +1209,10 @@ def markdown(results: dict) -> str:
                 row += f" {fmt(anchors.get(key, {}).get('median_ms'))} |"
             lines.append(row)
         lines.append("")
-        for key in ORDER:
-            c = size.get("contenders", {}).get(key) or {}
+        lines.extend(cycle_section(size))
+        everyone = all_contenders(size)
+        for key in ALL_KEYS:
+            c = everyone.get(key) or {}
             if c.get("crashes"):
                 lines.append(f"- {key} died {len(c['crashes'])} time(s) and was restarted: "
                              f"{'; '.join(sorted(set(one_line(r, 120) for r in c['crashes'])))}")
@@ -1058,7 +1221,7 @@ def markdown(results: dict) -> str:
                              f"{'; '.join(sorted(set(one_line(r, 120) for r in c['failed_scrapes'])))}")
             if c.get("error"):
                 lines.append(f"- {key}: {one_line(c['error'])} (figures are from the scrapes before)")
-        if any((size.get("contenders", {}).get(k) or {}).get(f) for k in ORDER for f in ("crashes", "error", "failed_scrapes")):
+        if any((everyone.get(k) or {}).get(f) for k in ALL_KEYS for f in ("crashes", "error", "failed_scrapes")):
             lines.append("")
         lines.extend(memcg_section(size, bool(results.get("memcg")) and not results["memcg"].get("error")))
         lines.append("| ratio | value |")
@@ -1075,7 +1238,7 @@ def markdown(results: dict) -> str:
             lines.append(f"| {t['name']} | {value} | {t['target']} | {verdict(t['pass'])} |")
         lines.append("")
         nofile = (m.get("rlimit_nofile") or [None, None])[1]
-        if nofile and int(n) * 3 > nofile:
+        if nofile and size["n"] * 3 > nofile:
             lines.append(f"At this N, 3 kept files per process exceed RLIMIT_NOFILE (hard {nofile}): floor_kept and "
                          "procsnap keep what fits and open/close the rest, hence more syscalls per process. "
                          "The targets are set against the N=5000 anchors.")
@@ -1089,8 +1252,8 @@ def markdown(results: dict) -> str:
                          f"process_iter(attrs) vs a manual loop {micro['process_iter_speedup']:.2f}x — "
                          f"seed claims {SEED_CLAIMS['process_iter']:g}x.")
             lines.append("")
-    for n, reason in results.get("skipped_sizes", {}).items():
-        lines.append(f"N = {n}: skipped — {reason}")
+    for key, reason in results.get("skipped_sizes", {}).items():
+        lines.append(f"N = {key}: skipped — {reason}")
         lines.append("")
     gil = results.get("gil")
     if gil:
@@ -1120,6 +1283,87 @@ def markdown(results: dict) -> str:
                      "thread ran, vs alone (each return into Python waits for the GIL's switch interval).")
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- plot and files
+
+
+PLOT_NAME = "scrape_vs_n.png"
+MARKERS = "osD^v<>ph*XP"
+
+
+def write_plot(results: dict, path: str) -> Optional[str]:
+    """Median scrape time (top) and CPU per scrape, apps.plugin's per cycle (bottom),
+    against N, one column per mix, log-log. Returns why no plot was written, or None."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # no display here
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+    except ImportError:
+        return "matplotlib is not installed (pip install -e '.[bench]')"
+    sizes = list(results["sizes"].values())
+    mixes = [mix for mix in MIXES if any(s.get("mix", "idle") == mix for s in sizes)]
+    if not mixes:
+        return "no size was measured"
+    rows = (("median_ms", "median scrape time, ms", ORDER),
+            ("cpu_ms_per_scrape", "CPU ms per scrape (apps.plugin: per 1 s cycle)", ALL_KEYS))
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    fig, axes = plt.subplots(2, len(mixes), figsize=(6.5 * len(mixes), 10), squeeze=False, sharex=True, sharey="row")
+    for col, mix in enumerate(mixes):
+        of_mix = sorted((s for s in sizes if s.get("mix", "idle") == mix), key=lambda s: s["n"])
+        for row, (field_name, ylabel, keys) in enumerate(rows):
+            ax = axes[row][col]
+            for key in keys:
+                points = [(s["n"], all_contenders(s).get(key, {}).get(field_name)) for s in of_mix]
+                points = [(n, v) for n, v in points if v]
+                if points:
+                    i = ALL_KEYS.index(key)  # the same colour and marker in every panel
+                    ax.plot(*zip(*points), marker=MARKERS[i], color=plt.get_cmap("tab20")(i), label=key)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            for axis in (ax.xaxis, ax.yaxis):  # 2000, not 2x10^3
+                axis.set_major_formatter(plain)
+                axis.set_minor_formatter(plain)
+            ax.grid(True, which="both", alpha=0.3)
+            if col == 0:
+                ax.set_ylabel(ylabel)
+        busy = next((s["busy"] for s in of_mix if s.get("busy")), {})
+        axes[0][col].set_title("idle: N sleep processes" if mix == "idle" else
+                               f"busy: N idle + {busy.get('procs', '?')} processes x {busy.get('threads', '?')} threads")
+        axes[-1][col].set_xlabel("N idle processes")
+    legend = {}
+    for ax in axes.flat:
+        legend.update(zip(*reversed(ax.get_legend_handles_labels())))
+    labels = [k for k in ALL_KEYS if k in legend]
+    fig.legend([legend[k] for k in labels], labels, loc="lower center", ncol=4)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return None
+
+
+def write_file(path: str, text: str) -> None:
+    """Write via a temporary file: an interrupted run leaves the old file whole."""
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def write_report(results: dict, out: str) -> str:
+    """The plot and latest.md in `out`, from the results; returns the Markdown."""
+    os.makedirs(out, exist_ok=True)
+    results.pop("plot", None)
+    results.pop("plot_error", None)
+    why = write_plot(results, os.path.join(out, PLOT_NAME))
+    if why:
+        results["plot_error"] = why
+    else:
+        results["plot"] = PLOT_NAME
+    md = markdown(results)
+    write_file(os.path.join(out, "latest.md"), md)
+    return md
 
 
 # ---------------------------------------------------------------- machine / environment
@@ -1220,15 +1464,22 @@ def parse_args(argv) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description="procsnap benchmark (make bench ARGS=...)")
     ap.add_argument("--sizes", default=None, help="comma-separated N of idle processes (default 500,2000,5000,10000)")
     ap.add_argument("--rounds", type=int, default=None, help="interleaved timed rounds per size (default 7; --quick 3)")
-    ap.add_argument("--quick", action="store_true", help="N=500 only, 3 rounds, short GIL/psutil phases (< 1 min)")
+    ap.add_argument("--quick", action="store_true",
+                    help="N=500 only, 3 rounds, busy mix 5x10, short GIL/psutil phases (a check of the harness)")
+    ap.add_argument("--mixes", default="idle,busy",
+                    help="host mixes, run at each size: idle (N idle processes), busy (the same plus the busy "
+                         "processes of --busy); default both")
+    ap.add_argument("--busy", default=None, metavar="PROCSxTHREADS",
+                    help="the busy mix's extra processes: PROCS processes of THREADS threads, each thread "
+                         "burning a little CPU and doing small file I/O (default 50x100; --quick 5x10)")
     ap.add_argument("--no-strace", action="store_true", help="skip the strace phase (no syscall counts)")
     ap.add_argument("--strace-scrapes", type=int, default=None,
                     help="scrapes under strace per contender (default 2 up to N=2000, else 1: ptrace makes a "
                          "process-exporter scrape ~20x slower here, and the per-process count does not depend on N)")
     ap.add_argument("--no-gil", action="store_true", help="skip the GIL proof")
     ap.add_argument("--no-psutil-micro", action="store_true", help="skip reproducing psutil's oneshot/process_iter claims")
-    ap.add_argument("--contenders", "--only", dest="contenders", default=",".join(ORDER),
-                    help="run only these (comma-separated) of: " + ",".join(ORDER))
+    ap.add_argument("--contenders", "--only", dest="contenders", default=",".join(ALL_KEYS),
+                    help="run only these (comma-separated) of: " + ",".join(ALL_KEYS))
     ap.add_argument("--procsnap-args", default="", metavar="ARGS",
                     help='extra CLI flags appended to the procsnap contenders\' command lines, split like a shell '
                          'would (e.g. --procsnap-args "--procfs.keep-open=off")')
@@ -1255,13 +1506,22 @@ def parse_args(argv) -> argparse.Namespace:
         ap.error(f"--sizes: not a list of integers: {args.sizes!r}")
     if any(n < 0 or n > 100000 for n in args.sizes):
         ap.error("--sizes: each N must be within 0..100000")
+    args.mixes = [m.strip() for m in args.mixes.split(",") if m.strip()]
+    if not args.mixes or set(args.mixes) - set(MIXES):
+        ap.error(f"--mixes: a comma-separated list of {', '.join(MIXES)}")
+    if args.busy is None:
+        args.busy = "5x10" if args.quick else "50x100"
+    m = re.fullmatch(r"(\d+)x(\d+)", args.busy)
+    if not m or not 1 <= int(m.group(1)) <= 1000 or not 1 <= int(m.group(2)) <= 1000:
+        ap.error(f"--busy: PROCSxTHREADS, each 1..1000, not {args.busy!r}")
+    args.busy = (int(m.group(1)), int(m.group(2)))
     if args.rounds is None:
         args.rounds = 3 if args.quick else 7
     args.rounds = max(1, min(args.rounds, 100))
     if args.strace_scrapes is not None:
         args.strace_scrapes = max(1, min(args.strace_scrapes, 20))
     args.contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
-    unknown = set(args.contenders) - set(ORDER)
+    unknown = set(args.contenders) - set(ALL_KEYS)
     if unknown:
         ap.error(f"--contenders/--only: unknown {', '.join(sorted(unknown))}")
     try:
@@ -1288,11 +1548,7 @@ def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.render:
         with open(args.render) as f:
-            md = markdown(json.load(f))
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "latest.md"), "w") as f:
-            f.write(md)
-        print(md)
+            print(write_report(json.load(f), args.out))
         return 0
     started_mono = time.monotonic()
     deadline = started_mono + args.budget_minutes * 60
@@ -1348,34 +1604,40 @@ def main(argv=None) -> int:
             "memcg": cgroups,
         }
         largest = None
-        for n in args.sizes:
+        for n, mix in ((n, mix) for n in args.sizes for mix in args.mixes):
+            key = size_key(n, mix)
+            busy_procs, busy_threads = args.busy if mix == "busy" else (0, 0)
             if time.monotonic() > deadline:
-                results["skipped_sizes"][str(n)] = f"time budget of {args.budget_minutes:g} min used up"
-                log(f"N={n}: skipped ({results['skipped_sizes'][str(n)]})")
-                continue
-            reason = capacity_check(n)
+                reason = f"time budget of {args.budget_minutes:g} min used up"
+            else:
+                reason = capacity_check(n + busy_procs * busy_threads)
             if reason:
-                results["skipped_sizes"][str(n)] = reason
-                log(f"N={n}: skipped ({reason})")
+                results["skipped_sizes"][key] = reason
+                log(f"N={key}: skipped ({reason})")
                 continue
-            log(f"N={n}: spawning idle processes ...")
-            with IdleProcesses(n, lifetime=args.lifetime) as idle:
-                log(f"  spawned {idle.count} in {idle.spawn_seconds:.1f}s")
-                size = bench_size(n, args, env, workdir, floor_bin, deadline)
+            log(f"N={key}: spawning processes ...")
+            busy_set = ProcessSet.busy(busy_procs, busy_threads, args.lifetime) if busy_procs else nullcontext()
+            with ProcessSet.idle(n, args.lifetime) as idle, busy_set as busy:
+                log(f"  spawned {idle.count} idle in {idle.spawn_seconds:.1f}s"
+                    + (f", {busy.count} busy in {busy.spawn_seconds:.1f}s" if busy else ""))
+                size = bench_size(n, mix, busy.pgid if busy else None, args, env, workdir, floor_bin, deadline)
                 size["spawned"] = idle.count
                 size["spawn_seconds"] = idle.spawn_seconds
+                if busy:
+                    size["busy"] = {"procs": busy.count, "threads": busy_threads, "spawn_seconds": busy.spawn_seconds}
                 gil_target = args.gil_size or (5000 if 5000 in args.sizes else max(args.sizes))
-                if not args.no_psutil_micro and n == gil_target and time.monotonic() < deadline:
-                    log("  psutil oneshot / process_iter claims ...")
-                    try:
-                        size["psutil_micro"] = psutil_micro(3 if args.quick else 5, 30 if args.quick else 120)
-                    except Exception as e:  # noqa: BLE001
-                        size["psutil_micro"] = {"error": f"{type(e).__name__}: {e}"}
-                if not args.no_gil and n == gil_target and time.monotonic() < deadline:
-                    largest = n
-                    results["gil"] = gil_proof(args)
+                if mix == "idle" and n == gil_target:
+                    if not args.no_psutil_micro and time.monotonic() < deadline:
+                        log("  psutil oneshot / process_iter claims ...")
+                        try:
+                            size["psutil_micro"] = psutil_micro(3 if args.quick else 5, 30 if args.quick else 120)
+                        except Exception as e:  # noqa: BLE001
+                            size["psutil_micro"] = {"error": f"{type(e).__name__}: {e}"}
+                    if not args.no_gil and time.monotonic() < deadline:
+                        largest = n
+                        results["gil"] = gil_proof(args)
             size["ratios"], size["targets"] = evaluate(size)
-            results["sizes"][str(n)] = size
+            results["sizes"][key] = size
         if not args.no_gil and largest is None and "gil" not in results:
             results["notes"].append("GIL proof not run: its size was skipped")
     finally:
@@ -1385,18 +1647,11 @@ def main(argv=None) -> int:
                 log(f"memory cgroups: {why}")
 
     results["duration_seconds"] = time.monotonic() - started_mono
-    os.makedirs(args.out, exist_ok=True)
+    md = write_report(results, args.out)
     json_path = os.path.join(args.out, "latest.json")
-    md_path = os.path.join(args.out, "latest.md")
-    with open(json_path + ".tmp", "w") as f:
-        json.dump(results, f, indent=1, default=str)
-    os.replace(json_path + ".tmp", json_path)
-    md = markdown(results)
-    with open(md_path + ".tmp", "w") as f:
-        f.write(md)
-    os.replace(md_path + ".tmp", md_path)
+    write_file(json_path, json.dumps(results, indent=1, default=str))
     print("\n" + md, flush=True)
-    log(f"wrote {json_path} and {md_path}")
+    log(f"wrote {json_path}, latest.md and {results.get('plot') or 'no plot'} in {args.out}")
     return 0
 
 
