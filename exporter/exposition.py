@@ -101,7 +101,7 @@ class GroupRenderer:
         specs = GROUP_FAMILIES + (THREAD_FAMILIES if threads else ())
         self._families = [
             (spec, {False: _header(spec, False), True: _header(spec, True)},
-             None if spec.per_thread else _sample_parts(spec))
+             None if spec.per_item else _sample_parts(spec))
             for spec in specs
         ]
         self._labels: dict = {}
@@ -125,8 +125,8 @@ class GroupRenderer:
                 continue
             lines = [headers[openmetrics]]
             append = lines.append
-            if spec.per_thread:
-                _thread_lines(spec, groups, labels, append)
+            if spec.per_item:
+                _item_lines(spec, groups, labels, append)
             else:
                 for g in groups:
                     label = labels[g.name]
@@ -139,15 +139,17 @@ class GroupRenderer:
         return chunks
 
 
-def _thread_lines(spec, groups, labels: dict, append) -> None:
-    """The samples of a per-thread-name family (few: only multi-threaded processes have
-    them), labels sorted by name as prometheus_client writes them."""
+def _item_lines(spec, groups, labels: dict, append) -> None:
+    """The samples of a family with one sample set per item of a group (few: threads of
+    multi-threaded processes, wchans), labels sorted by name as prometheus_client writes
+    them."""
     sample = PREFIX + spec.name + ("_total" if spec.kind == "counter" else "")
+    item_label, items_of = spec.per_item
     for g in groups:
-        for thread in g.threads:
+        for item in items_of(g):
             for label_value, get in spec.parts:
-                pairs = [("groupname", labels[g.name]), ("threadname", escape_label_value(thread[0]))]
+                pairs = [("groupname", labels[g.name]), (item_label, escape_label_value(item[0]))]
                 if spec.label is not None:
                     pairs.append((spec.label, escape_label_value(label_value)))
                 text = ",".join(f'{k}="{v}"' for k, v in sorted(pairs))
-                append(f"{sample}{{{text}}} {go_float(get(thread))}\n")
+                append(f"{sample}{{{text}}} {go_float(get(item))}\n")

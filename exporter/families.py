@@ -48,10 +48,12 @@ class FamilySpec(NamedTuple):
     name: str  # without the prefix, and without _total for a counter
     kind: str  # "gauge" or "counter"
     help: str  # process-exporter's help text
-    label: Optional[str]  # the label beside groupname (and threadname), or None
+    label: Optional[str]  # the label beside groupname (and the item label), or None
     parts: tuple  # ((label value or None, getter -> value or None), ...): of a GroupStats,
-    #               or for a per-thread family of one (name, count, counters) of GroupStats.threads
-    per_thread: bool = False  # one sample set per thread name of the group (label threadname)
+    #               or of one item of the group when per_item is set
+    # (label, getter of a GroupStats -> items): one sample set per item of the group, the
+    # item's first element the label's value (threads by thread name, wchans)
+    per_item: Optional[tuple] = None
 
 
 def _attr(name: str) -> Callable:
@@ -117,6 +119,9 @@ GROUP_FAMILIES = (
         "state",
         tuple((state, _state(state)) for state in STATE_NAMES),
     ),
+    # emitted with or without -threads, as process-exporter does
+    FamilySpec("threads_wchan", "gauge", "Number of threads in this group waiting on each wchan", None,
+               ((None, lambda w: w[1]),), per_item=("wchan", _attr("wchans"))),
 )
 
 
@@ -127,26 +132,27 @@ def _thread(field: str) -> Callable:
 
 # process-exporter's per-thread-name families (on unless --threads=false): the threads of
 # the group's multi-threaded processes, grouped by thread name (its comm).
+_PER_THREAD = ("threadname", _attr("threads"))
 THREAD_FAMILIES = (
     FamilySpec("thread_count", "gauge", "Number of threads in this group with same threadname", None,
-               ((None, lambda t: t[1]),), per_thread=True),
+               ((None, lambda t: t[1]),), per_item=_PER_THREAD),
     FamilySpec("thread_cpu_seconds", "counter", "Cpu user/system usage in seconds", "mode",
-               (("user", _thread("cpu_user_seconds")), ("system", _thread("cpu_system_seconds"))), per_thread=True),
+               (("user", _thread("cpu_user_seconds")), ("system", _thread("cpu_system_seconds"))), per_item=_PER_THREAD),
     FamilySpec("thread_io_bytes", "counter", "number of bytes read/written by these threads", "iomode",
-               (("read", _thread("read_bytes")), ("write", _thread("write_bytes"))), per_thread=True),
+               (("read", _thread("read_bytes")), ("write", _thread("write_bytes"))), per_item=_PER_THREAD),
     FamilySpec("thread_major_page_faults", "counter", "Major page faults for these threads", None,
-               ((None, _thread("major_faults")),), per_thread=True),
+               ((None, _thread("major_faults")),), per_item=_PER_THREAD),
     FamilySpec("thread_minor_page_faults", "counter", "Minor page faults for these threads", None,
-               ((None, _thread("minor_faults")),), per_thread=True),
+               ((None, _thread("minor_faults")),), per_item=_PER_THREAD),
     FamilySpec("thread_context_switches", "counter", "Context switches for these threads", "ctxswitchtype",
                (("voluntary", _thread("ctx_voluntary")), ("nonvoluntary", _thread("ctx_nonvoluntary"))),
-               per_thread=True),
+               per_item=_PER_THREAD),
 )
 
 
 def empty_family(spec: FamilySpec) -> Metric:
     kind = CounterMetricFamily if spec.kind == "counter" else GaugeMetricFamily
-    labels = ["groupname"] + (["threadname"] if spec.per_thread else []) + ([spec.label] if spec.label else [])
+    labels = ["groupname"] + ([spec.per_item[0]] if spec.per_item else []) + ([spec.label] if spec.label else [])
     return kind(PREFIX + spec.name, spec.help, labels=labels)
 
 

@@ -60,7 +60,7 @@ GAUGE_SUMS = ("rss_bytes", "vms_bytes", "swap_bytes", "open_fds", "num_threads")
 _COUNTER_AT = tuple(F[n] for n in COUNTERS)
 _COUNTER_INDEX = {at: i for i, at in enumerate(_COUNTER_AT)}
 _GAUGE_AT = tuple(F[n] for n in GAUGE_SUMS)
-_OPEN_FDS, _START, _STATE, _PPID = F["open_fds"], F["start_ticks"], F["state"], F["ppid"]
+_OPEN_FDS, _START, _STATE, _PPID, _WCHAN = F["open_fds"], F["start_ticks"], F["state"], F["ppid"], F["wchan"]
 
 
 @dataclass(slots=True)
@@ -91,6 +91,9 @@ class GroupStats:
     # per thread name of the multi-threaded members: (name, thread count, counters), the
     # counters in THREAD_COUNTERS order (CPU in seconds), as process-exporter accumulates them
     threads: tuple = ()
+    # (wchan, count) sorted: the members, and the threads of the multi-threaded ones, waiting
+    # in the kernel there (process-exporter counts such a process and each of its threads)
+    wchans: tuple = ()
 
 
 # a thread's counters, in the order the tracker gives them (it gives CPU in clock ticks)
@@ -352,6 +355,7 @@ class _Update:
             gauges.append(sum(filter(None, column)) if not n or column.count(None) < n else None)
         ratio = oldest = None
         states = dict.fromkeys(STATE_NAMES, 0)
+        wchans = ()
         if n:
             limits = step.limits
             ratios = [o / m for o, m in zip(columns[_OPEN_FDS], [limits[i] for i in idx]) if o is not None and m]
@@ -366,11 +370,24 @@ class _Update:
                     counted.update(thread_states.get(step.identities[i], ()))
             for state, count in counted.items():
                 states[_STATE_OF.get(state, "Other")] += count
+            wchans = self.wchans(columns[_WCHAN], idx)
         hz = self.g.clock_ticks
         user, system = (None if t is None else t / hz for t in totals[:2])
         rss, vms, swap, fds, threads = gauges
         return GroupStats(name, n, user, system, *totals[2:], rss, vms, swap, fds, ratio, oldest, threads, states,
-                          self.thread_totals(name, idx))
+                          self.thread_totals(name, idx), wchans)
+
+    def wchans(self, column, idx) -> tuple:
+        """(wchan, count) sorted, of the members' wchans and their threads' (process-exporter
+        counts both for a multi-threaded process); "0" (running, or hidden) and no wchan
+        are not counted."""
+        counted = Counter(column)
+        thread_wchans = self.step.thread_wchans
+        if thread_wchans:
+            identities = self.step.identities
+            for i in idx:
+                counted.update(thread_wchans.get(identities[i], ()))
+        return tuple(sorted((w, c) for w, c in counted.items() if w and w != "0"))
 
     def thread_totals(self, name: str, idx) -> tuple:
         """Per thread name in the group: how many threads, and counters as

@@ -195,9 +195,10 @@ class _Gone(Exception):
 class PythonReader:
     """The reader's contract (``read``, ``read_facts``, ``close``) in plain Python."""
 
-    def __init__(self, procfs: str, page_size: int):
+    def __init__(self, procfs: str, page_size: int, wchan: bool = True):
         self.procfs = procfs
         self.page_size = page_size
+        self.wchan = wchan
         self.procfs_root = is_procfs(procfs)
         self.use_prlimit = is_own_procfs(procfs)
         self._lock = threading.Lock()
@@ -255,6 +256,14 @@ class PythonReader:
         finally:
             os.close(fd)
 
+    def _wchan(self, pid: int):
+        try:
+            return self._read(pid, "wchan").decode("utf-8", "replace")
+        except FileNotFoundError:
+            if self._gone(pid):
+                raise _Gone from None
+            return None  # no wchan file: a kernel built without CONFIG_KALLSYMS; no error
+
     # -- read ---------------------------------------------------------------------------
 
     def read(self):
@@ -289,6 +298,7 @@ class PythonReader:
                 mine[MALFORMED] = mine.get(MALFORMED, 0) + 1
             io = self._try(pid, lambda: parse_keyed(self._read(pid, "io"), IO_KEYS), mine) or {}
             open_fds = self._try(pid, lambda: self._fd_count(pid), mine)
+            wchan = self._try(pid, lambda: self._wchan(pid), mine) if self.wchan else None
         except _Gone:
             return
         for err, count in mine.items():
@@ -317,6 +327,7 @@ class PythonReader:
             st["tty_nr"],
             st["mark"],
             status.get("euid"),
+            wchan,
         ))
 
     # -- read_facts -----------------------------------------------------------------------
@@ -351,7 +362,7 @@ class PythonReader:
         return (pid, False, cmdline, exe, cgroup, nofile, threads)
 
     def _threads(self, pid):
-        """task/TID/{stat,status,io} of each thread, sorted by tid; None when fewer than
+        """task/TID/{stat,status,io,wchan} of each thread, sorted by tid; None when fewer than
         two could be read (one thread is the process itself). A thread whose stat does
         not read or parse is skipped; nothing is counted (threads come and go)."""
         try:
@@ -376,11 +387,17 @@ class PythonReader:
                 io = parse_keyed(self._read(pid, f"task/{tid}/io"), IO_KEYS)
             except (OSError, Malformed):
                 io = {}
+            wchan = None
+            if self.wchan:
+                try:
+                    wchan = self._read(pid, f"task/{tid}/wchan").decode("utf-8", "replace")
+                except (OSError, Malformed):
+                    pass
             threads.append((
                 tid, st["comm"].decode("utf-8", "replace"), st["state"].decode("utf-8", "replace"),
                 st["utime"], st["stime"], st["minflt"], st["majflt"],
                 status.get("ctx_voluntary"), status.get("ctx_nonvoluntary"),
-                io.get("read_bytes"), io.get("write_bytes"),
+                io.get("read_bytes"), io.get("write_bytes"), wchan,
             ))
         return threads if len(threads) >= 2 else None
 

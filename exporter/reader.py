@@ -46,10 +46,11 @@ FIELDS = (
     "tty_nr",  # stat tty_nr: 0 without a controlling terminal
     "mark",  # exec evidence from the mm addresses in stat; 0 when the kernel hides them
     "euid",  # effective uid (status Uid, second column): process-exporter's {{.Username}}
+    "wchan",  # str of /proc/PID/wchan: where it sleeps in the kernel; "0" when running or hidden
 )
 F = {name: i for i, name in enumerate(FIELDS)}
 
-# A thread of a multi-threaded process (read_facts with WANT_THREADS): task/TID/{stat,status,io}.
+# A thread of a multi-threaded process (read_facts with WANT_THREADS): task/TID/{stat,status,io,wchan}.
 THREAD_FIELDS = (
     "tid",
     "comm",
@@ -62,6 +63,7 @@ THREAD_FIELDS = (
     "ctx_nonvoluntary",
     "read_bytes",
     "write_bytes",
+    "wchan",
 )
 
 # read_facts: what to read for a pid (bits)
@@ -112,20 +114,21 @@ def native_available() -> bool:
 
 # Each kept-open /proc file pins kernel memory (its seq_file buffer and struct file):
 # measured about 13 KiB charged per process for stat, status and io (bench: 65 MiB at
-# 5000). "auto" keeps the files of at most this many processes, which bounds that memory
-# near 13 MiB; the others are opened and closed at each read.
+# 5000), wchan adds one more. "auto" keeps the files of at most this many processes, which
+# bounds that memory near 17 MiB; the others are opened and closed at each read.
 KEEP_OPEN_AUTO = 1000
+KEPT_PER_PROCESS = 4  # stat, status, io, wchan (PS_KEPT_FDS)
 FD_RESERVE = 512  # descriptors left to the rest of procsnap (sockets, config, ...)
 
 
 def keep_open_budget(setting: str) -> int:
     """Processes whose files may be kept open, from --procfs.keep-open (auto, off, or a
-    number), capped by what RLIMIT_NOFILE leaves (3 files a process)."""
+    number), capped by what RLIMIT_NOFILE leaves (4 files a process)."""
     setting = parse_keep_open(setting)
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         soft = 1 << 20
-    by_fds = max(0, (soft - FD_RESERVE) // 3)
+    by_fds = max(0, (soft - FD_RESERVE) // KEPT_PER_PROCESS)
     if setting == "off":
         return 0
     if setting == "auto":
@@ -152,7 +155,8 @@ class Reader:
     """
 
     def __init__(self, procfs: str = "/proc", backend: str = "native", page_size: int | None = None,
-                 keep_open: str = "auto"):
+                 keep_open: str = "auto", wchan: bool = True):
+        """``wchan``: read /proc/PID/wchan (and each thread's); without it the field is None."""
         if backend not in ("native", "python"):
             raise ValueError(f"backend must be 'native' or 'python', not {backend!r}")
         self.procfs = procfs
@@ -162,11 +166,11 @@ class Reader:
             module = _native_module()
             if module is None:
                 raise RuntimeError("the native reader (exporter._reader) is not built; use backend='python'")
-            self._impl = module.Reader(procfs, self.page_size, keep_open_budget(keep_open))
+            self._impl = module.Reader(procfs, self.page_size, keep_open_budget(keep_open), wchan)
         else:
             from exporter.procfs import PythonReader
 
-            self._impl = PythonReader(procfs, self.page_size)
+            self._impl = PythonReader(procfs, self.page_size, wchan)
 
     def read(self) -> Reading:
         """Every process; raises OSError naming the root when it cannot be listed."""

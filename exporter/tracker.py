@@ -26,7 +26,7 @@ from itertools import compress, count, repeat
 from operator import contains, itemgetter
 from typing import NamedTuple, Optional
 
-from exporter.reader import F, PF_KTHREAD, WANT_ALL, WANT_CMDLINE, WANT_NOFILE, WANT_THREADS, reason
+from exporter.reader import F, PF_KTHREAD, THREAD_FIELDS, WANT_ALL, WANT_CMDLINE, WANT_NOFILE, WANT_THREADS, reason
 
 LIMITS_EVERY = 16  # re-read a known process' fd limit every 16th read (staggered by pid)
 
@@ -44,6 +44,7 @@ _CTXV, _CTXNV = F["ctx_voluntary"], F["ctx_nonvoluntary"]
 # a thread's counters (THREAD_FIELDS 3..10: CPU, faults, context switches, io); None as 0
 _thread_counts = itemgetter(3, 4, 5, 6, 7, 8, 9, 10)
 _T_CTXV, _T_CTXNV = 4, 5  # where the context switches are among those counters
+_T_WCHAN = THREAD_FIELDS.index("wchan")
 
 
 class Proc:
@@ -106,6 +107,7 @@ class Step(NamedTuple):
     previous: dict  # identity -> record of the last step (the committed state)
     threads: dict  # identity -> {tid: counters} of multi-threaded processes (read each step)
     thread_states: dict  # identity -> the state letters of its threads
+    thread_wchans: dict  # identity -> the wchans of its threads (str or None each)
     thread_deltas: dict  # identity -> [(thread name, counters grown since the last step)]
     errors: dict  # reason -> count of this read (stat of unreadable pids included)
     unreadable_pids: frozenset
@@ -221,7 +223,7 @@ class Tracker:
             procs[identity] = procs[identity].with_mark(mark)
         position = dict(zip(identities, range(len(identities)))) if (started or execed or refreshed) else None
         dropped = set()
-        threads, thread_states, thread_deltas = {}, {}, {}
+        threads, thread_states, thread_wchans, thread_deltas = {}, {}, {}, {}
         for (pid, start, bits), fact in zip(requests, facts):
             identity = (pid, start)
             if fact.gone:
@@ -229,7 +231,7 @@ class Tracker:
                     dropped.add(identity)
                 continue
             if fact.threads is not None:
-                self._thread_step(identity, fact.threads, threads, thread_states, thread_deltas)
+                self._thread_step(identity, fact.threads, threads, thread_states, thread_wchans, thread_deltas)
             if bits & WANT_CMDLINE:
                 record = records[position[identity]]
                 uid = record[F["uid"]]
@@ -272,12 +274,12 @@ class Tracker:
             records, identities, list(map(nofile.get, identities)), keys, holes, procs, last,
             nofile, started, from_now,
             execed, [identity for identity in refreshed if identity in procs], exited, readable, old_last,
-            threads, thread_states, thread_deltas, errors, unreadable_pids, reading.timestamp, first,
+            threads, thread_states, thread_wchans, thread_deltas, errors, unreadable_pids, reading.timestamp, first,
         )
 
-    def _thread_step(self, identity, read, threads, states, deltas) -> None:
+    def _thread_step(self, identity, read, threads, states, wchans, deltas) -> None:
         """A multi-threaded process' threads: their counters (None read as 0, as
-        process-exporter does), states, and per thread name what grew since the last step
+        process-exporter does), states, wchans, and per thread name what grew since the last step
         (a thread seen for the first time has grown by nothing)."""
         before = self.threads.get(identity, {})
         now = {}
@@ -289,6 +291,7 @@ class Tracker:
             named.append((t[1], tuple(a - b for a, b in zip(counts, old)) if old else (0,) * 8))
         threads[identity] = now
         states[identity] = tuple(t[2] for t in read)
+        wchans[identity] = tuple(t[_T_WCHAN] for t in read)
         deltas[identity] = named
 
     def commit(self, step: Step) -> None:

@@ -56,10 +56,10 @@ def group_families(groups, keep_empty=False) -> list:
     for spec in GROUP_FAMILIES + THREAD_FAMILIES:
         family = empty_family(spec)
         for g in groups:
-            for thread in (g.threads if spec.per_thread else (None,)):
+            for item in (spec.per_item[1](g) if spec.per_item else (None,)):
                 for label_value, get in spec.parts:
-                    value = get(thread if spec.per_thread else g)
-                    labels = [g.name] + ([thread[0]] if spec.per_thread else [])
+                    value = get(item if spec.per_item else g)
+                    labels = [g.name] + ([item[0]] if spec.per_item else [])
                     if value is not None:
                         family.add_metric(labels + ([] if spec.label is None else [label_value]), float(value))
         if family.samples or keep_empty:

@@ -17,17 +17,18 @@ BOOT = 1700000000
 HZ = 100
 
 
-def thread(tid, comm, state="S", utime=0, stime=0, minflt=0, majflt=0, ctxv=0, ctxnv=0, read=0, write=0):
-    t = (tid, comm, state, utime, stime, minflt, majflt, ctxv, ctxnv, read, write)
+def thread(tid, comm, state="S", utime=0, stime=0, minflt=0, majflt=0, ctxv=0, ctxnv=0, read=0, write=0,
+           wchan="0"):
+    t = (tid, comm, state, utime, stime, minflt, majflt, ctxv, ctxnv, read, write, wchan)
     assert len(t) == len(THREAD_FIELDS)
     return t
 
 
 def rec(pid, comm, start=100, ppid=0, state="S", flags=0, utime=0, stime=0, minflt=0, majflt=0,
         threads=1, vms=8192, rss=4096, uid=0, swap=0, ctxv=0, ctxnv=0, read=0, write=0, fds=3,
-        tty=0, mark=0, euid=None):
+        tty=0, mark=0, euid=None, wchan="0"):
     record = (pid, ppid, comm, state, flags, start, utime, stime, minflt, majflt, threads, vms, rss,
-              uid, swap, ctxv, ctxnv, read, write, fds, tty, mark, uid if euid is None else euid)
+              uid, swap, ctxv, ctxnv, read, write, fds, tty, mark, uid if euid is None else euid, wchan)
     assert len(record) == len(FIELDS)
     return record
 

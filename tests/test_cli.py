@@ -73,7 +73,7 @@ def test_env_names():
         "PROCSNAP_WEB_LISTEN_ADDRESS", "PROCSNAP_WEB_TELEMETRY_PATH", "PROCSNAP_CONFIG_PATH",
         "PROCSNAP_PATH_PROCFS", "PROCSNAP_CHILDREN", "PROCSNAP_REMOVE_EMPTY_GROUPS", "PROCSNAP_ONCE",
         "PROCSNAP_ONCE_DELAY", "PROCSNAP_BACKEND", "PROCSNAP_LOG_LEVEL", "PROCSNAP_PROCFS_KEEP_OPEN",
-        "PROCSNAP_DEBUG", "PROCSNAP_THREADS", "PROCSNAP_GATHER_SMAPS", "PROCSNAP_RECHECK",
+        "PROCSNAP_DEBUG", "PROCSNAP_THREADS", "PROCSNAP_WCHAN", "PROCSNAP_GATHER_SMAPS", "PROCSNAP_RECHECK",
         "PROCSNAP_RECHECK_WITH_TIME_LIMIT", "PROCSNAP_PROCNAMES", "PROCSNAP_NAMEMAPPING",
     }
 
@@ -94,6 +94,7 @@ DEFAULTS = {
     "log_level": "info",
     "debug": False,
     "threads": True,
+    "wchan": True,
     "gather_smaps": False,  # process-exporter: true (a listed divergence)
     "recheck": False,
     "recheck_with_time_limit": None,
@@ -120,6 +121,7 @@ CASES = {
     "log.level": ("DEBUG", "debug", ["--log.level", "error"], "error"),
     "debug": ("true", True, ["-debug=false"], False),
     "threads": ("false", False, ["-threads"], True),
+    "wchan": ("no", False, ["-wchan"], True),
     "gather-smaps": ("1", True, ["-gather-smaps=false"], False),
     "recheck": ("yes", True, ["-recheck=false"], False),
     "recheck-with-time-limit": ("5m", 300.0, ["-recheck-with-time-limit", "1h30m"], 5400.0),
@@ -485,6 +487,21 @@ def test_recheck_with_time_limit_implies_recheck():
     assert (args.recheck, args.recheck_with_time_limit) == (True, None)
     args = parse_args([], environ={"PROCSNAP_RECHECK_WITH_TIME_LIMIT": "250ms", "PROCSNAP_RECHECK": "false"})
     assert (args.recheck, args.recheck_with_time_limit) == (True, 0.25)
+
+
+@pytest.mark.parametrize("backend", ["native", "python"])
+def test_wchan_family_and_its_opt_out(tmp_path, backend):
+    """threads_wchan counts the processes waiting at each kernel function (not "0": running);
+    --wchan=false reads no wchan file and leaves the family out."""
+    root = tmp_path / "proc"
+    shutil.copytree(PROC_BASIC, root, symlinks=True)
+    for pid, wchan in ((1, b"do_select"), (10, b"do_select"), (11, b"0")):  # 2 (kthreadd) is not grouped
+        (root / str(pid) / "wchan").write_bytes(wchan)
+    lines = [line for line in run("--once", "--backend", backend, "--path.procfs", str(root)).stdout.splitlines()
+             if line.startswith(b"namedprocess_namegroup_threads_wchan{")]
+    assert sum(float(line.split()[-1]) for line in lines) == 2 and all(b'wchan="do_select"' in x for x in lines)
+    r = run("--once", "--backend", backend, "--path.procfs", str(root), "--wchan=false")
+    assert r.returncode == 0 and b"threads_wchan" not in r.stdout and num_procs(r.stdout)
 
 
 def test_threads_smaps_recheck_spellings():

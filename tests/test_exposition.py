@@ -38,6 +38,7 @@ def random_groups(seed: int, count: int) -> list:
             tuple((rnd.choice(NASTY) + f"t{j}", rnd.randrange(1, 9),
                    (rnd.random() * 100, round(rnd.random(), 2)) + tuple(rnd.randrange(0, 10 ** 9) for _ in range(6)))
                   for j in range(rnd.choice((0, 0, 1, 3)))),
+            tuple(sorted((rnd.choice(NASTY) + f"w{j}", rnd.randrange(1, 9)) for j in range(rnd.choice((0, 1, 2))))),
         ))
     return groups
 
@@ -84,15 +85,19 @@ def test_label_cache_follows_live_groups():
 
 def test_every_family_is_rendered():
     group = GroupStats("all", 1, 1.0, 2.0, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 0.5, 1.0, 13,
-                       threads=(("worker", 2, (1.5, 0.5, 1, 2, 3, 4, 5, 6)),))
+                       threads=(("worker", 2, (1.5, 0.5, 1, 2, 3, 4, 5, 6)),),
+                       wchans=(("do_select", 3), ('we"ird', 1)))
     text = b"".join(GroupRenderer().render([group])).decode()
     assert text.count("# TYPE") == len(GROUP_FAMILIES) + len(THREAD_FAMILIES)
     assert ('namedprocess_namegroup_thread_cpu_seconds_total{groupname="all",mode="user",threadname="worker"} 1.5\n'
             in text)
     assert ('namedprocess_namegroup_thread_context_switches_total{ctxswitchtype="voluntary",groupname="all",'
             'threadname="worker"} 3.0\n' in text)
+    assert 'namedprocess_namegroup_threads_wchan{groupname="all",wchan="do_select"} 3.0\n' in text
+    assert 'namedprocess_namegroup_threads_wchan{groupname="all",wchan="we\\"ird"} 1.0\n' in text
     plain = b"".join(GroupRenderer(threads=False).render([group])).decode()
-    assert plain.count("# TYPE") == len(GROUP_FAMILIES) and "thread_" not in plain
+    # threads_wchan stays without -threads, as in process-exporter
+    assert plain.count("# TYPE") == len(GROUP_FAMILIES) and "thread_" not in plain and "threads_wchan{" in plain
 
 
 def test_go_float_is_float_to_go_string():

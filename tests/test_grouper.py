@@ -527,6 +527,27 @@ def test_a_single_threaded_process_has_no_thread_families_and_its_own_states():
     assert g.threads == () and g.states["Running"] == 1 and sum(g.states.values()) == 1
 
 
+def test_wchans_count_each_member_and_each_thread_of_the_multi_threaded_ones():
+    """process-exporter's threads_wchan: a process' own wchan counts, and each thread's of a
+    multi-threaded process (so its leader's twice); "0" (running, hidden) and None do not."""
+    r = FakeReader()
+    r.put(rec(10, "srv", threads=3, wchan="do_epoll_wait"),
+          threads=[thread(10, "srv", wchan="do_epoll_wait"), thread(11, "worker", wchan="futex_wait"),
+                   thread(12, "worker", "R", wchan="0")])
+    r.put(rec(20, "srv", wchan="futex_wait"))
+    r.put(rec(30, "srv", state="R", wchan="0"))
+    r.put(rec(40, "srv", wchan=None))  # unreadable, or a kernel without wchan
+    r.put(rec(50, "other", wchan="do_select"))
+    exp = exporter(DEFAULT, r)
+    found = groups(exp)
+    assert found["srv"].wchans == (("do_epoll_wait", 2), ("futex_wait", 2))
+    assert found["other"].wchans == (("do_select", 1),)
+    r.remove(50)
+    r.put(rec(60, "idle", state="R"))
+    found = groups(exp)
+    assert found["idle"].wchans == () and found["other"].wchans == ()  # empty now
+
+
 def test_a_process_whose_facts_came_back_gone_counts_from_when_it_is_seen_again():
     """read_facts can say 'gone' for a live process (its stat unreadable for a moment):
     seen again later, its past is history procsnap did not see."""

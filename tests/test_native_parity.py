@@ -27,6 +27,7 @@ from conftest import needs_native
 from exporter.procfs import FILE_MAX, PythonReader
 from exporter.reader import (
     F,
+    KEPT_PER_PROCESS,
     FIELDS,
     MALFORMED,
     PF_KTHREAD,
@@ -36,8 +37,10 @@ from exporter.reader import (
     WANT_CMDLINE,
     WANT_EXE,
     WANT_NOFILE,
+    WANT_THREADS,
     Fact,
     Reader,
+    THREAD_FIELDS,
     keep_open_budget,
 )
 
@@ -153,7 +156,7 @@ def put(path, spec) -> None:
 
 
 def add_proc(root, pid, comm=b"proc", stat=DEFAULT, status=DEFAULT, io=DEFAULT, limits=DEFAULT,
-             cmdline=DEFAULT, cgroup=DEFAULT, exe=DEFAULT, fds=3, **stat_kw):
+             cmdline=DEFAULT, cgroup=DEFAULT, exe=DEFAULT, fds=3, wchan=b"0", **stat_kw):
     """One /proc/PID directory. DEFAULT = a plausible file, None = missing, or a Fifo, Dir,
     Link or Mode."""
     d = root / str(pid)
@@ -165,6 +168,7 @@ def add_proc(root, pid, comm=b"proc", stat=DEFAULT, status=DEFAULT, io=DEFAULT, 
         "limits": LIMITS if limits is DEFAULT else limits,
         "cmdline": b"/usr/bin/" + comm + b"\0--flag\0" if cmdline is DEFAULT else cmdline,
         "cgroup": b"0::/user.slice/x.scope\n" if cgroup is DEFAULT else cgroup,
+        "wchan": wchan,
     }
     for name, spec in files.items():
         put(os.fsencode(d / name), spec)
@@ -277,6 +281,10 @@ def nasty_tree(root):
     add_proc(root, 63, comm=b"hidden", **HIDDEN_MM)
     add_proc(root, 0o100, comm=b"octal")  # "64"
     os.rename(root / "64", root / "0064")  # leading zeros: pid 64 read from "64/" -> gone
+    add_proc(root, 65, comm=b"waits", wchan=b"do_select")
+    add_proc(root, 66, comm=b"nowchan", wchan=None)  # a kernel without CONFIG_KALLSYMS: None, no error
+    add_proc(root, 67, comm=b"wchandir", wchan=Dir())  # EINVAL
+    add_proc(root, 68, comm=b"wchanbad", wchan=b"caf\xc3")
     add_proc(root, 2147483647, comm=b"pidmax")
     for name in ("2147483648", "99999999999", "-1", "+5", "\u0661\u0662", "1 2", "0x10"):
         add_proc(root, name, comm=b"notapid")
@@ -399,9 +407,11 @@ def test_nasty_tree(tmp_path):
     assert rec[57]["utime_ticks"] == U64_MAX
     assert rec[60]["comm"] == "nonl" and rec[60]["mark"] == rec[1]["mark"]
     assert rec[63]["mark"] == 0
+    assert rec[1]["wchan"] == "0" and rec[65]["wchan"] == "do_select" and rec[66]["wchan"] is None
+    assert rec[67]["wchan"] is None and rec[68]["wchan"] == "caf\ufffd"
     # malformed: status of 12 and 55, io of 30 and 32; ENOENT: io of 9, 10, 44, fd of 26,
-    # status of 45; ENOTDIR: fd of 27; EINVAL: io of 43; EACCES: io of 42 (not to root)
-    assert a.errors == {"malformed": 4, "ENOENT": 5, "ENOTDIR": 1, "EINVAL": 1, **({} if ROOT else {"EACCES": 1})}
+    # status of 45; ENOTDIR: fd of 27; EINVAL: io of 43, wchan of 67; EACCES: io of 42 (not to root)
+    assert a.errors == {"malformed": 4, "ENOENT": 5, "ENOTDIR": 1, "EINVAL": 2, **({} if ROOT else {"EACCES": 1})}
     # the facts
     assert facts[1] == (1, False, b"/usr/bin/init\0--flag\0", b"/usr/bin/init", b"0::/user.slice/x.scope\n", 1024, None)
     assert facts[6].cmdline == b"ab\xff\xfe\0c\0" and facts[21].exe == b"/opt/\xff\xfe/bin"
@@ -884,6 +894,46 @@ def test_fifo_parity(tmp_path):
     _in_thread(lambda: compare(root))
 
 
+def add_threads(root, pid, threads) -> None:
+    """task/TID/{stat,status,io,wchan} of a process: threads is {tid: {file: spec}}, a
+    missing file name a plausible file, None a missing file."""
+    task = root / str(pid) / "task"
+    task.mkdir()
+    for tid, files in threads.items():
+        d = task / str(tid)
+        d.mkdir()
+        plausible = {"stat": stat_line(tid, b"worker-%d" % tid, utime=tid, state=b"S"),
+                     "status": status_text(vol=tid, nonvol=1), "io": io_text(tid, 2 * tid), "wchan": b"futex_wait"}
+        for name, spec in {**plausible, **files}.items():
+            put(os.fsencode(d / name), spec)
+
+
+def test_thread_parity(tmp_path):
+    """task/TID/ read alike by both backends: sorted by tid, a thread without a parsable
+    stat skipped, an unreadable status, io or wchan None (never an error: threads come and
+    go), fewer than two threads read is none."""
+    root = make_root(tmp_path)
+    add_proc(root, 10, comm=b"pool", threads=4)
+    add_threads(root, 10, {10: {"wchan": b"do_epoll_wait"}, 12: {"status": None, "wchan": None},
+                           11: {"io": Dir(), "wchan": b"caf\xc3"}, 13: {"stat": b"garbage\n"}})
+    add_proc(root, 20, comm=b"lonely", threads=2)
+    add_threads(root, 20, {20: {}, 21: {"stat": None}})  # one thread read: none
+    add_proc(root, 30, comm=b"notask", threads=2)  # no task/: none
+    nat, py = pair(root)
+    a = read_both(nat, py)
+    facts, errors = facts_both(nat, py, requests_of(a, WANT_THREADS))
+    by_pid = {f.pid: f for f in facts}
+    threads = {t[0]: dict(zip(THREAD_FIELDS, t)) for t in by_pid[10].threads}
+    assert list(threads) == [10, 11, 12]
+    assert [threads[t]["wchan"] for t in (10, 11, 12)] == ["do_epoll_wait", "caf\ufffd", None]
+    assert threads[11]["read_bytes"] is None and threads[11]["ctx_voluntary"] == 11
+    assert threads[12]["ctx_voluntary"] is None and threads[12]["read_bytes"] == 12
+    assert threads[10]["utime_ticks"] == 10 and threads[10]["comm"] == "worker-10"
+    assert by_pid[20].threads is None and by_pid[30].threads is None
+    assert errors == {}
+    nat.close()
+
+
 # -- threads ---------------------------------------------------------------------------
 
 
@@ -1079,7 +1129,7 @@ def test_live_threads_serialize(sleepers):
 
 # -- the keep-open budget ------------------------------------------------------------------
 
-KEPT_FILE = re.compile(r"/proc/(\d+)/(stat|status|io)(?: \(deleted\))?")
+KEPT_FILE = re.compile(r"/proc/(\d+)/(stat|status|io|wchan)(?: \(deleted\))?")
 
 
 def proc_fds(pids=None) -> int:
@@ -1119,7 +1169,7 @@ def test_keep_open_number_is_a_cap(n):
         for _ in range(2):
             assert mine <= {x[0] for x in r.read().records}
         assert r.kept() == n  # more processes than n are there: n of them keep
-        assert 0 < proc_fds() - before <= 3 * n
+        assert 0 < proc_fds() - before <= KEPT_PER_PROCESS * n
         r.close()
         assert r.kept() == 0 and proc_fds() == before
     finally:
@@ -1130,7 +1180,7 @@ def test_keep_open_auto_respects_the_budget():
     """With RLIMIT_NOFILE lowered to leave room for 4 processes, "auto" keeps 4 of 8."""
     code = r"""
 import os, re, resource, sys
-from exporter.reader import Reader, keep_open_budget
+from exporter.reader import KEPT_PER_PROCESS, Reader, keep_open_budget
 KEPT_FILE = re.compile(sys.argv[1])
 def proc_fds():
     n = 0
@@ -1141,7 +1191,7 @@ def proc_fds():
             pass
     return n
 hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-resource.setrlimit(resource.RLIMIT_NOFILE, (512 + 3 * 4, hard))
+resource.setrlimit(resource.RLIMIT_NOFILE, (512 + KEPT_PER_PROCESS * 4, hard))
 assert keep_open_budget("auto") == 4 and keep_open_budget("100") == 4, keep_open_budget("auto")
 mine = {int(p) for p in sys.argv[2:]}
 before = proc_fds()
@@ -1150,7 +1200,7 @@ for setting, cap in (("auto", 4), ("100", 4), ("2", 2)):
     for _ in range(2):
         assert mine <= {x[0] for x in r.read().records}
     assert r.kept() == cap, (setting, r.kept())
-    assert 0 < proc_fds() - before <= 3 * cap, (setting, proc_fds() - before)
+    assert 0 < proc_fds() - before <= KEPT_PER_PROCESS * cap, (setting, proc_fds() - before)
     r.close()
 print("ok")
 """
@@ -1185,17 +1235,17 @@ def test_kept_files_of_exited_processes_are_released(nofile_raised):
         for _ in range(2):
             assert mine <= {x[0] for x in r.read().records}
         kept_before = proc_fds()
-        assert proc_fds(mine) == 3 * n  # stat, status and io of each child are kept
-        assert kept_before - baseline >= 3 * n and r.kept() >= n
+        assert proc_fds(mine) == KEPT_PER_PROCESS * n  # stat, status, io and wchan of each child are kept
+        assert kept_before - baseline >= KEPT_PER_PROCESS * n and r.kept() >= n
     finally:
         _stop(procs)
     assert mine.isdisjoint(x[0] for x in r.read().records)
     after = proc_fds()
     assert proc_fds(mine) == 0
-    # released: down by the children's 3 fds each; other processes starting meanwhile on
-    # this machine may add a few (slack), far fewer than the children's 24
-    slack = 3 * 3
-    assert after <= kept_before - 3 * n + slack, (baseline, kept_before, after)
+    # released: down by the children's fds; other processes starting meanwhile on this
+    # machine may add a few (slack), far fewer than the children's 32
+    slack = 3 * KEPT_PER_PROCESS
+    assert after <= kept_before - KEPT_PER_PROCESS * n + slack, (baseline, kept_before, after)
     r.close()
     assert r.kept() == 0 and proc_fds() == baseline
 

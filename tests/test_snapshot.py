@@ -41,7 +41,7 @@ import pytest
 
 from conftest import FIXTURE_TTYS, PROC_BASIC, make_proc_trees, needs_native, pinned_facts
 from exporter.hostfacts import HostFacts
-from exporter.reader import WANT_ALL, WANT_NOFILE, keep_open_budget, parse_keep_open
+from exporter.reader import KEPT_PER_PROCESS, WANT_ALL, WANT_NOFILE, keep_open_budget, parse_keep_open
 import exporter.procfs  # noqa: F401  (imported before the nobody child needs it: it may not read the tree)
 import exporter.snapshots as snapshot_module
 from exporter.snapshots import Process, Snapshotter
@@ -53,7 +53,6 @@ KiB = 1024
 MiB = 1 << 20
 FILE_MAX = 1 << 20  # files are read whole up to this; cmdline is cut there
 U64_MAX = 2**64 - 1
-KEPT_PER_PROCESS = 3  # the native reader keeps stat, status and io open
 DEADLINE = 30  # seconds: only to catch a hang, never a timing assertion
 
 
@@ -1049,6 +1048,9 @@ def open_file_targets() -> list:
     return targets
 
 
+KEPT_NAMES = ["io", "stat", "status", "wchan"]  # KEPT_PER_PROCESS files, sorted
+
+
 def files_open_under(pids) -> dict:
     """pid -> the names of the files of /proc/<pid>/ this process has open."""
     found = {pid: [] for pid in pids}
@@ -1072,8 +1074,8 @@ def fd_limit_raised():
 
 @needs_native
 def test_native_releases_kept_files_of_exited_processes(spawned, fd_limit_raised):
-    """On the live /proc the native backend keeps three files of a process open between
-    reads (stat, status, io); once the process has exited, the next read closes them,
+    """On the live /proc the native backend keeps four files of a process open between
+    reads (stat, status, io, wchan); once the process has exited, the next read closes them,
     and close() closes those of the living."""
     n = 20
     s = new("/proc", "native", keep_open=parse_keep_open("all"))
@@ -1088,7 +1090,7 @@ def test_native_releases_kept_files_of_exited_processes(spawned, fd_limit_raised
     if len(snap) > budget:
         pytest.skip(f"{len(snap)} host processes, more than the keep-open budget ({budget})")
     kept = files_open_under(p.pid for p in children + staying)
-    assert all(names == ["io", "stat", "status"] for names in kept.values()), kept
+    assert all(names == KEPT_NAMES for names in kept.values()), kept
     assert sum(len(names) for names in kept.values()) == KEPT_PER_PROCESS * (n + 2)
 
     for p in children:
@@ -1099,7 +1101,7 @@ def test_native_releases_kept_files_of_exited_processes(spawned, fd_limit_raised
     assert not any(p.pid in snap for p in children)
     left = files_open_under(p.pid for p in children)
     assert not any(left.values()), left
-    assert files_open_under(p.pid for p in staying) == {p.pid: ["io", "stat", "status"] for p in staying}
+    assert files_open_under(p.pid for p in staying) == {p.pid: KEPT_NAMES for p in staying}
     s.close()
     assert s.reader.kept() == 0
     assert files_open_under(p.pid for p in staying) == {p.pid: [] for p in staying}

@@ -2,8 +2,8 @@
  *
  * read() and read_facts() take the reader's lock and run the walk (walk.c) with the GIL
  * released; with the GIL back they turn the C output into plain tuples (their layout is
- * exporter/reader.py's) and the errno counts into a dict. The only Python object the
- * cache keeps is each pid's comm str, reused while the comm is the same.
+ * exporter/reader.py's) and the errno counts into a dict. The only Python objects the
+ * cache keeps are each pid's comm and wchan strs, reused while their bytes are the same.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -14,7 +14,7 @@
 
 #include "reader.h"
 
-#define PS_RECORD_LEN (F_COUNT + 3) /* pid, comm, state beside the numeric fields */
+#define PS_RECORD_LEN (F_COUNT + 4) /* pid, comm, state, wchan beside the numeric fields */
 #define PS_ARENA_KEEP (4u << 20)
 #define PS_BUF_KEEP (64u << 10)
 
@@ -40,7 +40,8 @@ static void reader_release_evicted(ps_walker *w)
     while (w->evicted != NULL) {
         ps_entry *e = w->evicted;
         w->evicted = e->next;
-        Py_XDECREF(e->comm_obj);
+        Py_XDECREF(e->comm.obj);
+        Py_XDECREF(e->wchan.obj);
         walk_entry_free(e);
     }
 }
@@ -62,8 +63,11 @@ static void reader_trim(ps_walker *w)
     }
 }
 
+/* Span s as a str (bad UTF-8 replaced); None when s is not available. */
 static PyObject *reader_text(const ps_walker *w, ps_span s)
 {
+    if (s.at == PS_NONE)
+        Py_RETURN_NONE;
     return PyUnicode_DecodeUTF8(w->arena + s.at, (Py_ssize_t)s.len, "replace");
 }
 
@@ -74,28 +78,30 @@ static PyObject *reader_bytes(const ps_walker *w, ps_span s)
     return PyBytes_FromStringAndSize(w->arena + s.at, (Py_ssize_t)s.len);
 }
 
-/* The comm of record r as a str: the cached one while its bytes are the same. */
-static PyObject *reader_comm(ps_walker *w, const ps_record *r)
+/* Span s as a str: the one cached in c while its bytes are the same (comm and wchan
+ * change rarely; a read makes thousands of them). None when s is not available. */
+static PyObject *reader_cached_text(ps_walker *w, ps_text *c, ps_span s)
 {
-    ps_entry *e = r->entry;
-    const char *p = w->arena + r->comm.at;
-    PyObject *comm;
+    const char *p = w->arena + s.at;
+    PyObject *text;
     char *copy;
 
-    if (e->comm_obj != NULL && e->comm_len == r->comm.len && memcmp(e->comm, p, r->comm.len) == 0)
-        return Py_NewRef(e->comm_obj);
-    comm = reader_text(w, r->comm);
-    if (comm == NULL)
+    if (s.at == PS_NONE)
+        Py_RETURN_NONE;
+    if (c->obj != NULL && c->len == s.len && memcmp(c->bytes, p, s.len) == 0)
+        return Py_NewRef(c->obj);
+    text = reader_text(w, s);
+    if (text == NULL)
         return NULL;
-    copy = malloc(r->comm.len ? r->comm.len : 1);
+    copy = malloc(s.len ? s.len : 1);
     if (copy != NULL) { /* no copy: just not cached */
-        memcpy(copy, p, r->comm.len);
-        free(e->comm);
-        e->comm = copy;
-        e->comm_len = r->comm.len;
-        Py_XSETREF(e->comm_obj, Py_NewRef(comm));
+        memcpy(copy, p, s.len);
+        free(c->bytes);
+        c->bytes = copy;
+        c->len = s.len;
+        Py_XSETREF(c->obj, Py_NewRef(text));
     }
-    return comm;
+    return text;
 }
 
 static PyObject *reader_num(const ps_record *r, int f)
@@ -117,10 +123,11 @@ static PyObject *reader_record(ps_walker *w, size_t i)
         return NULL;
     TUPLE_PUT(rec, k, PyLong_FromLong(r->pid));
     TUPLE_PUT(rec, k, reader_num(r, F_PPID));
-    TUPLE_PUT(rec, k, reader_comm(w, r));
+    TUPLE_PUT(rec, k, reader_cached_text(w, &r->entry->comm, r->comm));
     TUPLE_PUT(rec, k, reader_text(w, r->state));
     for (f = F_FLAGS; f < F_COUNT; f++)
         TUPLE_PUT(rec, k, reader_num(r, f));
+    TUPLE_PUT(rec, k, reader_cached_text(w, &r->entry->wchan, r->wchan));
     /* ints and strs only: in no reference cycle, so the cyclic GC need not walk the
      * thousands of records a read makes */
     PyObject_GC_UnTrack(rec);
@@ -144,7 +151,7 @@ static PyObject *reader_threads(ps_walker *w, const ps_fact *f)
     for (i = 0; i < f->nthreads; i++) {
         const ps_thread *th = &w->threads[f->first_thread + i];
         Py_ssize_t j = 0;
-        if ((t = PyTuple_New(T_COUNT + 3)) == NULL)
+        if ((t = PyTuple_New(T_COUNT + 4)) == NULL)
             goto error;
         PyList_SET_ITEM(list, (Py_ssize_t)i, t);
         TUPLE_PUT(t, j, PyLong_FromLong(th->tid));
@@ -152,6 +159,7 @@ static PyObject *reader_threads(ps_walker *w, const ps_fact *f)
         TUPLE_PUT(t, j, reader_text(w, th->state));
         for (k = 0; k < T_COUNT; k++)
             TUPLE_PUT(t, j, (th->has & (1u << k)) ? PyLong_FromUnsignedLongLong(th->num[k]) : Py_NewRef(Py_None));
+        TUPLE_PUT(t, j, reader_text(w, th->wchan));
     }
     return list;
 error:
@@ -398,14 +406,15 @@ static PyObject *Reader_kept(ReaderObject *self, PyObject *unused)
 
 static PyObject *Reader_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"procfs", "page_size", "keep_open", NULL};
+    static char *kwlist[] = {"procfs", "page_size", "keep_open", "wchan", NULL};
     PyObject *procfs, *path = NULL;
     unsigned long long page_size;
     Py_ssize_t keep_open;
+    int wchan = 1;
     ReaderObject *self = NULL;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OKn:Reader", kwlist, &procfs, &page_size,
-                                     &keep_open))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OKn|p:Reader", kwlist, &procfs, &page_size,
+                                     &keep_open, &wchan))
         return NULL;
     if (page_size == 0 || keep_open < 0) {
         PyErr_SetString(PyExc_ValueError, "page_size must be > 0 and keep_open >= 0");
@@ -420,7 +429,7 @@ static PyObject *Reader_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         PyErr_NoMemory();
         goto error;
     }
-    if (walk_init(&self->w, PyBytes_AS_STRING(path), page_size, (size_t)keep_open) < 0) {
+    if (walk_init(&self->w, PyBytes_AS_STRING(path), page_size, (size_t)keep_open, wchan) < 0) {
         PyErr_NoMemory();
         goto error;
     }
@@ -472,9 +481,10 @@ static PyMethodDef Reader_methods[] = {
 };
 
 PyDoc_STRVAR(Reader_doc,
-"Reader(procfs, page_size, keep_open)\n\n"
-"Reads every process under a procfs root. Keeps /proc/PID/{stat,status,io} open\n"
-"between reads for at most keep_open processes (a real procfs only).");
+"Reader(procfs, page_size, keep_open, wchan=True)\n\n"
+"Reads every process under a procfs root. Keeps /proc/PID/{stat,status,io,wchan} open\n"
+"between reads for at most keep_open processes (a real procfs only). With wchan false,\n"
+"no wchan file is read (the field is None).");
 
 static PyType_Slot Reader_slots[] = {
     {Py_tp_new, Reader_new},

@@ -25,7 +25,7 @@
 #define PS_ERRNO_MAX 4095    /* errno values are below this (MAX_ERRNO) */
 #define PS_MALFORMED (-1)    /* a reason beside the errnos: the file does not parse */
 #define PS_PROC_SUPER_MAGIC 0x9fa0
-#define PS_KEPT_FDS 3        /* per process: stat, status, io */
+#define PS_KEPT_FDS 4        /* per process: stat, status, io, wchan */
 
 /* ---- parse.c ------------------------------------------------------------------- */
 
@@ -64,18 +64,24 @@ enum {
     F_COUNT
 };
 
+/* Text of a process that rarely changes (comm, wchan) and the Python str made of it,
+ * reused while the bytes are the same (module.c, only touched with the GIL). */
+typedef struct {
+    char *bytes;
+    size_t len;
+    struct _object *obj;
+} ps_text;
+
 /* A cache entry: one per pid the last walk recorded. It keeps files open (a syscall
- * saving) and the comm's Python str (module.c, only touched with the GIL). */
+ * saving) and the Python strs of its comm and wchan. */
 typedef struct ps_entry {
     struct ps_entry *next; /* hash chain; the evicted list */
     int pid;
     unsigned gen;          /* walk generation that last recorded this pid */
-    int fd[PS_KEPT_FDS];   /* kept stat, status, io; -1 when not open */
+    int fd[PS_KEPT_FDS];   /* kept stat, status, io, wchan; -1 when not open */
     int keeps;             /* counts against the keep-open budget */
     uint64_t start;        /* starttime the kept files belong to */
-    char *comm;            /* bytes of comm_obj */
-    size_t comm_len;
-    struct _object *comm_obj;
+    ps_text comm, wchan;
 } ps_entry;
 
 /* A span of the text arena; at == PS_NONE means "not available" (None). */
@@ -91,7 +97,7 @@ typedef struct {
     ps_entry *entry;
     uint32_t has; /* bit i set: numeric field i is not None */
     uint64_t num[F_COUNT];
-    ps_span comm, state;
+    ps_span comm, state, wchan; /* wchan: PS_NONE when unreadable */
 } ps_record;
 
 /* One pid the tracker asks facts of (read_facts). */
@@ -105,7 +111,7 @@ typedef struct {
     int tid;
     uint32_t has; /* bit i set: field i is not None */
     uint64_t num[T_COUNT];
-    ps_span comm, state;
+    ps_span comm, state, wchan; /* wchan: PS_NONE when unreadable */
 } ps_thread;
 
 typedef struct {
@@ -132,6 +138,7 @@ typedef struct {
     int own_procfs;       /* our own pid namespace: prlimit works */
     uint64_t page_size;
     size_t keep_open;     /* processes whose files this reader may keep open */
+    int wchan;            /* read PID/wchan and task/TID/wchan (else the field is None) */
     unsigned gen;
     /* the cache */
     ps_entry **buckets;
@@ -159,8 +166,8 @@ typedef struct {
     char *dents;
 } ps_walker;
 
-/* walk_init: zero + allocate scratch; 0 or -1 (errno set). */
-int walk_init(ps_walker *w, const char *procfs, uint64_t page_size, size_t keep_open);
+/* walk_init: zero + allocate scratch; 0 or -1 (errno set). wchan: read the wchan files. */
+int walk_init(ps_walker *w, const char *procfs, uint64_t page_size, size_t keep_open, int wchan);
 /* walk_collect: one walk, GIL released. 0 ok; -1 with *err = errno (root unreadable,
  * or ENOMEM). */
 int walk_collect(ps_walker *w, int *err);

@@ -22,7 +22,7 @@
 #define DENTS_SIZE 32768
 #define BUF_FIRST 4096
 
-enum { K_STAT, K_STATUS, K_IO };
+enum { K_STAT, K_STATUS, K_IO, K_WCHAN };
 
 struct linux_dirent64 {
     uint64_t d_ino;
@@ -374,7 +374,7 @@ static ps_entry *walk_cache_get(ps_walker *w, int pid)
         if (e == NULL)
             return NULL;
         e->pid = pid;
-        e->fd[K_STAT] = e->fd[K_STATUS] = e->fd[K_IO] = -1;
+        e->fd[K_STAT] = e->fd[K_STATUS] = e->fd[K_IO] = e->fd[K_WCHAN] = -1;
         h = walk_hash(w, pid);
         e->next = w->buckets[h];
         w->buckets[h] = e;
@@ -401,7 +401,8 @@ static void walk_entry_close(ps_walker *w, ps_entry *e)
 
 void walk_entry_free(ps_entry *e)
 {
-    free(e->comm);
+    free(e->comm.bytes);
+    free(e->wchan.bytes);
     free(e);
 }
 
@@ -517,6 +518,7 @@ static int walk_process(ps_walker *w, int pid)
     if (e->start != st.starttime) { /* pid reuse: files of another process */
         walk_close_fd(&e->fd[K_STATUS]);
         walk_close_fd(&e->fd[K_IO]);
+        walk_close_fd(&e->fd[K_WCHAN]);
         e->start = st.starttime;
     }
 
@@ -526,6 +528,7 @@ static int walk_process(ps_walker *w, int pid)
     memset(r, 0, sizeof(*r));
     r->pid = pid;
     r->entry = e;
+    r->wchan.at = PS_NONE;
     if (walk_arena_put(w, w->buf + st.comm_off, st.comm_len, &r->comm) < 0 ||
         walk_arena_put(w, w->buf + st.state_off, st.state_len, &r->state) < 0)
         return -1;
@@ -569,6 +572,14 @@ static int walk_process(ps_walker *w, int pid)
             walk_set(r, F_OPEN_FDS, count);
         else
             rc = walk_failed(w, pid, err);
+    }
+    if (rc == 0 && w->wchan) {
+        n = walk_read(w, e, K_WCHAN, pid, "wchan", 0, &err);
+        if (n >= 0)
+            rc = walk_arena_put(w, w->buf, (size_t)n, &r->wchan);
+        else if (err != ENOENT || walk_gone(w, pid))
+            rc = walk_failed(w, pid, err);
+        /* else no wchan file: a kernel built without CONFIG_KALLSYMS; None, no error */
     }
     if (rc < 0)
         return -1;
@@ -745,8 +756,8 @@ static int walk_nofile(ps_walker *w, ps_fact *f)
     return 0;
 }
 
-/* One thread: task/TID/stat must parse (else the thread is skipped), status and io may be
- * unreadable (None). 0, or -1 on ENOMEM. */
+/* One thread: task/TID/stat must parse (else the thread is skipped), status, io and wchan
+ * may be unreadable (None). 0, or -1 on ENOMEM. */
 static int walk_thread(ps_walker *w, int pid, int tid)
 {
     char name[64];
@@ -769,6 +780,7 @@ static int walk_thread(ps_walker *w, int pid, int tid)
     t = &w->threads[w->nthreads];
     memset(t, 0, sizeof(*t));
     t->tid = tid;
+    t->wchan.at = PS_NONE;
     if (walk_arena_put(w, w->buf + st.comm_off, st.comm_len, &t->comm) < 0 ||
         walk_arena_put(w, w->buf + st.state_off, st.state_len, &t->state) < 0) {
         w->arena_len = mark;
@@ -800,6 +812,14 @@ static int walk_thread(ps_walker *w, int pid, int tid)
             }
     } else if (n < 0 && err == ENOMEM) {
         return -1;
+    }
+    if (w->wchan) {
+        snprintf(name, sizeof(name), "task/%d/wchan", tid);
+        n = walk_read(w, NULL, -1, pid, name, 0, &err);
+        if (n >= 0 && walk_arena_put(w, w->buf, (size_t)n, &t->wchan) < 0)
+            return -1;
+        if (n < 0 && err == ENOMEM)
+            return -1;
     }
     w->nthreads++;
     return 0;
@@ -933,7 +953,7 @@ void walk_close_all(ps_walker *w)
     walk_close_fd(&w->rootfd);
 }
 
-int walk_init(ps_walker *w, const char *procfs, uint64_t page_size, size_t keep_open)
+int walk_init(ps_walker *w, const char *procfs, uint64_t page_size, size_t keep_open, int wchan)
 {
     struct statfs sfs;
     struct stat st;
@@ -944,6 +964,7 @@ int walk_init(ps_walker *w, const char *procfs, uint64_t page_size, size_t keep_
     w->rootfd = -1;
     w->page_size = page_size;
     w->keep_open = keep_open;
+    w->wchan = wchan;
     w->procfs = strdup(procfs);
     w->buf_cap = BUF_FIRST;
     w->buf = malloc(w->buf_cap);
