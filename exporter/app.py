@@ -51,7 +51,7 @@ class Exporter:
     ``grouper`` has ``update(step) -> [GroupStats]`` and ``reload(config)``.
     """
 
-    def __init__(self, tracker, grouper, version: str = __version__, threads: bool = True):
+    def __init__(self, tracker, grouper, version: str = __version__, threads: bool = True, smaps: bool = False):
         self.tracker = tracker
         self.reader = tracker.reader
         self.grouper = grouper
@@ -65,7 +65,7 @@ class Exporter:
         self.last: Optional[ScrapeResult] = None
         self.version = version
         self.runtime = runtime_registry()
-        self._renderer = GroupRenderer(threads)
+        self._renderer = GroupRenderer(threads, smaps)
         self._rendered = None  # (result, openmetrics, names, chunks): shared by one flight's scrapers
 
     # -- one scrape ------------------------------------------------------------------

@@ -20,7 +20,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.utils import floatToGoString
 
-from exporter.families import GROUP_FAMILIES, PREFIX, THREAD_FAMILIES, empty_family
+from exporter.families import PREFIX, empty_family, family_specs
 
 
 class Families:
@@ -96,9 +96,10 @@ class GroupRenderer:
     """Writes [GroupStats] as the namedprocess_namegroup_* families. One per exporter; the
     label cache follows the groups of the last render, so it does not grow with churn."""
 
-    def __init__(self, threads: bool = True):
-        """``threads``: also the per-thread-name families (process-exporter's -threads)."""
-        specs = GROUP_FAMILIES + (THREAD_FAMILIES if threads else ())
+    def __init__(self, threads: bool = True, smaps: bool = False):
+        """``threads``: also the per-thread-name families (process-exporter's -threads);
+        ``smaps``: also the proportional memtypes (-gather-smaps)."""
+        specs = family_specs(threads, smaps)
         self._families = [
             (spec, {False: _header(spec, False), True: _header(spec, True)},
              None if spec.per_item else _sample_parts(spec))

@@ -92,7 +92,8 @@ GROUP_FAMILIES = (
         "gauge",
         "number of bytes of memory in use",
         "memtype",
-        (("resident", _attr("rss_bytes")), ("virtual", _attr("vms_bytes")), ("swapped", _attr("swap_bytes"))),
+        (("resident", _attr("rss_bytes")), ("virtual", _attr("vms_bytes")), ("swapped", _attr("swap_bytes")),
+         ("proportionalResident", _attr("pss_bytes")), ("proportionalSwapped", _attr("swap_pss_bytes"))),
     ),
     FamilySpec(
         "open_filedesc", "gauge", "number of open file descriptors for this group", None, ((None, _attr("open_fds")),)
@@ -148,6 +149,19 @@ THREAD_FAMILIES = (
                (("voluntary", _thread("ctx_voluntary")), ("nonvoluntary", _thread("ctx_nonvoluntary"))),
                per_item=_PER_THREAD),
 )
+
+
+SMAPS_MEMTYPES = ("proportionalResident", "proportionalSwapped")  # memory_bytes parts of --gather-smaps
+
+
+def family_specs(threads: bool = True, smaps: bool = True) -> tuple:
+    """The group families a scrape shows: the per-thread-name ones with ``threads``, the
+    proportional memtypes with ``smaps`` (process-exporter's -threads and -gather-smaps;
+    without it an empty group would show them as 0)."""
+    specs = GROUP_FAMILIES + (THREAD_FAMILIES if threads else ())
+    if smaps:
+        return specs
+    return tuple(spec._replace(parts=tuple(p for p in spec.parts if p[0] not in SMAPS_MEMTYPES)) for spec in specs)
 
 
 def empty_family(spec: FamilySpec) -> Metric:

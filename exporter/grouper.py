@@ -56,7 +56,7 @@ COUNTERS = (
     "ctx_voluntary",
     "ctx_nonvoluntary",
 )
-GAUGE_SUMS = ("rss_bytes", "vms_bytes", "swap_bytes", "open_fds", "num_threads")
+GAUGE_SUMS = ("rss_bytes", "vms_bytes", "swap_bytes", "open_fds", "num_threads", "pss_bytes", "swap_pss_bytes")
 _COUNTER_AT = tuple(F[n] for n in COUNTERS)
 _COUNTER_INDEX = {at: i for i, at in enumerate(_COUNTER_AT)}
 _GAUGE_AT = tuple(F[n] for n in GAUGE_SUMS)
@@ -94,6 +94,9 @@ class GroupStats:
     # (wchan, count) sorted: the members, and the threads of the multi-threaded ones, waiting
     # in the kernel there (process-exporter counts such a process and each of its threads)
     wchans: tuple = ()
+    # proportional memory (--gather-smaps), summed over the members it was read for
+    pss_bytes: Optional[int] = None
+    swap_pss_bytes: Optional[int] = None
 
 
 # a thread's counters, in the order the tracker gives them (it gives CPU in clock ticks)
@@ -373,9 +376,9 @@ class _Update:
             wchans = self.wchans(columns[_WCHAN], idx)
         hz = self.g.clock_ticks
         user, system = (None if t is None else t / hz for t in totals[:2])
-        rss, vms, swap, fds, threads = gauges
+        rss, vms, swap, fds, threads, pss, swap_pss = gauges
         return GroupStats(name, n, user, system, *totals[2:], rss, vms, swap, fds, ratio, oldest, threads, states,
-                          self.thread_totals(name, idx), wchans)
+                          self.thread_totals(name, idx), wchans, pss, swap_pss)
 
     def wchans(self, column, idx) -> tuple:
         """(wchan, count) sorted, of the members' wchans and their threads' (process-exporter

@@ -110,6 +110,7 @@ STATUS_KEYS = {
     b"nonvoluntary_ctxt_switches": "ctx_nonvoluntary",
 }
 IO_KEYS = {b"read_bytes": "read_bytes", b"write_bytes": "write_bytes"}
+SMAPS_KEYS = {b"Pss": "pss_kb", b"SwapPss": "swap_pss_kb"}
 
 
 def parse_effective_uid(data: bytes) -> int:
@@ -195,10 +196,11 @@ class _Gone(Exception):
 class PythonReader:
     """The reader's contract (``read``, ``read_facts``, ``close``) in plain Python."""
 
-    def __init__(self, procfs: str, page_size: int, wchan: bool = True):
+    def __init__(self, procfs: str, page_size: int, wchan: bool = True, smaps_max_rss=None):
         self.procfs = procfs
         self.page_size = page_size
         self.wchan = wchan
+        self.smaps_max_rss = smaps_max_rss
         self.procfs_root = is_procfs(procfs)
         self.use_prlimit = is_own_procfs(procfs)
         self._lock = threading.Lock()
@@ -256,6 +258,22 @@ class PythonReader:
         finally:
             os.close(fd)
 
+    def _smaps(self, pid: int, vsize, rss, errors) -> tuple:
+        """(Pss, SwapPss) in bytes, None each when not read: read only up to smaps_max_rss,
+        since the kernel walks every page table of the process to make smaps_rollup."""
+        if vsize is None or rss is None:
+            return None, None
+        if vsize == 0:  # no mm (kernel thread, zombie): nothing mapped
+            return 0, 0
+        if rss > self.smaps_max_rss:
+            return None, None
+        kb = self._try(pid, lambda: parse_keyed(self._read(pid, "smaps_rollup"), SMAPS_KEYS), errors) or {}
+        pss, swap_pss = (None if kb.get(key) is None else kb[key] * 1024 for key in ("pss_kb", "swap_pss_kb"))
+        if max(pss or 0, swap_pss or 0) > U64_MAX:
+            errors[MALFORMED] = errors.get(MALFORMED, 0) + 1
+            return None, None
+        return pss, swap_pss
+
     def _wchan(self, pid: int):
         try:
             return self._read(pid, "wchan").decode("utf-8", "replace")
@@ -299,6 +317,8 @@ class PythonReader:
             io = self._try(pid, lambda: parse_keyed(self._read(pid, "io"), IO_KEYS), mine) or {}
             open_fds = self._try(pid, lambda: self._fd_count(pid), mine)
             wchan = self._try(pid, lambda: self._wchan(pid), mine) if self.wchan else None
+            pss, swap_pss = (self._smaps(pid, st["vsize"], rss, mine) if self.smaps_max_rss is not None
+                             else (None, None))
         except _Gone:
             return
         for err, count in mine.items():
@@ -327,6 +347,8 @@ class PythonReader:
             st["tty_nr"],
             st["mark"],
             status.get("euid"),
+            pss,
+            swap_pss,
             wchan,
         ))
 

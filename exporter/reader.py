@@ -46,6 +46,8 @@ FIELDS = (
     "tty_nr",  # stat tty_nr: 0 without a controlling terminal
     "mark",  # exec evidence from the mm addresses in stat; 0 when the kernel hides them
     "euid",  # effective uid (status Uid, second column): process-exporter's {{.Username}}
+    "pss_bytes",  # smaps_rollup Pss (with smaps_max_rss only); 0 without an mm
+    "swap_pss_bytes",  # smaps_rollup SwapPss
     "wchan",  # str of /proc/PID/wchan: where it sleeps in the kernel; "0" when running or hidden
 )
 F = {name: i for i, name in enumerate(FIELDS)}
@@ -155,8 +157,10 @@ class Reader:
     """
 
     def __init__(self, procfs: str = "/proc", backend: str = "native", page_size: int | None = None,
-                 keep_open: str = "auto", wchan: bool = True):
-        """``wchan``: read /proc/PID/wchan (and each thread's); without it the field is None."""
+                 keep_open: str = "auto", wchan: bool = True, smaps_max_rss: int | None = None):
+        """``wchan``: read /proc/PID/wchan (and each thread's); without it the field is None.
+        ``smaps_max_rss``: read proportional memory (smaps_rollup) of the processes whose rss
+        is at most that many bytes (None: of none)."""
         if backend not in ("native", "python"):
             raise ValueError(f"backend must be 'native' or 'python', not {backend!r}")
         self.procfs = procfs
@@ -166,11 +170,11 @@ class Reader:
             module = _native_module()
             if module is None:
                 raise RuntimeError("the native reader (exporter._reader) is not built; use backend='python'")
-            self._impl = module.Reader(procfs, self.page_size, keep_open_budget(keep_open), wchan)
+            self._impl = module.Reader(procfs, self.page_size, keep_open_budget(keep_open), wchan, smaps_max_rss)
         else:
             from exporter.procfs import PythonReader
 
-            self._impl = PythonReader(procfs, self.page_size, wchan)
+            self._impl = PythonReader(procfs, self.page_size, wchan, smaps_max_rss)
 
     def read(self) -> Reading:
         """Every process; raises OSError naming the root when it cannot be listed."""

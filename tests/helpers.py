@@ -47,13 +47,13 @@ def stop_processes(procs):
             p.stdout.close()
 
 
-def group_families(groups, keep_empty=False) -> list:
+def group_families(groups, keep_empty=False, threads=True, smaps=True) -> list:
     """The namedprocess_namegroup_* families of [GroupStats] as prometheus_client objects:
     the reference the fast renderer (exporter.exposition) is held byte-equal to."""
-    from exporter.families import GROUP_FAMILIES, THREAD_FAMILIES, empty_family
+    from exporter.families import empty_family, family_specs
 
     families = []
-    for spec in GROUP_FAMILIES + THREAD_FAMILIES:
+    for spec in family_specs(threads, smaps):
         family = empty_family(spec)
         for g in groups:
             for item in (spec.per_item[1](g) if spec.per_item else (None,)):

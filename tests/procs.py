@@ -26,9 +26,10 @@ def thread(tid, comm, state="S", utime=0, stime=0, minflt=0, majflt=0, ctxv=0, c
 
 def rec(pid, comm, start=100, ppid=0, state="S", flags=0, utime=0, stime=0, minflt=0, majflt=0,
         threads=1, vms=8192, rss=4096, uid=0, swap=0, ctxv=0, ctxnv=0, read=0, write=0, fds=3,
-        tty=0, mark=0, euid=None, wchan="0"):
+        tty=0, mark=0, euid=None, pss=None, swap_pss=None, wchan="0"):
     record = (pid, ppid, comm, state, flags, start, utime, stime, minflt, majflt, threads, vms, rss,
-              uid, swap, ctxv, ctxnv, read, write, fds, tty, mark, uid if euid is None else euid, wchan)
+              uid, swap, ctxv, ctxnv, read, write, fds, tty, mark, uid if euid is None else euid, pss, swap_pss,
+              wchan)
     assert len(record) == len(FIELDS)
     return record
 

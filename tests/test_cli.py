@@ -73,7 +73,8 @@ def test_env_names():
         "PROCSNAP_WEB_LISTEN_ADDRESS", "PROCSNAP_WEB_TELEMETRY_PATH", "PROCSNAP_CONFIG_PATH",
         "PROCSNAP_PATH_PROCFS", "PROCSNAP_CHILDREN", "PROCSNAP_REMOVE_EMPTY_GROUPS", "PROCSNAP_ONCE",
         "PROCSNAP_ONCE_DELAY", "PROCSNAP_BACKEND", "PROCSNAP_LOG_LEVEL", "PROCSNAP_PROCFS_KEEP_OPEN",
-        "PROCSNAP_DEBUG", "PROCSNAP_THREADS", "PROCSNAP_WCHAN", "PROCSNAP_GATHER_SMAPS", "PROCSNAP_RECHECK",
+        "PROCSNAP_DEBUG", "PROCSNAP_THREADS", "PROCSNAP_WCHAN", "PROCSNAP_GATHER_SMAPS",
+        "PROCSNAP_GATHER_SMAPS_MAX_RSS", "PROCSNAP_RECHECK",
         "PROCSNAP_RECHECK_WITH_TIME_LIMIT", "PROCSNAP_PROCNAMES", "PROCSNAP_NAMEMAPPING",
     }
 
@@ -96,6 +97,7 @@ DEFAULTS = {
     "threads": True,
     "wchan": True,
     "gather_smaps": False,  # process-exporter: true (a listed divergence)
+    "gather_smaps_max_rss": 1 << 30,
     "recheck": False,
     "recheck_with_time_limit": None,
     "procnames": (),
@@ -123,6 +125,7 @@ CASES = {
     "threads": ("false", False, ["-threads"], True),
     "wchan": ("no", False, ["-wchan"], True),
     "gather-smaps": ("1", True, ["-gather-smaps=false"], False),
+    "gather-smaps.max-rss": ("512MiB", 512 << 20, ["--gather-smaps.max-rss", "0"], 0),
     "recheck": ("yes", True, ["-recheck=false"], False),
     "recheck-with-time-limit": ("5m", 300.0, ["-recheck-with-time-limit", "1h30m"], 5400.0),
     "procnames": ("bash,,sshd", ("bash", "sshd"), ["-procnames", "init"], ("init",)),
@@ -171,6 +174,8 @@ def test_process_exporter_spellings():
         (["--bogus"], {}, "unrecognized arguments: --bogus"),
         (["--backend", "rust"], {}, "invalid choice"),
         (["--once.delay", "soon"], {}, "not a number of seconds"),
+        (["--gather-smaps.max-rss", "1.5GiB"], {}, "not a size: '1.5GiB'"),
+        ([], {"PROCSNAP_GATHER_SMAPS_MAX_RSS": "lots"}, "PROCSNAP_GATHER_SMAPS_MAX_RSS: not a size: 'lots'"),
         (["--web.telemetry-path", "metrics"], {}, "must start with '/'"),
         ([], {"PROCSNAP_CHILDREN": "maybe"}, "PROCSNAP_CHILDREN: not a boolean: 'maybe'"),
         ([], {"PROCSNAP_LOG_LEVEL": "loud"}, "PROCSNAP_LOG_LEVEL: invalid choice"),

@@ -86,6 +86,10 @@ def _literal_group_before_match(ctx: Context, d) -> bool:
             and any(r.fullmatch(group) for r in literal))
 
 
+def _procsnap_without_smaps(ctx: Context, d) -> bool:
+    return not ctx.facts["procsnap_smaps"]
+
+
 def _float_residue(ctx: Context, d) -> bool:
     return abs(d.pe - d.ps) <= 1e-9 * max(abs(d.pe), abs(d.ps), 1.0)
 
@@ -110,7 +114,7 @@ ALLOWED = [
     Allowed(
         key="`-gather-smaps` is off by default",
         samples=family("memory_bytes"), labels=(("memtype", "proportionalResident|proportionalSwapped"),),
-        kind=ONLY_PE,
+        kind=ONLY_PE, when=_procsnap_without_smaps,
         what="no memtype=proportionalResident/proportionalSwapped samples unless -gather-smaps is given",
         reason="process-exporter reads every process' smaps_rollup by default, which stalls scrapes of big "
                "processes (its issue #246); procsnap reads it only when asked",
@@ -799,12 +803,17 @@ def test_dropin(scenario: Scenario, part, tmp_path_factory):
             return bool(pattern.search(name))
     assert any(select(k.name) for k in r.pe.samples) or scenario.pe_groups == set(), \
         "process-exporter serves nothing to compare (a test bug)"
-    ctx = Context(r.pe, r.ps, r.config, scenario.facts)
+    ctx = Context(r.pe, r.ps, r.config, context_facts(scenario))
     left, _ = unexplained(differences(r.pe, r.ps, select), ALLOWED, ctx)
     meta = metadata_differences(r.pe, r.ps, select)
     report = ([_report("samples that differ", left)] if left else []) + \
         ([_report("families whose type or help differ", meta)] if meta else [])
     assert not left and not meta, "\n".join(report)
+
+
+def context_facts(s: "Scenario") -> dict:
+    """The scenario's facts, and whether procsnap was given -gather-smaps."""
+    return {**s.facts, "procsnap_smaps": "-gather-smaps" in s.pe_flags}
 
 
 _dirs: dict = {}
@@ -825,7 +834,8 @@ def test_every_allowed_difference_is_seen(tmp_path_factory):
             r = run_scenario(s, _runs_dir(tmp_path_factory, s))
         except AssertionError:
             continue
-        _, u = unexplained(differences(r.pe, r.ps, lambda n: True), ALLOWED, Context(r.pe, r.ps, r.config, s.facts))
+        _, u = unexplained(differences(r.pe, r.ps, lambda n: True), ALLOWED,
+                           Context(r.pe, r.ps, r.config, context_facts(s)))
         for k in u:
             used[k] = used.get(k, 0) + u[k]
     unused = [a.key for a in ALLOWED if a.key not in used and a.key not in NOT_SEEN_YET]

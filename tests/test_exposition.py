@@ -39,18 +39,22 @@ def random_groups(seed: int, count: int) -> list:
                    (rnd.random() * 100, round(rnd.random(), 2)) + tuple(rnd.randrange(0, 10 ** 9) for _ in range(6)))
                   for j in range(rnd.choice((0, 0, 1, 3)))),
             tuple(sorted((rnd.choice(NASTY) + f"w{j}", rnd.randrange(1, 9)) for j in range(rnd.choice((0, 1, 2))))),
+            maybe(rnd.randrange(0, 2 ** 40)), maybe(rnd.randrange(0, 2 ** 30)),
         ))
     return groups
 
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("openmetrics", [False, True])
-def test_renderer_matches_prometheus_client(seed, openmetrics):
+@pytest.mark.parametrize("threads, smaps", [(True, True), (False, False)])
+def test_renderer_matches_prometheus_client(seed, openmetrics, threads, smaps):
     groups = random_groups(seed, 40)
-    reference = (generate_openmetrics if openmetrics else generate_latest)(Families(group_families(groups)))
+    families = group_families(groups, threads=threads, smaps=smaps)
+    reference = (generate_openmetrics if openmetrics else generate_latest)(Families(families))
     if openmetrics:
         reference = reference.removesuffix(b"# EOF\n")
-    renderer = GroupRenderer()
+    assert (b"proportionalResident" in reference) is smaps and (b"thread_count" in reference) is threads
+    renderer = GroupRenderer(threads, smaps)
     assert b"".join(renderer.render(groups, openmetrics)) == reference
     assert b"".join(renderer.render(groups, openmetrics)) == reference  # with its label cache warm
 

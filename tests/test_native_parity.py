@@ -156,7 +156,7 @@ def put(path, spec) -> None:
 
 
 def add_proc(root, pid, comm=b"proc", stat=DEFAULT, status=DEFAULT, io=DEFAULT, limits=DEFAULT,
-             cmdline=DEFAULT, cgroup=DEFAULT, exe=DEFAULT, fds=3, wchan=b"0", **stat_kw):
+             cmdline=DEFAULT, cgroup=DEFAULT, exe=DEFAULT, fds=3, wchan=b"0", smaps_rollup=None, **stat_kw):
     """One /proc/PID directory. DEFAULT = a plausible file, None = missing, or a Fifo, Dir,
     Link or Mode."""
     d = root / str(pid)
@@ -169,6 +169,7 @@ def add_proc(root, pid, comm=b"proc", stat=DEFAULT, status=DEFAULT, io=DEFAULT, 
         "cmdline": b"/usr/bin/" + comm + b"\0--flag\0" if cmdline is DEFAULT else cmdline,
         "cgroup": b"0::/user.slice/x.scope\n" if cgroup is DEFAULT else cgroup,
         "wchan": wchan,
+        "smaps_rollup": smaps_rollup,
     }
     for name, spec in files.items():
         put(os.fsencode(d / name), spec)
@@ -894,6 +895,36 @@ def test_fifo_parity(tmp_path):
     _in_thread(lambda: compare(root))
 
 
+def smaps_text(pss_kb, swap_pss_kb=0) -> bytes:
+    return (b"55d0e0a00000-7ffd2f9ad000 ---p 00000000 00:00 0                          [rollup]\n"
+            b"Rss:    %d kB\nPss:    %d kB\nPss_Anon:    1 kB\nSwap:    0 kB\nSwapPss:    %d kB\n"
+            % (pss_kb + 5, pss_kb, swap_pss_kb))
+
+
+def test_smaps_parity(tmp_path):
+    """Proportional memory, read alike by both backends: only up to smaps_max_rss; 0 for
+    a process with no mm (vsize 0) without reading; unreadable or malformed counted."""
+    root = make_root(tmp_path)
+    add_proc(root, 10, comm=b"small", rss=100, smaps_rollup=smaps_text(300, 7))
+    add_proc(root, 11, comm=b"big", rss=100_000, smaps_rollup=smaps_text(400_000))  # over the limit: not read
+    add_proc(root, 12, comm=b"zombie", state=b"Z", vsize=0, rss=0, **NO_MM)  # no file needed
+    add_proc(root, 13, comm=b"none")  # no smaps_rollup: ENOENT
+    add_proc(root, 14, comm=b"bad", smaps_rollup=b"Pss: lots kB\n")  # malformed
+    add_proc(root, 15, comm=b"huge", smaps_rollup=smaps_text(2**60))  # * 1024 overflows: malformed
+    add_proc(root, 16, comm=b"old", smaps_rollup=b"Rss: 5 kB\n")  # no Pss line: None, no error
+    limit = 1000 * PAGE
+    nat, py = (Reader(str(root), backend, PAGE, "off", smaps_max_rss=limit) for backend in ("native", "python"))
+    a = read_both(nat, py)
+    rec = {r[0]: dict(zip(FIELDS, r)) for r in a.records}
+    assert (rec[10]["pss_bytes"], rec[10]["swap_pss_bytes"]) == (300 * 1024, 7 * 1024)
+    assert (rec[11]["pss_bytes"], rec[12]["pss_bytes"], rec[12]["swap_pss_bytes"]) == (None, 0, 0)
+    assert [rec[pid]["pss_bytes"] for pid in (13, 14, 15, 16)] == [None] * 4
+    assert a.errors == {"ENOENT": 1, "malformed": 2}
+    off = read_both(*pair(root))  # not asked: nothing read, nothing counted
+    assert {r[F["pss_bytes"]] for r in off.records} == {None} and off.errors == {}
+    nat.close()
+
+
 def add_threads(root, pid, threads) -> None:
     """task/TID/{stat,status,io,wchan} of a process: threads is {tid: {file: spec}}, a
     missing file name a plausible file, None a missing file."""
@@ -1083,6 +1114,25 @@ def test_live_long_cmdline_read_whole():
         facts, _ = facts_both(nat, py, [(child.pid, start, WANT_CMDLINE)])
         expected = b"\0".join(os.fsencode(a) for a in child.args) + b"\0"
         assert len(facts[0].cmdline) == len(expected) > 300_000 and facts[0].cmdline == expected
+    finally:
+        _stop([child])
+
+
+def test_live_proportional_memory():
+    """A process with 64 MiB of private memory touched: its Pss is at least that and at
+    most its rss; with a limit below its rss it is not read (None)."""
+    code = "import sys, time; b = bytearray(64 << 20); b[::4096] = b'x' * len(b[::4096]); print(1, flush=True); time.sleep(600)"
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    try:
+        assert child.stdout.readline() == b"1\n"
+        for backend in ("native", "python"):
+            mine = {}
+            for limit in (UNLIMITED, 16 << 20):
+                r = Reader("/proc", backend, None, "off", smaps_max_rss=limit)
+                mine[limit] = next(dict(zip(FIELDS, x)) for x in r.read().records if x[0] == child.pid)
+            big = mine[UNLIMITED]
+            assert 64 << 20 <= big["pss_bytes"] <= big["rss_bytes"] and big["swap_pss_bytes"] is not None, big
+            assert mine[16 << 20]["pss_bytes"] is None and mine[16 << 20]["rss_bytes"] > 16 << 20
     finally:
         _stop([child])
 

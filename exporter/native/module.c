@@ -406,16 +406,21 @@ static PyObject *Reader_kept(ReaderObject *self, PyObject *unused)
 
 static PyObject *Reader_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"procfs", "page_size", "keep_open", "wchan", NULL};
-    PyObject *procfs, *path = NULL;
-    unsigned long long page_size;
+    static char *kwlist[] = {"procfs", "page_size", "keep_open", "wchan", "smaps_max_rss", NULL};
+    PyObject *procfs, *path = NULL, *smaps_max_rss = Py_None;
+    unsigned long long page_size, smaps_max = 0;
     Py_ssize_t keep_open;
     int wchan = 1;
     ReaderObject *self = NULL;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OKn|p:Reader", kwlist, &procfs, &page_size,
-                                     &keep_open, &wchan))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OKn|pO:Reader", kwlist, &procfs, &page_size,
+                                     &keep_open, &wchan, &smaps_max_rss))
         return NULL;
+    if (smaps_max_rss != Py_None) {
+        smaps_max = PyLong_AsUnsignedLongLong(smaps_max_rss);
+        if (smaps_max == (unsigned long long)-1 && PyErr_Occurred())
+            return NULL;
+    }
     if (page_size == 0 || keep_open < 0) {
         PyErr_SetString(PyExc_ValueError, "page_size must be > 0 and keep_open >= 0");
         return NULL;
@@ -429,7 +434,8 @@ static PyObject *Reader_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         PyErr_NoMemory();
         goto error;
     }
-    if (walk_init(&self->w, PyBytes_AS_STRING(path), page_size, (size_t)keep_open, wchan) < 0) {
+    if (walk_init(&self->w, PyBytes_AS_STRING(path), page_size, (size_t)keep_open, wchan,
+                  smaps_max_rss != Py_None, smaps_max) < 0) {
         PyErr_NoMemory();
         goto error;
     }
@@ -481,10 +487,11 @@ static PyMethodDef Reader_methods[] = {
 };
 
 PyDoc_STRVAR(Reader_doc,
-"Reader(procfs, page_size, keep_open, wchan=True)\n\n"
+"Reader(procfs, page_size, keep_open, wchan=True, smaps_max_rss=None)\n\n"
 "Reads every process under a procfs root. Keeps /proc/PID/{stat,status,io,wchan} open\n"
 "between reads for at most keep_open processes (a real procfs only). With wchan false,\n"
-"no wchan file is read (the field is None).");
+"no wchan file is read (the field is None). With smaps_max_rss (bytes), smaps_rollup is\n"
+"read for processes whose rss is at most that.");
 
 static PyType_Slot Reader_slots[] = {
     {Py_tp_new, Reader_new},

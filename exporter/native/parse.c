@@ -15,6 +15,7 @@ const char *const ps_status_keys[PS_ST_NKEYS] = {
     "Uid", "VmSwap", "voluntary_ctxt_switches", "nonvoluntary_ctxt_switches",
 };
 const char *const ps_io_keys[PS_IO_NKEYS] = {"read_bytes", "write_bytes"};
+const char *const ps_smaps_keys[PS_SM_NKEYS] = {"Pss", "SwapPss"};
 
 /* The whitespace of bytes.split(): space, \t \n \v \f \r. */
 static int parse_isspace(unsigned char c)

@@ -41,6 +41,7 @@ typedef struct {
 
 enum { PS_ST_UID, PS_ST_VMSWAP, PS_ST_CTXV, PS_ST_CTXNV, PS_ST_NKEYS };
 enum { PS_IO_READ, PS_IO_WRITE, PS_IO_NKEYS };
+enum { PS_SM_PSS, PS_SM_SWAPPSS, PS_SM_NKEYS };
 
 int parse_uint(const char *buf, size_t off, size_t len, uint64_t *out);
 int parse_stat(const char *buf, size_t n, ps_stat *out);
@@ -51,6 +52,7 @@ int parse_effective_uid(const char *buf, size_t n, uint64_t *out);
 
 extern const char *const ps_status_keys[PS_ST_NKEYS];
 extern const char *const ps_io_keys[PS_IO_NKEYS];
+extern const char *const ps_smaps_keys[PS_SM_NKEYS];
 
 #define PS_UNLIMITED UINT64_MAX /* RLIM_INFINITY, and "unlimited" in a limits file */
 
@@ -61,7 +63,7 @@ extern const char *const ps_io_keys[PS_IO_NKEYS];
 enum {
     F_PPID, F_FLAGS, F_START, F_UTIME, F_STIME, F_MINFLT, F_MAJFLT, F_THREADS, F_VSIZE,
     F_RSS, F_UID, F_SWAP, F_CTXV, F_CTXNV, F_READ, F_WRITE, F_OPEN_FDS, F_TTY, F_MARK, F_EUID,
-    F_COUNT
+    F_PSS, F_SWAP_PSS, F_COUNT
 };
 
 /* Text of a process that rarely changes (comm, wchan) and the Python str made of it,
@@ -139,6 +141,8 @@ typedef struct {
     uint64_t page_size;
     size_t keep_open;     /* processes whose files this reader may keep open */
     int wchan;            /* read PID/wchan and task/TID/wchan (else the field is None) */
+    int smaps;            /* read PID/smaps_rollup of processes up to smaps_max_rss */
+    uint64_t smaps_max_rss;
     unsigned gen;
     /* the cache */
     ps_entry **buckets;
@@ -166,8 +170,11 @@ typedef struct {
     char *dents;
 } ps_walker;
 
-/* walk_init: zero + allocate scratch; 0 or -1 (errno set). wchan: read the wchan files. */
-int walk_init(ps_walker *w, const char *procfs, uint64_t page_size, size_t keep_open, int wchan);
+/* walk_init: zero + allocate scratch; 0 or -1 (errno set). wchan: read the wchan files;
+ * smaps: read smaps_rollup (proportional memory) of processes whose rss is at most
+ * smaps_max_rss bytes (the read walks every page table of the process). */
+int walk_init(ps_walker *w, const char *procfs, uint64_t page_size, size_t keep_open, int wchan,
+              int smaps, uint64_t smaps_max_rss);
 /* walk_collect: one walk, GIL released. 0 ok; -1 with *err = errno (root unreadable,
  * or ENOMEM). */
 int walk_collect(ps_walker *w, int *err);

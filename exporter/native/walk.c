@@ -486,6 +486,30 @@ static int walk_scale(ps_record *r, int f, uint64_t k)
     return 0;
 }
 
+/* Proportional memory from smaps_rollup (in kB): read only when rss is at most
+ * smaps_max_rss, since the kernel walks every page table of the process to make it;
+ * none without an mm (vsize 0: kernel threads, zombies). 0, 1 (vanished) or -1. */
+static int walk_smaps(ps_walker *w, ps_entry *e, ps_record *r)
+{
+    int rc;
+
+    if (!(r->has & (1u << F_VSIZE)) || !(r->has & (1u << F_RSS)))
+        return 0;
+    if (r->num[F_VSIZE] == 0) {
+        walk_set(r, F_PSS, 0);
+        walk_set(r, F_SWAP_PSS, 0);
+        return 0;
+    }
+    if (r->num[F_RSS] > w->smaps_max_rss)
+        return 0;
+    rc = walk_keyed(w, e, r, -1, "smaps_rollup", ps_smaps_keys, PS_SM_NKEYS, F_PSS);
+    if (rc == 0 && (walk_scale(r, F_PSS, 1024) < 0 || walk_scale(r, F_SWAP_PSS, 1024) < 0)) {
+        r->has &= ~(1u << F_PSS | 1u << F_SWAP_PSS);
+        walk_count(w, PS_MALFORMED);
+    }
+    return rc;
+}
+
 /* One process: 1 recorded, 0 not (gone or unreadable), -1 ENOMEM. */
 static int walk_process(ps_walker *w, int pid)
 {
@@ -581,6 +605,8 @@ static int walk_process(ps_walker *w, int pid)
             rc = walk_failed(w, pid, err);
         /* else no wchan file: a kernel built without CONFIG_KALLSYMS; None, no error */
     }
+    if (rc == 0 && w->smaps)
+        rc = walk_smaps(w, e, r);
     if (rc < 0)
         return -1;
     if (rc > 0) { /* vanished: drop it quietly, with the errors it caused */
@@ -953,7 +979,8 @@ void walk_close_all(ps_walker *w)
     walk_close_fd(&w->rootfd);
 }
 
-int walk_init(ps_walker *w, const char *procfs, uint64_t page_size, size_t keep_open, int wchan)
+int walk_init(ps_walker *w, const char *procfs, uint64_t page_size, size_t keep_open, int wchan,
+              int smaps, uint64_t smaps_max_rss)
 {
     struct statfs sfs;
     struct stat st;
@@ -965,6 +992,8 @@ int walk_init(ps_walker *w, const char *procfs, uint64_t page_size, size_t keep_
     w->page_size = page_size;
     w->keep_open = keep_open;
     w->wchan = wchan;
+    w->smaps = smaps;
+    w->smaps_max_rss = smaps_max_rss;
     w->procfs = strdup(procfs);
     w->buf_cap = BUF_FIRST;
     w->buf = malloc(w->buf_cap);
