@@ -67,6 +67,7 @@ class Exporter:
         self.runtime = runtime_registry()
         self._renderer = GroupRenderer(threads, smaps)
         self._rendered = None  # (result, openmetrics, names, chunks): shared by one flight's scrapers
+        self.otlp_exports: Optional[dict] = None  # {result: count} when OTLP push is on (exporter.otlp)
 
     # -- one scrape ------------------------------------------------------------------
 
@@ -138,7 +139,7 @@ class Exporter:
         else:
             groups_chunks = self._renderer.render(result.groups, openmetrics, names)
             self._rendered = key + (groups_chunks,)
-        families = self_families(result, self.version) + list(self.runtime.collect())
+        families = self_families(result, self.version, otlp_exports=self.otlp_exports) + list(self.runtime.collect())
         return groups_chunks + [scrape_error_text(result, openmetrics, names),
                                 encode_families(families, openmetrics, names)]
 

@@ -70,9 +70,22 @@ def parse_size(text: str) -> int:
     return int(value[:digits]) * unit
 
 
+def parse_interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0.05 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"interval out of range: {text!r} (0.05 .. 86400 seconds)")
+    return value
+
+
 def parse_address(text: str) -> str:
+    """HOST:PORT, or "" (no HTTP server: OTLP push only)."""
     from exporter.server import parse_listen_address
 
+    if text == "":
+        return text
     try:
         parse_listen_address(text)
     except ValueError as e:
@@ -230,7 +243,8 @@ FLAGS = (
         "web.listen-address",
         ":9256",
         parse_address,
-        "Address to serve HTTP on: HOST:PORT, :PORT for all interfaces (IPv4 and IPv6), [V6ADDR]:PORT.",
+        "Address to serve HTTP on: HOST:PORT, :PORT for all interfaces (IPv4 and IPv6), [V6ADDR]:PORT; "
+        "'' for none (OTLP push only).",
         metavar="ADDR",
     ),
     _Flag(
@@ -349,6 +363,30 @@ FLAGS = (
         "Recheck a process only this long after its start (a Go duration: 30s, 5m, 1h30m); "
         "implies --recheck. 0 means no limit.",
         metavar="DURATION",
+    ),
+    _Flag(
+        "otlp.endpoint",
+        None,
+        str,
+        "Push the groups over OTLP to this endpoint (an OpenTelemetry Collector: http://HOST:4318 for "
+        "http/protobuf, http://HOST:4317 for grpc), as OTEL_EXPORTER_OTLP_ENDPOINT; that variable or "
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT turns the push on too. Headers, timeout, compression and "
+        "certificates come from the standard OTEL_EXPORTER_OTLP_* variables. /metrics keeps serving.",
+        metavar="URL",
+    ),
+    _Flag(
+        "otlp.protocol",
+        None,
+        parse_choice(("http/protobuf", "grpc")),
+        "OTLP transport: http/protobuf or grpc (default: OTEL_EXPORTER_OTLP_PROTOCOL, else http/protobuf).",
+        metavar="{http/protobuf,grpc}",
+    ),
+    _Flag(
+        "otlp.interval",
+        None,
+        parse_interval,
+        "Seconds between OTLP pushes, one snapshot each (default: OTEL_METRIC_EXPORT_INTERVAL, else 30).",
+        metavar="SECONDS",
     ),
     _Flag(
         "once",
@@ -747,6 +785,18 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
         log.info("groups from --procnames %s --namemapping %s", ",".join(args.procnames) or "(none)",
                  ",".join(f"{n},{r}" for n, r in args.namemapping) or "(none)")
 
+    push = None
+    if not args.once and _push_wanted(args):
+        from exporter import otlp
+
+        try:
+            push = otlp.settings(args.otlp_endpoint, args.otlp_protocol, args.otlp_interval)
+        except ValueError as e:
+            return _die(str(e), 2)
+    if not args.once and not args.web_listen_address and push is None:
+        return _die("--web.listen-address is empty and no OTLP endpoint is set (--otlp.endpoint): "
+                    "nothing would see the metrics", 2)
+
     try:
         exporter = make_exporter(args, config)
         first = exporter.scrape()
@@ -759,7 +809,7 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
 
     if args.once:
         return _print_once(exporter, args)
-    return _serve(exporter, args)
+    return _serve(exporter, args, push)
 
 
 def _procfs_problem(e: BaseException, procfs: str) -> str:
@@ -791,15 +841,25 @@ def _print_once(exporter, args) -> int:
     return status
 
 
-def _serve(exporter, args) -> int:
-    from exporter.server import MetricsServer, make_app
+def _push_wanted(args) -> bool:
+    """OTLP push is on: --otlp.endpoint, or a standard endpoint variable."""
+    from_env = os.environ.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    return bool(args.otlp_endpoint or from_env)
 
-    try:
-        server = MetricsServer(make_app(exporter, args.web_telemetry_path), args.web_listen_address)
-    except ValueError as e:
-        return _die(str(e), 2)
-    except OSError as e:
-        return _die(f"cannot listen on {args.web_listen_address}: {e.strerror or e}", 1)
+
+def _serve(exporter, args, push) -> int:
+    """/metrics on --web.listen-address (unless empty) and the OTLP push (``push``, the
+    otlp.Settings, unless None) until SIGTERM/SIGINT."""
+    server = pusher = None
+    if args.web_listen_address:
+        from exporter.server import MetricsServer, make_app
+
+        try:
+            server = MetricsServer(make_app(exporter, args.web_telemetry_path), args.web_listen_address)
+        except ValueError as e:
+            return _die(str(e), 2)
+        except OSError as e:
+            return _die(f"cannot listen on {args.web_listen_address}: {e.strerror or e}", 1)
 
     wake = threading.Event()
     pending = {"reload": False, "stop": False}
@@ -816,15 +876,23 @@ def _serve(exporter, args) -> int:
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
 
-    server.start()
-    host, _ = server.httpd.server_address[:2]
-    log.info(
-        "procsnap %s listening on %s, metrics at %s (backend %s)",
-        __version__,
-        f"[{host}]:{server.port}" if ":" in host else f"{host}:{server.port}",
-        args.web_telemetry_path,
-        exporter.reader.backend,
-    )
+    if server is not None:
+        server.start()
+        host, _ = server.httpd.server_address[:2]
+        log.info(
+            "procsnap %s listening on %s, metrics at %s (backend %s)",
+            __version__,
+            f"[{host}]:{server.port}" if ":" in host else f"{host}:{server.port}",
+            args.web_telemetry_path,
+            exporter.reader.backend,
+        )
+    if push is not None:
+        from exporter import otlp
+
+        pusher = otlp.Pusher(exporter, push, threads=args.threads, smaps=args.gather_smaps)
+        exporter.otlp_exports = pusher.exports
+        log.info("procsnap %s pushing OTLP (%s) to %s every %gs", __version__, push.protocol, otlp.describe(push),
+                 push.interval)
     try:
         while not pending["stop"]:
             wake.wait(1.0)
@@ -836,7 +904,10 @@ def _serve(exporter, args) -> int:
                 else:
                     _reload(exporter, args.config_path)
     finally:
-        server.shutdown()
+        if server is not None:
+            server.shutdown()
+        if pusher is not None:
+            pusher.shutdown()  # a last export, within its timeout
         exporter.close()
     log.info("stopped")
     return 0

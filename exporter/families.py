@@ -170,8 +170,10 @@ def empty_family(spec: FamilySpec) -> Metric:
     return kind(PREFIX + spec.name, spec.help, labels=labels)
 
 
-def self_families(result: Optional[ScrapeResult], version: str, keep_empty: bool = False) -> list:
-    """procsnap's own metrics. ``result`` is None when the snapshot failed."""
+def self_families(result: Optional[ScrapeResult], version: str, keep_empty: bool = False,
+                  otlp_exports: Optional[dict] = None) -> list:
+    """procsnap's own metrics. ``result`` is None when the snapshot failed;
+    ``otlp_exports`` ({result: count}) when OTLP push is on."""
     families = []
     if result is not None:
         families.append(
@@ -194,6 +196,12 @@ def self_families(result: Optional[ScrapeResult], version: str, keep_empty: bool
         for reason in sorted(result.read_errors):
             errors.add_metric([reason], float(result.read_errors[reason]))
         families.append(errors)
+    if otlp_exports is not None:
+        exports = CounterMetricFamily("procsnap_otlp_exports", "OTLP exports by result (success, failure), since start",
+                                      labels=["result"])
+        for outcome in sorted(otlp_exports):
+            exports.add_metric([outcome], float(otlp_exports[outcome]))
+        families.append(exports)
     build = GaugeMetricFamily(
         "procsnap_build_info", "A metric with a constant 1 labelled by the procsnap version", labels=["version"]
     )

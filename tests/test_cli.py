@@ -74,7 +74,7 @@ def test_env_names():
         "PROCSNAP_PATH_PROCFS", "PROCSNAP_CHILDREN", "PROCSNAP_REMOVE_EMPTY_GROUPS", "PROCSNAP_ONCE",
         "PROCSNAP_ONCE_DELAY", "PROCSNAP_BACKEND", "PROCSNAP_LOG_LEVEL", "PROCSNAP_PROCFS_KEEP_OPEN",
         "PROCSNAP_DEBUG", "PROCSNAP_THREADS", "PROCSNAP_WCHAN", "PROCSNAP_GATHER_SMAPS",
-        "PROCSNAP_GATHER_SMAPS_MAX_RSS", "PROCSNAP_RECHECK",
+        "PROCSNAP_GATHER_SMAPS_MAX_RSS", "PROCSNAP_OTLP_ENDPOINT", "PROCSNAP_OTLP_PROTOCOL", "PROCSNAP_OTLP_INTERVAL", "PROCSNAP_RECHECK",
         "PROCSNAP_RECHECK_WITH_TIME_LIMIT", "PROCSNAP_PROCNAMES", "PROCSNAP_NAMEMAPPING",
     }
 
@@ -98,6 +98,9 @@ DEFAULTS = {
     "wchan": True,
     "gather_smaps": False,  # process-exporter: true (a listed divergence)
     "gather_smaps_max_rss": 1 << 30,
+    "otlp_endpoint": None,  # OTLP push off (unless an OTEL_EXPORTER_OTLP_*ENDPOINT variable is set)
+    "otlp_protocol": None,
+    "otlp_interval": None,
     "recheck": False,
     "recheck_with_time_limit": None,
     "procnames": (),
@@ -126,6 +129,9 @@ CASES = {
     "wchan": ("no", False, ["-wchan"], True),
     "gather-smaps": ("1", True, ["-gather-smaps=false"], False),
     "gather-smaps.max-rss": ("512MiB", 512 << 20, ["--gather-smaps.max-rss", "0"], 0),
+    "otlp.endpoint": ("http://a:4318", "http://a:4318", ["--otlp.endpoint", "http://b:4317"], "http://b:4317"),
+    "otlp.protocol": ("GRPC", "grpc", ["--otlp.protocol=http/protobuf"], "http/protobuf"),
+    "otlp.interval": ("10", 10.0, ["--otlp.interval", "0.5"], 0.5),
     "recheck": ("yes", True, ["-recheck=false"], False),
     "recheck-with-time-limit": ("5m", 300.0, ["-recheck-with-time-limit", "1h30m"], 5400.0),
     "procnames": ("bash,,sshd", ("bash", "sshd"), ["-procnames", "init"], ("init",)),
@@ -175,6 +181,8 @@ def test_process_exporter_spellings():
         (["--backend", "rust"], {}, "invalid choice"),
         (["--once.delay", "soon"], {}, "not a number of seconds"),
         (["--gather-smaps.max-rss", "1.5GiB"], {}, "not a size: '1.5GiB'"),
+        (["--otlp.interval", "0"], {}, "interval out of range"),
+        (["--otlp.protocol", "http/json"], {}, "invalid choice: 'http/json'"),
         ([], {"PROCSNAP_GATHER_SMAPS_MAX_RSS": "lots"}, "PROCSNAP_GATHER_SMAPS_MAX_RSS: not a size: 'lots'"),
         (["--web.telemetry-path", "metrics"], {}, "must start with '/'"),
         ([], {"PROCSNAP_CHILDREN": "maybe"}, "PROCSNAP_CHILDREN: not a boolean: 'maybe'"),
