@@ -1173,15 +1173,13 @@ def markdown(results: dict) -> str:
     for size in results["sizes"].values():
         lines.append(f"### {mix_title(size)}")
         lines.append("")
-        if size.get("busy_cpu_seconds") is not None:
-            lines.append(f"The busy processes used {size['busy_cpu_seconds']:.0f} CPU-s during the timed rounds "
-                         f"({size['busy_cpu_seconds'] / size['rounds_wall_seconds']:.2f} CPUs).")
-            lines.append("")
         if size.get("machine_cpu_seconds") is not None:
+            workload = size.get("busy_cpu_seconds")
             lines.append(f"During the timed rounds ({size['rounds_wall_seconds']:.0f} s) the machine used "
                          f"{size['machine_cpu_seconds']:.0f} CPU-s (busy {100 * (size['machine_busy_fraction'] or 0):.0f}% "
-                         f"of {m['nproc']} CPUs), of which the contenders {size['contender_cpu_seconds']:.0f} CPU-s; "
-                         f"the rest is the harness and other load. Load average before/after: "
+                         f"of {m['nproc']} CPUs), of which the contenders {size['contender_cpu_seconds']:.0f} CPU-s"
+                         + ("" if workload is None else f" and the busy processes {workload:.0f} CPU-s")
+                         + "; the rest is the harness and other load. Load average before/after: "
                          f"{size['loadavg_before'][0]:.1f} / {size['loadavg_after'][0]:.1f}.")
             lines.append("")
         anchors = ANCHORS_5000 if size.get("mix", "idle") == "idle" and size["n"] == 5000 else {}
