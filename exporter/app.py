@@ -65,7 +65,8 @@ class Exporter:
         self.last: Optional[ScrapeResult] = None
         self.version = version
         self.runtime = runtime_registry()
-        self._renderer = GroupRenderer(threads, smaps)
+        self._threads, self._smaps = threads, smaps
+        self._renderers: dict = {}  # extra label names -> GroupRenderer (a reload may change them)
         self._rendered = None  # (result, openmetrics, names, chunks): shared by one flight's scrapers
         self.otlp_exports: Optional[dict] = None  # {result: count} when OTLP push is on (exporter.otlp)
 
@@ -93,7 +94,7 @@ class Exporter:
             self._procread += len(reading.unreadable)  # stat unreadable (not: exited meanwhile)
             self._partial += sum(map(contains, map(_partial_fields, step.records), repeat(None)))
             result = ScrapeResult(groups, len(step.records), duration, dict(errors), self._failed, self._procread,
-                                  self._partial)
+                                  self._partial, self.grouper.config.extra_labels)
             self.last = result
             return result
 
@@ -137,7 +138,11 @@ class Exporter:
         if rendered is not None and rendered[0] is key[0] and rendered[1:3] == key[1:]:
             groups_chunks = rendered[3]
         else:
-            groups_chunks = self._renderer.render(result.groups, openmetrics, names)
+            renderer = self._renderers.get(result.extra_labels)
+            if renderer is None:
+                renderer = GroupRenderer(self._threads, self._smaps, result.extra_labels)
+                self._renderers = {result.extra_labels: renderer}
+            groups_chunks = renderer.render(result.groups, openmetrics, names)
             self._rendered = key + (groups_chunks,)
         families = self_families(result, self.version, otlp_exports=self.otlp_exports) + list(self.runtime.collect())
         return groups_chunks + [scrape_error_text(result, openmetrics, names),

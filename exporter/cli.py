@@ -289,6 +289,22 @@ FLAGS = (
         aliases=("--procfs",),
     ),
     _Flag(
+        "path.pod-logs",
+        "/var/log/pods",
+        str,
+        "The kubelet's pod log directory (<namespace>_<pod>_<uid>/), mounted read-only: names the pods of "
+        "processes for the {{.Namespace}}/{{.Pod}} template fields and the config's extra_labels.",
+        metavar="DIR",
+    ),
+    _Flag(
+        "path.container-logs",
+        "/var/log/containers",
+        str,
+        "The kubelet's container log links (<pod>_<namespace>_<container>-<id>.log), mounted read-only: "
+        "names the containers for {{.Container}} and extra_labels.",
+        metavar="DIR",
+    ),
+    _Flag(
         "procfs.keep-open",
         "auto",
         parse_keep_open,
@@ -734,6 +750,7 @@ def make_exporter(args, config):
     from exporter.app import Exporter
     from exporter.grouper import Grouper
     from exporter.hostfacts import HostFacts
+    from exporter.kubernetes import PodDirectory
     from exporter.reader import UNLIMITED, Reader
     from exporter.tracker import Tracker
 
@@ -750,6 +767,7 @@ def make_exporter(args, config):
         empty_grace_seconds=DEFAULT_CONFIG_EMPTY_GRACE if _default_config(args) else None,
         recheck=args.recheck,
         recheck_seconds=args.recheck_with_time_limit or None,
+        pods=PodDirectory(args.path_pod_logs, args.path_container_logs),
     )
     return Exporter(Tracker(reader, facts), grouper, threads=args.threads, smaps=args.gather_smaps)
 

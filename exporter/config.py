@@ -38,8 +38,11 @@ from typing import Callable, Optional
 import re2
 import yaml
 
+from exporter.kubernetes import LABELS, NOT_IN_A_POD, PodInfo
+
 MATCHER_KEYS = ("name", "comm", "exe", "cmdline")
-TEMPLATE_FIELDS = ("Comm", "ExeBase", "ExeFull", "Username", "PID", "StartTime", "Cgroups", "Matches")
+TEMPLATE_FIELDS = ("Comm", "ExeBase", "ExeFull", "Username", "PID", "StartTime", "Cgroups", "Matches",
+                   "Namespace", "Pod", "Container", "ContainerID")  # the last four: procsnap's (pods)
 DEFAULT_NAME = "{{.ExeBase}}"
 _NULL_TAG = "tag:yaml.org,2002:null"
 
@@ -150,6 +153,7 @@ class Facts:
     start_ticks: Optional[int] = None
     boot_time: Optional[int] = None
     clock_ticks: int = 100
+    pod: PodInfo = NOT_IN_A_POD  # the Kubernetes pod and container it runs in
 
     def start_time_ns(self) -> int:
         hz = self.clock_ticks or 100
@@ -173,6 +177,9 @@ _SPACE = " \t\r\n"  # text/template's spaceChars, trimmed by {{- and -}}
 _FIELD = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)(?:\.([A-Za-z_][A-Za-z0-9_]*))?\Z")
 
 
+_POD_FIELDS = {"Namespace": 0, "Pod": 1, "Container": 2, "ContainerID": 3}  # PodInfo positions
+
+
 def _field_getter(name: str, sub: Optional[str]) -> Callable[[Facts], str]:
     if name == "Comm":
         return lambda f: f.comm
@@ -186,6 +193,9 @@ def _field_getter(name: str, sub: Optional[str]) -> Callable[[Facts], str]:
         return lambda f: str(f.pid)
     if name == "StartTime":
         return lambda f: go_time_ns(f.start_time_ns())
+    if name in _POD_FIELDS:
+        at = _POD_FIELDS[name]
+        return lambda f: f.pod[at]
     if name == "Cgroups":  # Go prints a []string as [a b]
         return lambda f: "[" + " ".join(cgroup_paths(f.cgroup)) + "]"
     assert name == "Matches"
@@ -462,6 +472,7 @@ class Matcher:
 class Config:
     matchers: list = field(default_factory=list)
     path: Optional[str] = None
+    extra_labels: tuple = ()  # of exporter.kubernetes.LABELS: labels beside groupname on every family
 
     @classmethod
     def default(cls) -> "Config":
@@ -546,10 +557,16 @@ def parse_config(content, path: str = "<config>") -> Config:
     if not isinstance(root, yaml.MappingNode):
         fail(root, "expected a mapping with a 'process_names' list")
     _merge(root, path)
-    entries, others = None, []
+    entries, others, extra_labels = None, [], ()
     for key, value in root.value:
         if key.value == "process_names":
             entries = value
+        elif key.value == "extra_labels" and not _is_null(value):
+            extra_labels = tuple(_strings(value, "extra_labels", fail))
+            unknown = [label for label in extra_labels if label not in LABELS]
+            if unknown or len(set(extra_labels)) != len(extra_labels):
+                fail(value, f"extra_labels: {unknown[0] if unknown else 'a label given twice'!s}: "
+                            f"each may be one of {', '.join(LABELS)}, once")
         else:
             others.append((key, value))
     matchers = []
@@ -563,8 +580,8 @@ def parse_config(content, path: str = "<config>") -> Config:
         used = _node_ids(entries, set()) if entries is not None else set()
         for key, value in others:
             if not (_node_ids(value, set()) & used):
-                fail(key, f"unknown key {key.value!r} (expected 'process_names')")
-    return Config(matchers, path)
+                fail(key, f"unknown key {key.value!r} (expected 'process_names' or 'extra_labels')")
+    return Config(matchers, path, extra_labels)
 
 
 def _strings(node, what, fail):

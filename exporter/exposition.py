@@ -76,33 +76,58 @@ def _header(spec, openmetrics: bool) -> str:
     return generate_latest(Families([empty_family(spec)])).decode()
 
 
-def _sample_parts(spec) -> tuple:
-    """Per part: (getter, text before the group's label value, text after it up to the
-    value). Labels are sorted by name, as prometheus_client sorts them."""
-    sample = PREFIX + spec.name + ("_total" if spec.kind == "counter" else "")
+def _sample_parts(spec, label_names: tuple) -> tuple:
+    """Per part: (getter, sample name + "{", the part's own label pair, where it goes among
+    the group's sorted label names: their count before it). Labels are sorted by name, as
+    prometheus_client sorts them."""
+    sample = PREFIX + spec.name + ("_total" if spec.kind == "counter" else "") + "{"
     parts = []
     for label_value, get in spec.parts:
         if spec.label is None:
-            before, after = "", ""
-        elif spec.label < "groupname":
-            before, after = f'{spec.label}="{escape_label_value(label_value)}",', ""
+            parts.append((get, sample, "", len(label_names)))
         else:
-            before, after = "", f',{spec.label}="{escape_label_value(label_value)}"'
-        parts.append((get, f'{sample}{{{before}groupname="', f'"{after}}} '))
+            pair = f'{spec.label}="{escape_label_value(label_value)}"'
+            parts.append((get, sample, pair, sum(name < spec.label for name in label_names)))
     return tuple(parts)
+
+
+class _GroupLabels:
+    """A group's label pairs (groupname and the extra labels), escaped and sorted, and the
+    text on either side of a part's own label at each position, made once per group."""
+
+    __slots__ = ("pairs", "_sides")
+
+    def __init__(self, pairs: list):
+        self.pairs = pairs  # [(name, escaped value)] sorted by name
+        self._sides: dict = {}
+
+    def sides(self, position: int, own: bool) -> tuple:
+        """(text before, text after) the part's label at ``position`` (``own``: it has one)."""
+        key = (position, own)
+        found = self._sides.get(key)
+        if found is None:
+            texts = [f'{k}="{v}"' for k, v in self.pairs]
+            left, right = ",".join(texts[:position]), ",".join(texts[position:])
+            if own:
+                left, right = left + "," if left else "", "," + right if right else ""
+            found = self._sides[key] = (left, right)
+        return found
 
 
 class GroupRenderer:
     """Writes [GroupStats] as the namedprocess_namegroup_* families. One per exporter; the
     label cache follows the groups of the last render, so it does not grow with churn."""
 
-    def __init__(self, threads: bool = True, smaps: bool = False):
+    def __init__(self, threads: bool = True, smaps: bool = False, extra_labels: tuple = ()):
         """``threads``: also the per-thread-name families (process-exporter's -threads);
-        ``smaps``: also the proportional memtypes (-gather-smaps)."""
+        ``smaps``: also the proportional memtypes (-gather-smaps); ``extra_labels``: the
+        names of GroupStats.labels (config extra_labels)."""
         specs = family_specs(threads, smaps)
+        self.extra_labels = tuple(extra_labels)
+        names = tuple(sorted(("groupname",) + self.extra_labels))
         self._families = [
             (spec, {False: _header(spec, False), True: _header(spec, True)},
-             None if spec.per_item else _sample_parts(spec))
+             None if spec.per_item else _sample_parts(spec, names))
             for spec in specs
         ]
         self._labels: dict = {}
@@ -112,12 +137,20 @@ class GroupRenderer:
         name = PREFIX + spec.name
         return {name + "_total", name} if spec.kind == "counter" else {name}
 
+    def _group_labels(self, g, known: dict) -> _GroupLabels:
+        key = (g.name, g.labels)
+        found = known.get(key)
+        if found is None:
+            pairs = [("groupname", g.name)] + list(zip(self.extra_labels, g.labels))
+            found = _GroupLabels(sorted((k, escape_label_value(v)) for k, v in pairs))
+        return found
+
     def render(self, groups: Sequence, openmetrics: bool = False, names: Optional[set] = None) -> list:
         """The group families as exposition text (OpenMetrics without its '# EOF' line), a
         list of UTF-8 chunks, one per family, so a large exposition is never copied whole.
         ``names`` keeps only families with one of these sample names (``?name[]=``)."""
         known = self._labels
-        labels = {g.name: known.get(g.name) or escape_label_value(g.name) for g in groups}
+        labels = {(g.name, g.labels): self._group_labels(g, known) for g in groups}
         self._labels = labels
         fmt = go_float
         chunks = []
@@ -130,11 +163,12 @@ class GroupRenderer:
                 _item_lines(spec, groups, labels, append)
             else:
                 for g in groups:
-                    label = labels[g.name]
-                    for get, before, after in parts:
+                    label = labels[(g.name, g.labels)]
+                    for get, sample, pair, position in parts:
                         value = get(g)
                         if value is not None:
-                            append(f"{before}{label}{after}{fmt(value)}\n")
+                            left, right = label.sides(position, bool(pair))
+                            append(f"{sample}{left}{pair}{right}}} {fmt(value)}\n")
             if len(lines) > 1:
                 chunks.append("".join(lines).encode())
         return chunks
@@ -147,9 +181,10 @@ def _item_lines(spec, groups, labels: dict, append) -> None:
     sample = PREFIX + spec.name + ("_total" if spec.kind == "counter" else "")
     item_label, items_of = spec.per_item
     for g in groups:
+        group_pairs = labels[(g.name, g.labels)].pairs
         for item in items_of(g):
             for label_value, get in spec.parts:
-                pairs = [("groupname", labels[g.name]), (item_label, escape_label_value(item[0]))]
+                pairs = group_pairs + [(item_label, escape_label_value(item[0]))]
                 if spec.label is not None:
                     pairs.append((spec.label, escape_label_value(label_value)))
                 text = ",".join(f'{k}="{v}"' for k, v in sorted(pairs))

@@ -40,6 +40,7 @@ class ScrapeResult(NamedTuple):
     scrape_errors: int = 0  # scrapes that failed (answered with an error)
     procread_errors: int = 0  # processes whose stat could not be read
     partial_errors: int = 0  # processes read without their io or fd count
+    extra_labels: tuple = ()  # the names of GroupStats.labels (the config's extra_labels)
 
 
 class FamilySpec(NamedTuple):
@@ -164,9 +165,10 @@ def family_specs(threads: bool = True, smaps: bool = True) -> tuple:
     return tuple(spec._replace(parts=tuple(p for p in spec.parts if p[0] not in SMAPS_MEMTYPES)) for spec in specs)
 
 
-def empty_family(spec: FamilySpec) -> Metric:
+def empty_family(spec: FamilySpec, extra_labels: tuple = ()) -> Metric:
     kind = CounterMetricFamily if spec.kind == "counter" else GaugeMetricFamily
-    labels = ["groupname"] + ([spec.per_item[0]] if spec.per_item else []) + ([spec.label] if spec.label else [])
+    labels = (["groupname", *extra_labels] + ([spec.per_item[0]] if spec.per_item else [])
+              + ([spec.label] if spec.label else []))
     return kind(PREFIX + spec.name, spec.help, labels=labels)
 
 

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from exporter.config import Facts
+from exporter.kubernetes import NOT_IN_A_POD
 from exporter.reader import F
 
 # process-exporter's state buckets, from the one-letter stat state.
@@ -97,6 +98,8 @@ class GroupStats:
     # proportional memory (--gather-smaps), summed over the members it was read for
     pss_bytes: Optional[int] = None
     swap_pss_bytes: Optional[int] = None
+    # values of the config's extra_labels (namespace, pod, container), in its order
+    labels: tuple = ()
 
 
 # a thread's counters, in the order the tracker gives them (it gives CPU in clock ticks)
@@ -107,10 +110,11 @@ THREAD_COUNTERS = ("cpu_user_seconds", "cpu_system_seconds", "minor_faults", "ma
 class Grouper:
     def __init__(self, config, clock_ticks: int, boot_time: float, children: bool = True,
                  remove_empty_groups: bool = False, empty_grace_seconds: Optional[float] = None,
-                 recheck: bool = False, recheck_seconds: Optional[float] = None):
+                 recheck: bool = False, recheck_seconds: Optional[float] = None, pods=None):
         """``recheck`` (process-exporter's -recheck): a process no matcher named is
         matched again at every update, for ``recheck_seconds`` after its start when
-        given (-recheck-with-time-limit), else for its whole life."""
+        given (-recheck-with-time-limit), else for its whole life. ``pods``: an
+        exporter.kubernetes.PodDirectory, for the pod template fields and extra_labels."""
         self.config = config
         self.clock_ticks = clock_ticks
         self.boot_time = boot_time
@@ -119,12 +123,15 @@ class Grouper:
         self.empty_grace_seconds = empty_grace_seconds
         self.recheck = recheck
         self.recheck_seconds = recheck_seconds
-        self.group_of: dict = {}  # identity -> group name, or None (not exported)
-        self.base: dict = {}  # name -> [counter] (exited members' last values - baselines)
-        self.reported: dict = {}  # name -> (last reported counter totals; None: never read)
-        self.per_process: dict = {}  # name -> the name differs for every process
-        self.empty_since: dict = {}  # name -> timestamp of the first reading it was empty at
-        self.thread_totals: dict = {}  # name -> {thread name: (count, counters)} of the last update
+        self.pods = pods
+        # A group is a key (name, extra label values): the values of the config's
+        # extra_labels, () without them.
+        self.group_of: dict = {}  # identity -> group key, or None (not exported)
+        self.base: dict = {}  # key -> [counter] (exited members' last values - baselines)
+        self.reported: dict = {}  # key -> (last reported counter totals; None: never read)
+        self.per_process: dict = {}  # key -> the name differs for every process
+        self.empty_since: dict = {}  # key -> timestamp of the first reading it was empty at
+        self.thread_totals: dict = {}  # key -> {thread name: (count, counters)} of the last update
         self._reload = None  # a config to switch to at the next update
 
     def reload(self, config) -> None:
@@ -142,7 +149,7 @@ class Grouper:
                 if name is None and (limit is None or boot + identity[1] / hz + limit > now)]
 
     def update(self, step) -> list:
-        """Advance by one tracker step; return [GroupStats] sorted by name."""
+        """Advance by one tracker step; return [GroupStats] sorted by name (then labels)."""
         work = _Update(self, step)
         stats = work.run()
         work.commit()
@@ -156,7 +163,9 @@ class _Update:
         self.g = grouper
         self.step = step
         self.config = grouper._reload or grouper.config
-        self.literal_names = self.config.literal_names
+        # groups the config names literally exist from the start (not per pod: which pods
+        # will run them is not known)
+        self.literal_keys = frozenset() if self.config.extra_labels else {(n, ()) for n in self.config.literal_names}
         self.group_of = dict(grouper.group_of)
         self.base = dict(grouper.base)
         self.copied: set = set()  # names whose base list is this update's own copy
@@ -165,18 +174,18 @@ class _Update:
         self.reported: dict = {}
         self.thread_totals_now: dict = {}
 
-    def own_base(self, name) -> list:
+    def own_base(self, key) -> list:
         """The group's base list, copied before this update's first change to it."""
-        base = self.base[name]
-        if name not in self.copied:
-            base = self.base[name] = list(base)
-            self.copied.add(name)
+        base = self.base[key]
+        if key not in self.copied:
+            base = self.base[key] = list(base)
+            self.copied.add(key)
         return base
 
-    def shift(self, name, record, sign: int) -> None:
-        if name is None:
+    def shift(self, key, record, sign: int) -> None:
+        if key is None:
             return
-        base = self.own_base(name)
+        base = self.own_base(key)
         for i, at in enumerate(_COUNTER_AT):
             value = record[at]
             if value is not None:
@@ -199,9 +208,9 @@ class _Update:
         moved = []
         for identity in again:
             previous = step.previous.get(identity)
-            name = group_of.pop(identity, None)
+            key = group_of.pop(identity, None)
             if previous is not None:
-                self.shift(name, previous, +1)
+                self.shift(key, previous, +1)
                 moved.append((identity, previous))
         if rechecked:  # matched late by -recheck: counts from now, as process-exporter
             late, current = set(rechecked), step.last
@@ -220,48 +229,48 @@ class _Update:
         for identity, previous in moved:  # the growth since the last reading counts here
             self.shift(group_of[identity], previous, -1)
         for identity, at, value in step.readable:
-            name = group_of.get(identity)
-            if name is not None:
-                self.own_base(name)[_COUNTER_INDEX[at]] -= value
+            key = group_of.get(identity)
+            if key is not None:
+                self.own_base(key)[_COUNTER_INDEX[at]] -= value
 
         if not self.g.remove_empty_groups:  # groups the config names literally exist from the start
-            for name in self.literal_names - self.base.keys():
-                self.base[name] = [0] * len(COUNTERS)
-                self.copied.add(name)
-                self.per_process[name] = False
+            for key in self.literal_keys - self.base.keys():
+                self.base[key] = [0] * len(COUNTERS)
+                self.copied.add(key)
+                self.per_process[key] = False
 
         members: dict = {}
-        for i, name in enumerate(map(group_of.__getitem__, identities)):
-            if name is not None:
-                members.setdefault(name, []).append(i)
+        for i, key in enumerate(map(group_of.__getitem__, identities)):
+            if key is not None:
+                members.setdefault(key, []).append(i)
 
         stats = []
-        for name in sorted(self.base):
-            idx = members.get(name)
-            if idx is None and self.drop(name, reloading):
+        for key in sorted(self.base):
+            idx = members.get(key)
+            if idx is None and self.drop(key, reloading):
                 continue
             if idx is None:
-                self.empty_since.setdefault(name, step.timestamp)
+                self.empty_since.setdefault(key, step.timestamp)
             else:
-                self.empty_since.pop(name, None)
-            stats.append(self.stats(name, idx or ()))
+                self.empty_since.pop(key, None)
+            stats.append(self.stats(key, idx or ()))
         return stats
 
-    def drop(self, name, reloading: bool) -> bool:
-        """Forget an empty group? (its counters restart if the name comes back)"""
+    def drop(self, key, reloading: bool) -> bool:
+        """Forget an empty group? (its counters restart if the key comes back)"""
         g = self.g
-        since = self.empty_since.get(name, self.step.timestamp)
-        literal = name in self.literal_names
+        since = self.empty_since.get(key, self.step.timestamp)
+        literal = key in self.literal_keys
         gone = (
-            self.per_process[name]
+            self.per_process[key]
             or g.remove_empty_groups
             or (reloading and not literal)
             or (g.empty_grace_seconds is not None and self.step.timestamp - since >= g.empty_grace_seconds)
         )
         if gone:
-            del self.base[name]
-            del self.per_process[name]
-            self.empty_since.pop(name, None)
+            del self.base[key]
+            del self.per_process[key]
+            self.empty_since.pop(key, None)
         return gone
 
     def commit(self) -> None:
@@ -292,53 +301,54 @@ class _Update:
         matcher, captures = self.config.match(p)
         if matcher is None:
             return _NO_MATCH
-        name = matcher.template.render(
-            Facts(p.comm, p.cmdline or (), p.effective_username, p.pid, p.start_time_seconds, p.cgroup, captures,
-                  p.start_ticks, self.g.boot_time, self.g.clock_ticks)
-        )
-        self.group_of[identity] = name
-        if name not in self.base:
-            self.base[name] = [0] * len(COUNTERS)
-            self.copied.add(name)
-            self.per_process[name] = matcher.template.per_process
-        return name
+        pods = self.g.pods
+        pod = pods.info(p.cgroup) if pods is not None else NOT_IN_A_POD
+        facts = Facts(p.comm, p.cmdline or (), p.effective_username, p.pid, p.start_time_seconds, p.cgroup, captures,
+                      p.start_ticks, self.g.boot_time, self.g.clock_ticks, pod)
+        key = (matcher.template.render(facts), tuple(getattr(pod, label) for label in self.config.extra_labels))
+        self.group_of[identity] = key
+        if key not in self.base:
+            self.base[key] = [0] * len(COUNTERS)
+            self.copied.add(key)
+            self.per_process[key] = matcher.template.per_process
+        return key
 
     def inherit(self, identity, rec, by_pid: dict) -> None:
         """An identity no matcher names: with children on, it takes the group of its
         nearest named ancestor (deciding unassigned ancestors on the way), else None."""
         group_of, procs = self.group_of, self.step.procs
         chain = [identity]
-        name = None
+        key = None
         seen = {identity[0]}
         pid = rec[_PPID]
         while self.g.children and pid in by_pid and pid not in seen and len(chain) < _MAX_ANCESTRY:
             seen.add(pid)
             ancestor, a = by_pid[pid]
             if ancestor in group_of:
-                name = group_of[ancestor]
+                key = group_of[ancestor]
                 break
-            name = self.match(ancestor, procs[ancestor])
-            if name is not _NO_MATCH:
+            key = self.match(ancestor, procs[ancestor])
+            if key is not _NO_MATCH:
                 break
-            name = None
+            key = None
             chain.append(ancestor)
             pid = a[_PPID]
         for unnamed in chain:
-            group_of[unnamed] = name
+            group_of[unnamed] = key
 
     # -- one group's numbers -----------------------------------------------------------
 
-    def stats(self, name: str, idx) -> GroupStats:
+    def stats(self, key: tuple, idx) -> GroupStats:
         step = self.step
         records = step.records
         n = len(idx)
         members = [records[i] for i in idx]
         # one column per field; a lone member (one group per process) is its own columns
         columns = list(zip(*members)) if n > 1 else [(v,) for v in members[0]] if n else None
-        before = self.g.reported.get(name)
-        if before is None and name in self.literal_names:  # named by the config: counts from 0
+        before = self.g.reported.get(key)
+        if before is None and key in self.literal_keys:  # named by the config: counts from 0
             before = (0,) * len(COUNTERS)
-        base = self.base[name]
+        base = self.base[key]
         totals = []
         for i, at in enumerate(_COUNTER_AT):
             column = columns[at] if n else ()
@@ -351,7 +361,7 @@ class _Update:
             if last is not None and total < last:
                 total = last
             totals.append(total)
-        self.reported[name] = tuple(totals)
+        self.reported[key] = tuple(totals)
         gauges = []
         for at in _GAUGE_AT:
             column = columns[at] if n else ()
@@ -377,8 +387,8 @@ class _Update:
         hz = self.g.clock_ticks
         user, system = (None if t is None else t / hz for t in totals[:2])
         rss, vms, swap, fds, threads, pss, swap_pss = gauges
-        return GroupStats(name, n, user, system, *totals[2:], rss, vms, swap, fds, ratio, oldest, threads, states,
-                          self.thread_totals(name, idx), wchans, pss, swap_pss)
+        return GroupStats(key[0], n, user, system, *totals[2:], rss, vms, swap, fds, ratio, oldest, threads, states,
+                          self.thread_totals(key, idx), wchans, pss, swap_pss, key[1])
 
     def wchans(self, column, idx) -> tuple:
         """(wchan, count) sorted, of the members' wchans and their threads' (process-exporter
@@ -392,7 +402,7 @@ class _Update:
                 counted.update(thread_wchans.get(identities[i], ()))
         return tuple(sorted((w, c) for w, c in counted.items() if w and w != "0"))
 
-    def thread_totals(self, name: str, idx) -> tuple:
+    def thread_totals(self, key: tuple, idx) -> tuple:
         """Per thread name in the group: how many threads, and counters as
         process-exporter keeps them: what grew this step plus the name's total of the last
         step (a name absent for a step starts again from 0)."""
@@ -410,12 +420,12 @@ class _Update:
                 entry[1] = [a + b for a, b in zip(entry[1], grown)]
         if not now:
             return ()
-        before = self.g.thread_totals.get(name, {})
+        before = self.g.thread_totals.get(key, {})
         totals = {}
         for thread_name, (count, grown) in now.items():
             old = before.get(thread_name)
             totals[thread_name] = (count, tuple(a + b for a, b in zip(grown, old[1])) if old else tuple(grown))
-        self.thread_totals_now[name] = totals
+        self.thread_totals_now[key] = totals
         hz = self.g.clock_ticks
         return tuple((thread_name, count, (counters[0] / hz, counters[1] / hz) + counters[2:])
                      for thread_name, (count, counters) in sorted(totals.items()))

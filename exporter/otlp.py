@@ -133,6 +133,8 @@ MAPPING = {
         "nonvoluntary": ("procsnap.thread.context_switches", {PROCESS_CONTEXT_SWITCH_TYPE: "involuntary"})},
 }
 ITEM_ATTRIBUTES = {"threadname": THREAD_NAME, "wchan": WCHAN}  # a per-item family's label -> attribute
+# config extra_labels -> the semantic conventions' attributes
+POD_ATTRIBUTES = {"namespace": "k8s.namespace.name", "pod": "k8s.pod.name", "container": "k8s.container.name"}
 
 
 class _Source(NamedTuple):
@@ -155,24 +157,27 @@ def sources(threads: bool, smaps: bool) -> dict:
     return {name: found for name, found in out.items() if found}
 
 
-def observe(groups, found: list, now: float) -> list:
+def observe(groups, found: list, now: float, extra_labels: tuple = ()) -> list:
     """The points of one instrument for these groups (a value that could not be read
-    gives no point, as on /metrics)."""
+    gives no point, as on /metrics). ``extra_labels``: the names of the groups' labels."""
+    keys = [POD_ATTRIBUTES[label] for label in extra_labels]
     points = []
     for g in groups:
+        group = {GROUP: g.name}
+        group.update((k, v) for k, v in zip(keys, g.labels) if v)  # not in a pod: no attribute
         for source in found:
             if source.items is None:
                 value = source.get(g)
                 if value is not None:
                     if source.uptime:
                         value = max(now - value, 0.0)
-                    points.append(Observation(value, {GROUP: g.name, **source.attributes}))
+                    points.append(Observation(value, {**group, **source.attributes}))
                 continue
             key, items_of = source.items
             for item in items_of(g):
                 value = source.get(item)
                 if value is not None:
-                    points.append(Observation(value, {GROUP: g.name, key: item[0], **source.attributes}))
+                    points.append(Observation(value, {**group, key: item[0], **source.attributes}))
     return points
 
 
@@ -343,7 +348,7 @@ class Pusher:
 
         def callback(options: CallbackOptions):
             result = reader.result
-            return [] if result is None else observe(result.groups, found, reader.taken_at)
+            return [] if result is None else observe(result.groups, found, reader.taken_at, result.extra_labels)
 
         return callback
 

@@ -47,19 +47,19 @@ def stop_processes(procs):
             p.stdout.close()
 
 
-def group_families(groups, keep_empty=False, threads=True, smaps=True) -> list:
+def group_families(groups, keep_empty=False, threads=True, smaps=True, extra_labels=()) -> list:
     """The namedprocess_namegroup_* families of [GroupStats] as prometheus_client objects:
     the reference the fast renderer (exporter.exposition) is held byte-equal to."""
     from exporter.families import empty_family, family_specs
 
     families = []
     for spec in family_specs(threads, smaps):
-        family = empty_family(spec)
+        family = empty_family(spec, extra_labels)
         for g in groups:
             for item in (spec.per_item[1](g) if spec.per_item else (None,)):
                 for label_value, get in spec.parts:
                     value = get(item if spec.per_item else g)
-                    labels = [g.name] + ([item[0]] if spec.per_item else [])
+                    labels = [g.name, *g.labels] + ([item[0]] if spec.per_item else [])
                     if value is not None:
                         family.add_metric(labels + ([] if spec.label is None else [label_value]), float(value))
         if family.samples or keep_empty:

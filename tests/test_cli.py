@@ -74,7 +74,8 @@ def test_env_names():
         "PROCSNAP_PATH_PROCFS", "PROCSNAP_CHILDREN", "PROCSNAP_REMOVE_EMPTY_GROUPS", "PROCSNAP_ONCE",
         "PROCSNAP_ONCE_DELAY", "PROCSNAP_BACKEND", "PROCSNAP_LOG_LEVEL", "PROCSNAP_PROCFS_KEEP_OPEN",
         "PROCSNAP_DEBUG", "PROCSNAP_THREADS", "PROCSNAP_WCHAN", "PROCSNAP_GATHER_SMAPS",
-        "PROCSNAP_GATHER_SMAPS_MAX_RSS", "PROCSNAP_OTLP_ENDPOINT", "PROCSNAP_OTLP_PROTOCOL", "PROCSNAP_OTLP_INTERVAL", "PROCSNAP_RECHECK",
+        "PROCSNAP_GATHER_SMAPS_MAX_RSS", "PROCSNAP_OTLP_ENDPOINT", "PROCSNAP_OTLP_PROTOCOL", "PROCSNAP_OTLP_INTERVAL",
+        "PROCSNAP_PATH_POD_LOGS", "PROCSNAP_PATH_CONTAINER_LOGS", "PROCSNAP_RECHECK",
         "PROCSNAP_RECHECK_WITH_TIME_LIMIT", "PROCSNAP_PROCNAMES", "PROCSNAP_NAMEMAPPING",
     }
 
@@ -101,6 +102,8 @@ DEFAULTS = {
     "otlp_endpoint": None,  # OTLP push off (unless an OTEL_EXPORTER_OTLP_*ENDPOINT variable is set)
     "otlp_protocol": None,
     "otlp_interval": None,
+    "path_pod_logs": "/var/log/pods",
+    "path_container_logs": "/var/log/containers",
     "recheck": False,
     "recheck_with_time_limit": None,
     "procnames": (),
@@ -132,6 +135,8 @@ CASES = {
     "otlp.endpoint": ("http://a:4318", "http://a:4318", ["--otlp.endpoint", "http://b:4317"], "http://b:4317"),
     "otlp.protocol": ("GRPC", "grpc", ["--otlp.protocol=http/protobuf"], "http/protobuf"),
     "otlp.interval": ("10", 10.0, ["--otlp.interval", "0.5"], 0.5),
+    "path.pod-logs": ("/env/pods", "/env/pods", ["--path.pod-logs", "/host/pods"], "/host/pods"),
+    "path.container-logs": ("/env/c", "/env/c", ["--path.container-logs=/host/c"], "/host/c"),
     "recheck": ("yes", True, ["-recheck=false"], False),
     "recheck-with-time-limit": ("5m", 300.0, ["-recheck-with-time-limit", "1h30m"], 5400.0),
     "procnames": ("bash,,sshd", ("bash", "sshd"), ["-procnames", "init"], ("init",)),

@@ -415,7 +415,7 @@ def test_default_config_groups_by_comm_and_skips_kernel_threads():
          "no cmdline regex has a (?P<port>...) capture"),
         (b"process_names:\n  - name: x\n", 'c.yaml:2: process_names[0] (name "x"): no matchers provided'),
         (b"process_names:\n  - name: x\n    comm: ~\n", 'c.yaml:2: process_names[0] (name "x"): no matchers provided'),
-        (b"procnames: []\n", "c.yaml:1: unknown key 'procnames' (expected 'process_names')"),
+        (b"procnames: []\n", "c.yaml:1: unknown key 'procnames' (expected 'process_names' or 'extra_labels')"),
         (b"base: &b {comm: [a]}\nprocess_names: [{comm: [b]}]\n", "c.yaml:1: unknown key 'base'"),  # unused
         (b"process_names:\n  - comm: a\n", "c.yaml:2: process_names[0]: comm must be a list of strings"),
         (b"process_names:\n  - comm: [[a]]\n", "c.yaml:2: process_names[0]: comm must be a list of strings"),

@@ -16,7 +16,7 @@ from helpers import group_families
 NASTY = ['a) b (c', 'new\nline', 'back\\slash', 'quote"d', 'cut\ufffd', 'sp ace', 'ünï', '{{x}}', '']
 
 
-def random_groups(seed: int, count: int) -> list:
+def random_groups(seed: int, count: int, extra_labels=()) -> list:
     rnd = random.Random(seed)
 
     def maybe(value):
@@ -40,21 +40,24 @@ def random_groups(seed: int, count: int) -> list:
                   for j in range(rnd.choice((0, 0, 1, 3)))),
             tuple(sorted((rnd.choice(NASTY) + f"w{j}", rnd.randrange(1, 9)) for j in range(rnd.choice((0, 1, 2))))),
             maybe(rnd.randrange(0, 2 ** 40)), maybe(rnd.randrange(0, 2 ** 30)),
+            tuple(rnd.choice(NASTY) for _ in extra_labels),
         ))
     return groups
 
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("openmetrics", [False, True])
-@pytest.mark.parametrize("threads, smaps", [(True, True), (False, False)])
-def test_renderer_matches_prometheus_client(seed, openmetrics, threads, smaps):
-    groups = random_groups(seed, 40)
-    families = group_families(groups, threads=threads, smaps=smaps)
+@pytest.mark.parametrize("threads, smaps, extra_labels", [(True, True, ()), (False, False, ()),
+                                                         (True, False, ("namespace", "pod", "container")),
+                                                         (True, True, ("pod",))])
+def test_renderer_matches_prometheus_client(seed, openmetrics, threads, smaps, extra_labels):
+    groups = random_groups(seed, 40, extra_labels)
+    families = group_families(groups, threads=threads, smaps=smaps, extra_labels=extra_labels)
     reference = (generate_openmetrics if openmetrics else generate_latest)(Families(families))
     if openmetrics:
         reference = reference.removesuffix(b"# EOF\n")
     assert (b"proportionalResident" in reference) is smaps and (b"thread_count" in reference) is threads
-    renderer = GroupRenderer(threads, smaps)
+    renderer = GroupRenderer(threads, smaps, extra_labels)
     assert b"".join(renderer.render(groups, openmetrics)) == reference
     assert b"".join(renderer.render(groups, openmetrics)) == reference  # with its label cache warm
 
@@ -84,7 +87,7 @@ def test_label_cache_follows_live_groups():
     renderer = GroupRenderer()
     for i in range(100):
         renderer.render([GroupStats(f"p{i}", 1)])
-    assert list(renderer._labels) == ["p99"]
+    assert list(renderer._labels) == [("p99", ())]
 
 
 def test_every_family_is_rendered():

@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import otlp
 from exporter.config import parse_config
+from exporter.kubernetes import NOT_IN_A_POD, PodInfo
 from helpers import clean_env, free_port, http_get, stop_processes
 from otlp_receiver import GrpcReceiver, HttpReceiver
 from procs import FakeReader, exporter, rec, thread
@@ -181,6 +182,31 @@ def test_a_group_that_goes_stops_being_pushed():
         r.remove(20)
         pusher.reader.collect()
         assert {dict(a)[otlp.GROUP] for _, a in capture.points()} == {"web"}
+    finally:
+        pusher.shutdown()
+
+
+def test_pod_labels_are_kubernetes_attributes():
+    """extra_labels become k8s.namespace.name, k8s.pod.name, k8s.container.name; a group
+    outside pods has none of them."""
+    r = FakeReader()
+    r.put(rec(10, "web", start=100))
+    r.put(rec(11, "web", start=101))
+    exp = exporter(parse_config("extra_labels: [namespace, pod, container]\nprocess_names: [{name: '{{.Comm}}', "
+                                "cmdline: ['.+']}]"), r)
+
+    class Pods:
+        def info(self, cgroup):
+            return PodInfo("shop", "web-1", "nginx", "a" * 64) if cgroup == "0::/in-pod" else NOT_IN_A_POD
+
+    r.facts[(10, 100)] = r.facts[(10, 100)][:2] + (b"0::/in-pod\n",) + r.facts[(10, 100)][3:]
+    exp.grouper.pods = Pods()
+    pusher, capture = pusher_for(exp)
+    try:
+        pusher.reader.collect()
+        found = {frozenset(dict(a).items()) for name, a in capture.points() if name == "procsnap.group.process.count"}
+        assert found == {frozenset({otlp.GROUP: "web", "k8s.namespace.name": "shop", "k8s.pod.name": "web-1",
+                                    "k8s.container.name": "nginx"}.items()), frozenset({otlp.GROUP: "web"}.items())}
     finally:
         pusher.shutdown()
 
