@@ -136,6 +136,7 @@ class Board:
         self.d = (dashboard.Dashboard(title).uid(uid).description(description).tags(defs.TAGS)
                   .refresh(defs.REFRESH).time(defs.TIME_FROM, "now").timezone("browser")
                   .tooltip(models.DashboardCursorSync.CROSSHAIR).editable()
+                  .annotations([])  # {"list": []}: Grafana adds its built-in annotation to the list
                   .link(dashboard.DashboardLink("procsnap dashboards").type(models.DashboardLinkType.DASHBOARDS)
                         .tags(["procsnap"]).as_dropdown(True).include_vars(True).keep_time(True))
                   .with_variable(datasource_var()))

@@ -112,6 +112,7 @@ def test_dashboard_frame(name):
     d = DASHBOARDS[name]
     assert d["schemaVersion"] == Dashboard().schema_version >= 41  # the pinned Grafana 11 SDK's current one
     assert d["title"] and d["description"] and "procsnap" in d["tags"]
+    assert d["annotations"] == {"list": []} and "id" not in d  # Grafana adds its built-in annotation; new on import
     vs = variables(d)
     first = d["templating"]["list"][0]
     assert first["name"] == defs.DATASOURCE_VAR and first["type"] == "datasource" and first["query"] == "prometheus"
