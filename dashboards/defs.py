@@ -52,6 +52,10 @@ TIME_FROM = "now-3h"
 
 # -- thresholds (the alerts use them; the dashboards draw them) ----------------------------
 
+# ProcsnapGroupNotRunning watches these groups (a groupname regex; None: every group). It
+# fires for any group at num_procs 0, and a group named by a template ({{.Comm}}) stays at 0
+# once its processes are gone: with such a config, name the groups that must run here.
+NOT_RUNNING_GROUPS = None
 FD_RATIO_WARNING = 0.8  # worst_fd_ratio: open fds / soft RLIMIT_NOFILE of the worst process
 RESTARTS = 3  # oldest start time changes ...
 RESTARTS_WINDOW = "15m"  # ... within this window

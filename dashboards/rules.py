@@ -49,10 +49,11 @@ def alerts() -> list:
     before = f"({resident} offset {defs.MEMORY_GROWTH_WINDOW})"
     growth_mib = defs.MEMORY_GROWTH_BYTES // (1024 * 1024)
     on = "{{ $labels.groupname }} on {{ $labels.instance }}"
+    watched = J if defs.NOT_RUNNING_GROUPS is None else f'{J}, groupname=~"{defs.NOT_RUNNING_GROUPS}"'
     return [
         _alert(
             "ProcsnapGroupNotRunning",
-            f"sum by (job, instance, groupname) ({P}num_procs{{{J}}}) == 0",
+            f"sum by (job, instance, groupname) ({P}num_procs{{{watched}}}) == 0",
             "critical",
             "Process group {{ $labels.groupname }} has no processes",
             "procsnap on {{ $labels.instance }} has counted no process in group {{ $labels.groupname }} "
