@@ -69,6 +69,8 @@ class Exporter:
         self._renderers: dict = {}  # extra label names -> GroupRenderer (a reload may change them)
         self._rendered = None  # (result, openmetrics, names, chunks): shared by one flight's scrapers
         self.otlp_exports: Optional[dict] = None  # {result: count} when OTLP push is on (exporter.otlp)
+        self.config_reload_ok: Optional[bool] = None  # the last config reload's outcome, when serving (exporter.cli)
+        self.scrape_timeouts: Optional[int] = None  # scrapes answered with the last snapshot at their deadline (exporter.server)
 
     # -- one scrape ------------------------------------------------------------------
 
@@ -94,7 +96,7 @@ class Exporter:
             self._procread += len(reading.unreadable)  # stat unreadable (not: exited meanwhile)
             self._partial += sum(map(contains, map(_partial_fields, step.records), repeat(None)))
             result = ScrapeResult(groups, len(step.records), duration, dict(errors), self._failed, self._procread,
-                                  self._partial, self.grouper.config.extra_labels)
+                                  self._partial, self.grouper.config.extra_labels, self.grouper.reaped_scaled)
             self.last = result
             return result
 
@@ -144,7 +146,8 @@ class Exporter:
                 self._renderers = {result.extra_labels: renderer}
             groups_chunks = renderer.render(result.groups, openmetrics, names)
             self._rendered = key + (groups_chunks,)
-        families = self_families(result, self.version, otlp_exports=self.otlp_exports) + list(self.runtime.collect())
+        families = self_families(result, self.version, otlp_exports=self.otlp_exports, reload_ok=self.config_reload_ok,
+                                 scrape_timeouts=self.scrape_timeouts) + list(self.runtime.collect())
         return groups_chunks + [scrape_error_text(result, openmetrics, names),
                                 encode_families(families, openmetrics, names)]
 

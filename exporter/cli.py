@@ -323,6 +323,15 @@ FLAGS = (
         boolean=True,
     ),
     _Flag(
+        "count-reaped-children",
+        True,
+        parse_bool,
+        "Count the CPU and page faults of children that started and exited between two scrapes, "
+        "credited to the group of the process that reaped them (from its cutime/cstime/cminflt/cmajflt; "
+        "process-exporter loses them). --no-count-reaped-children counts exactly as process-exporter does.",
+        boolean=True,
+    ),
+    _Flag(
         "remove-empty-groups",
         False,
         parse_bool,
@@ -445,7 +454,8 @@ FLAGS = (
     ),
 )
 
-_LONG_NAMES = {f.name for f in FLAGS} | {"no-children", "version", "man", "help", "procfs"}
+_LONG_NAMES = {f.name for f in FLAGS} | {"no-children", "no-count-reaped-children", "version", "man", "help",
+                                         "procfs"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -492,6 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
                 f"--{flag.name}", *flag.aliases, dest=flag.dest, type=flag.parse, metavar=flag.metavar, help=help_text
             )
     parser.add_argument("--no-children", dest="children", action="store_false", default=None, help="Same as --children=false.")
+    parser.add_argument("--no-count-reaped-children", dest="count_reaped_children", action="store_false", default=None,
+                        help="Same as --count-reaped-children=false.")
     parser.add_argument("--version", action="store_true", help="Print the version and exit.")
     parser.add_argument("--man", action="store_true", help="Print a short manual (the config format, every flag) and exit.")
     return parser
@@ -768,6 +780,7 @@ def make_exporter(args, config):
         recheck=args.recheck,
         recheck_seconds=args.recheck_with_time_limit or None,
         pods=PodDirectory(args.path_pod_logs, args.path_container_logs),
+        count_reaped=args.count_reaped_children,
     )
     return Exporter(Tracker(reader, facts), grouper, threads=args.threads, smaps=args.gather_smaps)
 

@@ -41,6 +41,7 @@ class ScrapeResult(NamedTuple):
     procread_errors: int = 0  # processes whose stat could not be read
     partial_errors: int = 0  # processes read without their io or fd count
     extra_labels: tuple = ()  # the names of GroupStats.labels (the config's extra_labels)
+    reaped_scaled: int = 0  # scrapes whose reaped-children CPU was scaled back to the machine's
 
 
 class FamilySpec(NamedTuple):
@@ -173,9 +174,11 @@ def empty_family(spec: FamilySpec, extra_labels: tuple = ()) -> Metric:
 
 
 def self_families(result: Optional[ScrapeResult], version: str, keep_empty: bool = False,
-                  otlp_exports: Optional[dict] = None) -> list:
+                  otlp_exports: Optional[dict] = None, reload_ok: Optional[bool] = None,
+                  scrape_timeouts: Optional[int] = None) -> list:
     """procsnap's own metrics. ``result`` is None when the snapshot failed;
-    ``otlp_exports`` ({result: count}) when OTLP push is on."""
+    ``otlp_exports`` ({result: count}) when OTLP push is on; ``reload_ok`` (the last config
+    reload's outcome) and ``scrape_timeouts`` when serving."""
     families = []
     if result is not None:
         families.append(
@@ -198,12 +201,25 @@ def self_families(result: Optional[ScrapeResult], version: str, keep_empty: bool
         for reason in sorted(result.read_errors):
             errors.add_metric([reason], float(result.read_errors[reason]))
         families.append(errors)
+        families.append(CounterMetricFamily(
+            "procsnap_reaped_cpu_scaled",
+            "Scrapes where the CPU credited for reaped children was scaled back to what /proc/stat says the "
+            "machine spent",
+            value=float(result.reaped_scaled)))
     if otlp_exports is not None:
         exports = CounterMetricFamily("procsnap_otlp_exports", "OTLP exports by result (success, failure), since start",
                                       labels=["result"])
         for outcome in sorted(otlp_exports):
             exports.add_metric([outcome], float(otlp_exports[outcome]))
         families.append(exports)
+    if reload_ok is not None:
+        families.append(GaugeMetricFamily("procsnap_config_last_reload_successful",
+                                          "Whether the last configuration reload attempt was successful",
+                                          value=float(reload_ok)))
+    if scrape_timeouts is not None:
+        families.append(CounterMetricFamily(
+            "procsnap_scrape_timeouts", "Scrapes answered with the last complete snapshot because a new one did not "
+            "finish within X-Prometheus-Scrape-Timeout-Seconds, since start", value=float(scrape_timeouts)))
     build = GaugeMetricFamily(
         "procsnap_build_info", "A metric with a constant 1 labelled by the procsnap version", labels=["version"]
     )

@@ -33,6 +33,7 @@ grouper as it was before that reading.
 from __future__ import annotations
 
 from collections import Counter
+from operator import itemgetter
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -62,6 +63,14 @@ _COUNTER_AT = tuple(F[n] for n in COUNTERS)
 _COUNTER_INDEX = {at: i for i, at in enumerate(_COUNTER_AT)}
 _GAUGE_AT = tuple(F[n] for n in GAUGE_SUMS)
 _OPEN_FDS, _START, _STATE, _PPID, _WCHAN = F["open_fds"], F["start_ticks"], F["state"], F["ppid"], F["wchan"]
+_PID = F["pid"]
+_children = itemgetter(*(F[n] for n in ("cutime_ticks", "cstime_ticks", "cminor_faults", "cmajor_faults")))
+# a seen child's counted values, per reaped-children field: (its own, its reaped children's)
+_SEEN_CHILD = tuple((F[own], F[reaped]) for own, reaped in (
+    ("utime_ticks", "cutime_ticks"), ("stime_ticks", "cstime_ticks"), ("minor_faults", "cminor_faults"),
+    ("major_faults", "cmajor_faults")))
+# where the credits go among COUNTERS: user, system, minor faults, major faults
+_CREDIT_AT = tuple(COUNTERS.index(n) for n in ("utime_ticks", "stime_ticks", "minor_faults", "major_faults"))
 
 
 @dataclass(slots=True)
@@ -110,11 +119,14 @@ THREAD_COUNTERS = ("cpu_user_seconds", "cpu_system_seconds", "minor_faults", "ma
 class Grouper:
     def __init__(self, config, clock_ticks: int, boot_time: float, children: bool = True,
                  remove_empty_groups: bool = False, empty_grace_seconds: Optional[float] = None,
-                 recheck: bool = False, recheck_seconds: Optional[float] = None, pods=None):
+                 recheck: bool = False, recheck_seconds: Optional[float] = None, pods=None,
+                 count_reaped: bool = True):
         """``recheck`` (process-exporter's -recheck): a process no matcher named is
         matched again at every update, for ``recheck_seconds`` after its start when
         given (-recheck-with-time-limit), else for its whole life. ``pods``: an
-        exporter.kubernetes.PodDirectory, for the pod template fields and extra_labels."""
+        exporter.kubernetes.PodDirectory, for the pod template fields and extra_labels.
+        ``count_reaped``: credit the CPU and faults of reaped children procsnap never saw
+        to the group of the process that reaped them (see :meth:`_Update.reaped_credits`)."""
         self.config = config
         self.clock_ticks = clock_ticks
         self.boot_time = boot_time
@@ -124,6 +136,8 @@ class Grouper:
         self.recheck = recheck
         self.recheck_seconds = recheck_seconds
         self.pods = pods
+        self.count_reaped = count_reaped
+        self.reaped_scaled = 0  # updates whose reaped-children CPU was scaled back to the machine's
         # A group is a key (name, extra label values): the values of the config's
         # extra_labels, () without them.
         self.group_of: dict = {}  # identity -> group key, or None (not exported)
@@ -173,6 +187,7 @@ class _Update:
         self.empty_since = dict(grouper.empty_since)
         self.reported: dict = {}
         self.thread_totals_now: dict = {}
+        self.scaled = False  # the reaped credits were scaled back to the machine's CPU
 
     def own_base(self, key) -> list:
         """The group's base list, copied before this update's first change to it."""
@@ -239,6 +254,8 @@ class _Update:
                 self.copied.add(key)
                 self.per_process[key] = False
 
+        credited = self.credit_reaped() if self.g.count_reaped and (step.reaped or step.started) else {}
+
         members: dict = {}
         for i, key in enumerate(map(group_of.__getitem__, identities)):
             if key is not None:
@@ -254,7 +271,82 @@ class _Update:
             else:
                 self.empty_since.pop(key, None)
             stats.append(self.stats(key, idx or ()))
+        if credited:
+            self.check_machine_cpu(stats, credited, members)
         return stats
+
+    # -- reaped children (process-exporter does not count them) -------------------------
+
+    def reaped_credits(self) -> dict:
+        """identity -> [user ticks, system ticks, minor faults, major faults] of the
+        children it reaped since the last update that procsnap did not count: the growth of
+        its cutime/cstime/cminflt/cmajflt (all of them for a process born since), minus
+        what reaped children it had seen already counted (their last values, their own and
+        their reaped children's). A child whose parent exited too is taken off the nearest
+        ancestor still there. Never negative."""
+        step = self.step
+        credits = {identity: list(grown) for identity, grown in step.reaped}
+        for identity in step.started:  # born since the last update: what it reaped is new too
+            if identity not in step.from_now:
+                credits[identity] = [v or 0 for v in _children(step.last[identity])]
+        if step.exited:
+            parent_of = {i[0]: i for i in credits}
+            gone = {last[_PID]: last for _, last in step.exited}
+            for _, last in step.exited:
+                pid, hops = last[_PPID], 0
+                while pid in gone and hops < len(gone):  # its parent exited too: up the chain
+                    pid, hops = gone[pid][_PPID], hops + 1
+                parent = parent_of.get(pid)
+                if parent is not None:
+                    credit = credits[parent]
+                    for j, (own, reaped) in enumerate(_SEEN_CHILD):
+                        credit[j] -= (last[own] or 0) + (last[reaped] or 0)
+        return {identity: [max(v, 0) for v in credit] for identity, credit in credits.items()}
+
+    def credit_reaped(self) -> dict:
+        """Add the reaped credits to the groups of the reapers; key -> [user, system] ticks
+        credited (for the machine check). A reaper in no group credits nobody."""
+        credited: dict = {}
+        for identity, credit in self.reaped_credits().items():
+            key = self.group_of.get(identity)
+            if key is None or not any(credit):
+                continue
+            base = self.own_base(key)
+            for at, value in zip(_CREDIT_AT, credit):
+                base[at] += value
+            cpu = credited.setdefault(key, [0, 0])
+            cpu[0] += credit[0]
+            cpu[1] += credit[1]
+        return credited
+
+    def check_machine_cpu(self, stats: list, credited: dict, members: dict) -> None:
+        """The groups' CPU growth may not exceed what /proc/stat says the machine spent: if
+        it does, the reaped credits are scaled back by the excess (as Netdata's apps.plugin
+        does) and the affected groups computed again."""
+        machine = self.step.machine_cpu_ticks
+        if machine is None:
+            return
+        growth = 0
+        for key in self.reported:
+            now, before = self.reported[key], self.g.reported.get(key)
+            if now[0] is None or now[1] is None:
+                continue
+            growth += now[0] + now[1] - ((before[0] or 0) + (before[1] or 0) if before else 0)
+        total = sum(u + s for u, s in credited.values())
+        excess = growth - machine
+        if excess <= 0 or total <= 0:
+            return
+        keep = max(0.0, 1.0 - excess / total)
+        user_at, system_at = _CREDIT_AT[:2]
+        for key, (user, system) in credited.items():
+            base = self.own_base(key)
+            base[user_at] -= user - int(user * keep)
+            base[system_at] -= system - int(system * keep)
+        self.scaled = True
+        for i, s in enumerate(stats):
+            key = (s.name, s.labels)
+            if key in credited:
+                stats[i] = self.stats(key, members.get(key) or ())
 
     def drop(self, key, reloading: bool) -> bool:
         """Forget an empty group? (its counters restart if the key comes back)"""
@@ -280,6 +372,7 @@ class _Update:
         g.group_of, g.base, g.reported = self.group_of, self.base, self.reported
         g.per_process, g.empty_since = self.per_process, self.empty_since
         g.thread_totals = self.thread_totals_now
+        g.reaped_scaled += self.scaled
 
     # -- assignment ------------------------------------------------------------------
 

@@ -67,6 +67,10 @@ def parse_stat(data: bytes) -> dict:
         "majflt": uint(rest[9]),
         "utime": uint(rest[11]),
         "stime": uint(rest[12]),
+        "cminflt": uint(rest[8]),  # of the children it reaped
+        "cmajflt": uint(rest[10]),
+        "cutime": uint(rest[13]),
+        "cstime": uint(rest[14]),
         "num_threads": uint(rest[17]),
         "starttime": uint(rest[19]),
         "vsize": uint(rest[20]) if len(rest) > 20 else None,
@@ -349,6 +353,10 @@ class PythonReader:
             status.get("euid"),
             pss,
             swap_pss,
+            st["cutime"],
+            st["cstime"],
+            st["cminflt"],
+            st["cmajflt"],
             wchan,
         ))
 

@@ -20,7 +20,7 @@ import errno
 import os
 import resource
 import time
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 FIELDS = (
     "pid",
@@ -48,6 +48,10 @@ FIELDS = (
     "euid",  # effective uid (status Uid, second column): process-exporter's {{.Username}}
     "pss_bytes",  # smaps_rollup Pss (with smaps_max_rss only); 0 without an mm
     "swap_pss_bytes",  # smaps_rollup SwapPss
+    "cutime_ticks",  # stat cutime: CPU of the children it reaped (and theirs), since it started
+    "cstime_ticks",
+    "cminor_faults",  # stat cminflt
+    "cmajor_faults",
     "wchan",  # str of /proc/PID/wchan: where it sleeps in the kernel; "0" when running or hidden
 )
 F = {name: i for i, name in enumerate(FIELDS)}
@@ -90,6 +94,7 @@ class Reading(NamedTuple):
     errors: dict  # {reason: count} of the other files
     timestamp: float  # epoch seconds when the walk started
     duration_seconds: float
+    cpu_ticks: Optional[int] = None  # the machine's non-idle CPU ticks (/proc/stat) after the walk
 
 
 class Fact(NamedTuple):
@@ -184,7 +189,8 @@ class Reader:
             records, unreadable, errors = self._impl.read()
         except OSError as e:
             raise OSError(e.errno, f"cannot list {self.procfs}: {e.strerror or e}") from None
-        return Reading(records, unreadable, _named(errors), started, time.perf_counter() - t0)
+        return Reading(records, unreadable, _named(errors), started, time.perf_counter() - t0,
+                       machine_cpu_ticks(self.procfs))
 
     def read_facts(self, requests) -> tuple:
         """[(pid, start_ticks, want)] -> ([Fact] in that order, {reason: count})."""
@@ -200,6 +206,24 @@ class Reader:
     def close(self) -> None:
         """Release what the reader keeps open."""
         self._impl.close()
+
+
+def machine_cpu_ticks(procfs: str) -> Optional[int]:
+    """Non-idle CPU ticks of the machine since boot (/proc/stat "cpu" line: user, nice,
+    system, irq, softirq, steal; guest time is inside user), or None when unreadable."""
+    from exporter.procfs import read_file
+
+    try:
+        first = read_file(f"{procfs}/stat").split(b"\n", 1)[0].split()
+        if first[0] != b"cpu":
+            return None
+        ticks = [int(x) for x in first[1:9]]
+    except (OSError, ValueError, IndexError):
+        return None
+    if len(ticks) < 4:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (ticks + [0] * 8)[:8]
+    return user + nice + system + irq + softirq + steal
 
 
 def _named(errors: dict) -> dict:

@@ -37,7 +37,10 @@ CARRIED = tuple(F[n] for n in ("ctx_voluntary", "ctx_nonvoluntary", "read_bytes"
 _pids = itemgetter(PID)
 _first = itemgetter(0)
 _starts = itemgetter(START)
-_keys = itemgetter(PID, START, COMM, MARK)
+# a record's key: what tells a new process, an exec, or children reaped since the last read
+_keys = itemgetter(PID, START, COMM, MARK, *(F[n] for n in ("cutime_ticks", "cstime_ticks", "cminor_faults",
+                                                            "cmajor_faults")))
+_children = itemgetter(*(F[n] for n in ("cutime_ticks", "cstime_ticks", "cminor_faults", "cmajor_faults")))
 _carried = itemgetter(*CARRIED)
 _nthreads = itemgetter(F["num_threads"])
 _CTXV, _CTXNV = F["ctx_voluntary"], F["ctx_nonvoluntary"]
@@ -93,7 +96,7 @@ class Step(NamedTuple):
     records: list  # this read's records, plus the last one of each unreadable identity
     identities: list  # (pid, start_ticks) of each record
     limits: list  # fd limit of each record's identity (UNLIMITED: unlimited; None: unknown)
-    keys: set  # (pid, start_ticks, comm, mark) of the records
+    keys: set  # (pid, start_ticks, comm, mark, the four children fields) of the records
     holes: set  # identities whose record lacks a carried counter (never read yet)
     procs: dict  # identity -> Proc
     last: dict  # identity -> record
@@ -109,7 +112,12 @@ class Step(NamedTuple):
     thread_states: dict  # identity -> the state letters of its threads
     thread_wchans: dict  # identity -> the wchans of its threads (str or None each)
     thread_deltas: dict  # identity -> [(thread name, counters grown since the last step)]
+    # [(identity, growth of cutime, cstime, cminflt, cmajflt)] of identities read both times:
+    # the children they reaped meanwhile (all their CPU and faults, seen or not)
+    reaped: list
+    machine_cpu_ticks: Optional[int]  # non-idle CPU ticks of the machine since the last step
     errors: dict  # reason -> count of this read (stat of unreadable pids included)
+    cpu_ticks: Optional[int]  # the machine's non-idle CPU ticks at this read (/proc/stat)
     unreadable_pids: frozenset
     timestamp: float
     first: bool
@@ -130,6 +138,7 @@ class Tracker:
         self._by_pid: dict = {}
         self._unreadable_pids: frozenset = frozenset()
         self._gen = 0  # reads so far (staggers the fd-limit re-reads)
+        self._cpu_ticks: Optional[int] = None  # the machine's non-idle CPU ticks at the last step
         self._committed = False  # a step was committed: the next is not the first
 
     def start_time_seconds(self, start_ticks: int) -> float:
@@ -181,18 +190,22 @@ class Tracker:
                 records[i] = tuple(patched)
         holes = {identities[i] for i in check if None in _carried(records[i])}  # for the next step
 
-        # started and exec'd: only identities whose (pid, start, comm, mark) changed
+        # started, exec'd, reaped children: only identities whose key changed
         keys = set(map(_keys, records))
-        started, execed, remarked = [], [], []
+        started, execed, remarked, reaped = [], [], [], []
         for key in keys - self._keys:
             identity = key[:2]
             proc = old_procs.get(identity)
             if proc is None:
                 started.append(identity)
-            elif key[2] != proc.comm or (key[3] and proc.mark and key[3] != proc.mark):
+                continue
+            if key[2] != proc.comm or (key[3] and proc.mark and key[3] != proc.mark):
                 execed.append(identity)
             elif key[3] and key[3] != proc.mark:
                 remarked.append((identity, key[3]))
+            before = old_last.get(identity)
+            if before is not None and _children(before) != key[4:]:
+                reaped.append((identity, tuple(a - b for a, b in zip(key[4:], _children(before)))))
         last = dict(zip(identities, records))
         exited = [(identity, old_last[identity]) for identity in old_last.keys() - last.keys()]
 
@@ -274,7 +287,9 @@ class Tracker:
             records, identities, list(map(nofile.get, identities)), keys, holes, procs, last,
             nofile, started, from_now,
             execed, [identity for identity in refreshed if identity in procs], exited, readable, old_last,
-            threads, thread_states, thread_wchans, thread_deltas, errors, unreadable_pids, reading.timestamp, first,
+            threads, thread_states, thread_wchans, thread_deltas, reaped,
+            None if first or reading.cpu_ticks is None or self._cpu_ticks is None else reading.cpu_ticks - self._cpu_ticks,
+            errors, reading.cpu_ticks, unreadable_pids, reading.timestamp, first,
         )
 
     def _thread_step(self, identity, read, threads, states, wchans, deltas) -> None:
@@ -303,5 +318,6 @@ class Tracker:
         self._holes = step.holes
         self._by_pid = dict(zip(map(_first, step.identities), step.identities))
         self._unreadable_pids = step.unreadable_pids
+        self._cpu_ticks = step.cpu_ticks
         self._committed = True
 

@@ -26,10 +26,10 @@ def thread(tid, comm, state="S", utime=0, stime=0, minflt=0, majflt=0, ctxv=0, c
 
 def rec(pid, comm, start=100, ppid=0, state="S", flags=0, utime=0, stime=0, minflt=0, majflt=0,
         threads=1, vms=8192, rss=4096, uid=0, swap=0, ctxv=0, ctxnv=0, read=0, write=0, fds=3,
-        tty=0, mark=0, euid=None, pss=None, swap_pss=None, wchan="0"):
+        tty=0, mark=0, euid=None, pss=None, swap_pss=None, cutime=0, cstime=0, cminflt=0, cmajflt=0, wchan="0"):
     record = (pid, ppid, comm, state, flags, start, utime, stime, minflt, majflt, threads, vms, rss,
               uid, swap, ctxv, ctxnv, read, write, fds, tty, mark, uid if euid is None else euid, pss, swap_pss,
-              wchan)
+              cutime, cstime, cminflt, cmajflt, wchan)
     assert len(record) == len(FIELDS)
     return record
 
@@ -61,6 +61,7 @@ class FakeReader:
         self.threads = {}  # pid -> [thread tuples] (THREAD_FIELDS), given with put()
         self.asked = []  # (pid, want) of every fact request
         self.now = 1000.0
+        self.cpu_ticks = None  # the machine's non-idle CPU ticks each read reports (None: unknown)
 
     def put(self, record, cmdline=None, exe=None, cgroup=b"0::/", nofile=1024, threads=None):
         """Put (or replace) a process; its facts are kept per identity unless given.
@@ -86,7 +87,7 @@ class FakeReader:
     def read(self):
         self.now += 15.0
         records = [self.records[pid] for pid in sorted(self.records)]
-        return Reading(records, sorted(self.unreadable.items()), {}, self.now, 0.0)
+        return Reading(records, sorted(self.unreadable.items()), {}, self.now, 0.0, self.cpu_ticks)
 
     def read_facts(self, requests):
         out = []

@@ -4,6 +4,7 @@ the numbers belong to `make bench`, not to tests."""
 
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,9 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = os.path.join(ROOT, "bench", "run.py")
-LIFETIME = "3517"  # the idle processes run `sleep 3517`: ours, not another benchmark's
+# the idle processes run `sleep LIFETIME`: a value of this run, not another benchmark's (or
+# another run of this test) on the same machine
+LIFETIME = str(random.SystemRandom().randrange(40_000, 90_000))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 sys.path.insert(0, os.path.join(ROOT, "bench"))

@@ -71,11 +71,12 @@ def test_env_names():
     assert env_name("once.delay") == "PROCSNAP_ONCE_DELAY"
     assert {f.env for f in FLAGS} == {
         "PROCSNAP_WEB_LISTEN_ADDRESS", "PROCSNAP_WEB_TELEMETRY_PATH", "PROCSNAP_CONFIG_PATH",
+        "PROCSNAP_WEB_CONFIG_FILE", "PROCSNAP_WEB_MAX_REQUESTS", "PROCSNAP_WEB_ENABLE_LIFECYCLE",
         "PROCSNAP_PATH_PROCFS", "PROCSNAP_CHILDREN", "PROCSNAP_REMOVE_EMPTY_GROUPS", "PROCSNAP_ONCE",
         "PROCSNAP_ONCE_DELAY", "PROCSNAP_BACKEND", "PROCSNAP_LOG_LEVEL", "PROCSNAP_PROCFS_KEEP_OPEN",
         "PROCSNAP_DEBUG", "PROCSNAP_THREADS", "PROCSNAP_WCHAN", "PROCSNAP_GATHER_SMAPS",
         "PROCSNAP_GATHER_SMAPS_MAX_RSS", "PROCSNAP_OTLP_ENDPOINT", "PROCSNAP_OTLP_PROTOCOL", "PROCSNAP_OTLP_INTERVAL",
-        "PROCSNAP_PATH_POD_LOGS", "PROCSNAP_PATH_CONTAINER_LOGS", "PROCSNAP_RECHECK",
+        "PROCSNAP_PATH_POD_LOGS", "PROCSNAP_PATH_CONTAINER_LOGS", "PROCSNAP_COUNT_REAPED_CHILDREN", "PROCSNAP_RECHECK",
         "PROCSNAP_RECHECK_WITH_TIME_LIMIT", "PROCSNAP_PROCNAMES", "PROCSNAP_NAMEMAPPING",
     }
 
@@ -85,6 +86,9 @@ def test_env_names():
 DEFAULTS = {
     "web_listen_address": ":9256",
     "web_telemetry_path": "/metrics",
+    "web_config_file": None,
+    "web_max_requests": 40,
+    "web_enable_lifecycle": False,
     "config_path": None,
     "path_procfs": "/proc",
     "procfs_keep_open": "auto",
@@ -104,6 +108,7 @@ DEFAULTS = {
     "otlp_interval": None,
     "path_pod_logs": "/var/log/pods",
     "path_container_logs": "/var/log/containers",
+    "count_reaped_children": True,
     "recheck": False,
     "recheck_with_time_limit": None,
     "procnames": (),
@@ -118,6 +123,9 @@ IMPLIES = {"once_delay": "once", "recheck_with_time_limit": "recheck", "debug": 
 CASES = {
     "web.listen-address": ("127.0.0.1:1", "127.0.0.1:1", ["--web.listen-address", "[::1]:2"], "[::1]:2"),
     "web.telemetry-path": ("/env", "/env", ["--web.telemetry-path=/flag"], "/flag"),
+    "web.config.file": ("/env.yml", "/env.yml", ["-web.config.file", "/flag.yml"], "/flag.yml"),
+    "web.max-requests": ("0", 0, ["--web.max-requests", "5"], 5),
+    "web.enable-lifecycle": ("true", True, ["--web.enable-lifecycle=false"], False),
     "config.path": ("/env.yaml", "/env.yaml", ["--config.path", "/flag.yaml"], "/flag.yaml"),
     "path.procfs": ("/env/proc", "/env/proc", ["--path.procfs", "/flag/proc"], "/flag/proc"),
     "procfs.keep-open": ("OFF", "off", ["--procfs.keep-open", "250"], "250"),
@@ -137,6 +145,7 @@ CASES = {
     "otlp.interval": ("10", 10.0, ["--otlp.interval", "0.5"], 0.5),
     "path.pod-logs": ("/env/pods", "/env/pods", ["--path.pod-logs", "/host/pods"], "/host/pods"),
     "path.container-logs": ("/env/c", "/env/c", ["--path.container-logs=/host/c"], "/host/c"),
+    "count-reaped-children": ("false", False, ["--count-reaped-children"], True),
     "recheck": ("yes", True, ["-recheck=false"], False),
     "recheck-with-time-limit": ("5m", 300.0, ["-recheck-with-time-limit", "1h30m"], 5400.0),
     "procnames": ("bash,,sshd", ("bash", "sshd"), ["-procnames", "init"], ("init",)),
@@ -522,6 +531,12 @@ def test_wchan_family_and_its_opt_out(tmp_path, backend):
     assert r.returncode == 0 and b"threads_wchan" not in r.stdout and num_procs(r.stdout)
 
 
+def test_no_count_reaped_children_spelling():
+    assert parse_args(["--no-count-reaped-children"], environ={}).count_reaped_children is False
+    assert parse_args(["-no-count-reaped-children"], environ={"PROCSNAP_COUNT_REAPED_CHILDREN": "1"}
+                      ).count_reaped_children is False
+
+
 def test_threads_smaps_recheck_spellings():
     args = parse_args(["-threads=false", "-gather-smaps", "-recheck"], environ={})
     assert (args.threads, args.gather_smaps, args.recheck) == (False, True, True)
@@ -588,7 +603,6 @@ def test_man_prints_the_manual_and_exits_0(spelling):
         (["-threads=maybe"], {}, "argument --threads: not a boolean"),
         ([], {"PROCSNAP_GATHER_SMAPS": "perhaps"}, "PROCSNAP_GATHER_SMAPS: not a boolean"),
         # process-exporter flags procsnap does not have still fail, in one line
-        (["-web.config.file", "web.yaml"], {}, "unrecognized arguments: -web.config.file web.yaml"),
         (["-once-to-stdout-delay=1s"], {}, "unrecognized arguments: -once-to-stdout-delay=1s"),
         (["-threadz"], {}, "unrecognized arguments: -threadz"),
     ],

@@ -626,3 +626,131 @@ def test_thread_sums_land_on_their_own_process_when_another_is_dropped_in_the_sa
     srv = step.last[(30, 100)]
     assert (20, 500) not in step.last and srv[2] == "srv"
     assert srv[F["ctx_voluntary"]] == 17 and step.last[(1, 100)][F["ctx_voluntary"]] == 0
+
+
+# -- reaped children: CPU and faults of children procsnap never saw ---------------------------
+
+REAP_CONFIG = parse_config("""
+process_names:
+  - name: "{{.Comm}}"
+    comm: [make, cc, sh]
+""")
+
+
+def cpu_seconds(g) -> float:
+    return round(g.cpu_user_seconds + g.cpu_system_seconds, 6)
+
+
+def test_children_never_seen_are_credited_to_the_reaper_from_its_cutime():
+    r = FakeReader()
+    r.put(rec(10, "make", start=100, utime=50, cutime=7, cstime=1, cminflt=100, cmajflt=2))
+    exp = exporter(REAP_CONFIG, r)
+    assert cpu_seconds(groups(exp)["make"]) == 0.0  # history before the first scrape is not counted
+    # 500 children of 2 ticks each came and went between the scrapes: cutime grew by 1000
+    r.put(rec(10, "make", start=100, utime=52, cutime=1007, cstime=201, cminflt=5100, cmajflt=3))
+    g = groups(exp)["make"]
+    assert (g.cpu_user_seconds, g.cpu_system_seconds) == (0.02 + 10.0, 2.0)
+    assert (g.minor_faults, g.major_faults) == (5000, 1)
+    r.put(rec(10, "make", start=100, utime=52, cutime=1007, cstime=201, cminflt=5100, cmajflt=3))
+    assert cpu_seconds(groups(exp)["make"]) == 12.02  # nothing reaped since: nothing more
+
+
+def test_a_child_seen_then_reaped_is_counted_once():
+    """A long-lived child counted in its own group through several scrapes, then reaped:
+    the parent's cutime grows by the child's whole CPU, of which only what the child used
+    after the last scrape is new."""
+    r = FakeReader()
+    r.put(rec(10, "make", start=100))
+    exp = exporter(REAP_CONFIG, r)
+    groups(exp)
+    r.put(rec(20, "cc", start=200, ppid=10, utime=30, cutime=4))  # started after the first scrape
+    assert cpu_seconds(groups(exp)["cc"]) == 0.34
+    r.put(rec(20, "cc", start=200, ppid=10, utime=60, cutime=4))
+    assert cpu_seconds(groups(exp)["cc"]) == 0.64
+    r.remove(20)  # it used 5 more ticks, exited, was reaped: make's cutime grows by 69
+    r.put(rec(10, "make", start=100, cutime=69))
+    found = groups(exp)
+    assert cpu_seconds(found["cc"]) == 0.64 and cpu_seconds(found["make"]) == 0.05
+    assert round(cpu_seconds(found["cc"]) + cpu_seconds(found["make"]), 6) == 0.69  # the child's whole CPU, once
+
+
+def test_a_child_whose_parent_exited_too_is_taken_off_the_grandparent():
+    r = FakeReader()
+    r.put(rec(10, "make", start=100))
+    r.put(rec(20, "sh", start=200, ppid=10))
+    r.put(rec(30, "cc", start=300, ppid=20, utime=40))
+    exp = exporter(REAP_CONFIG, r)
+    groups(exp)
+    # cc (40 ticks, +2 after the scrape) reaped by sh (+1 tick), sh reaped by make
+    r.remove(30)
+    r.remove(20)
+    r.put(rec(10, "make", start=100, cutime=43))
+    found = groups(exp)
+    assert cpu_seconds(found["make"]) == 0.03 and cpu_seconds(found["cc"]) == 0.0 and cpu_seconds(found["sh"]) == 0.0
+
+
+def test_a_reaper_in_no_group_credits_nobody():
+    r = FakeReader()
+    r.put(rec(1, "init", start=1))  # not grouped by REAP_CONFIG
+    r.put(rec(20, "cc", start=200, ppid=1))
+    exp = exporter(REAP_CONFIG, r)
+    groups(exp)
+    r.remove(20)
+    r.put(rec(1, "init", start=1, cutime=500))  # an orphan reaped by init
+    found = groups(exp)
+    assert cpu_seconds(found["cc"]) == 0.0 and "init" not in found
+
+
+def test_off_counts_as_process_exporter_does():
+    r = FakeReader()
+    r.put(rec(10, "make", start=100))
+    exp = exporter(REAP_CONFIG, r, count_reaped=False)
+    groups(exp)
+    r.put(rec(10, "make", start=100, utime=1, cutime=1000, cminflt=50))
+    g = groups(exp)["make"]
+    assert cpu_seconds(g) == 0.01 and g.minor_faults == 0
+
+
+def test_credits_are_scaled_back_to_what_the_machine_spent():
+    """The groups' CPU growth may not exceed the machine's (/proc/stat): the reaped part
+    is scaled back by the excess, and counters still never decrease."""
+    r = FakeReader()
+    r.put(rec(10, "make", start=100))
+    r.put(rec(11, "sh", start=110))
+    r.cpu_ticks = 10_000
+    exp = exporter(REAP_CONFIG, r)
+    groups(exp)
+    r.put(rec(10, "make", start=100, utime=100, cutime=1000))  # says 1100 ticks
+    r.put(rec(11, "sh", start=110, utime=100))
+    r.cpu_ticks = 10_000 + 700  # the machine spent 700: 500 too much, all of it reaped credit
+    found = groups(exp)
+    assert cpu_seconds(found["make"]) == 6.0 and cpu_seconds(found["sh"]) == 1.0 and exp.grouper.reaped_scaled == 1
+    r.put(rec(10, "make", start=100, utime=100, cutime=1000))
+    r.cpu_ticks += 5
+    assert cpu_seconds(groups(exp)["make"]) == 6.0 and exp.grouper.reaped_scaled == 1
+
+
+def test_reaped_credits_never_make_a_counter_go_down_in_random_sequences():
+    rnd = random.Random(13)
+    for trial in range(30):
+        r = FakeReader()
+        exp = exporter(REAP_CONFIG, r)
+        alive, last = {}, {}
+        next_pid = 100
+        for step in range(25):
+            for pid in list(alive):
+                if rnd.random() < 0.2:
+                    del alive[pid]
+                    r.remove(pid)
+            for _ in range(rnd.randrange(0, 3)):
+                next_pid += 1
+                alive[next_pid] = [rnd.choice(["make", "cc", "sh"]), rnd.choice([0] + list(alive)), 0, 0]
+            for pid, p in alive.items():
+                p[2] += rnd.randrange(0, 5)
+                p[3] += rnd.randrange(0, 50) if rnd.random() < 0.3 else 0
+                r.put(rec(pid, p[0], start=pid, ppid=p[1], utime=p[2], cutime=p[3]))
+            r.cpu_ticks = None if rnd.random() < 0.5 else step * rnd.randrange(0, 200)
+            for name, g in groups(exp).items():
+                total = (g.cpu_user_seconds or 0) + (g.cpu_system_seconds or 0)
+                assert total >= last.get(name, 0) - 1e-9, (trial, step, name)
+                last[name] = total

@@ -409,6 +409,7 @@ def test_nasty_tree(tmp_path):
     assert rec[60]["comm"] == "nonl" and rec[60]["mark"] == rec[1]["mark"]
     assert rec[63]["mark"] == 0
     assert rec[1]["wchan"] == "0" and rec[65]["wchan"] == "do_select" and rec[66]["wchan"] is None
+    assert [rec[1][f] for f in ("cutime_ticks", "cstime_ticks", "cminor_faults", "cmajor_faults")] == [11, 13, 7, 9]
     assert rec[67]["wchan"] is None and rec[68]["wchan"] == "caf\ufffd"
     # malformed: status of 12 and 55, io of 30 and 32; ENOENT: io of 9, 10, 44, fd of 26,
     # status of 45; ENOTDIR: fd of 27; EINVAL: io of 43, wchan of 67; EACCES: io of 42 (not to root)

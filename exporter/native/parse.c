@@ -100,7 +100,9 @@ int parse_stat(const char *buf, size_t n, ps_stat *out)
         STAT_UINT(6, &out->flags) < 0 || STAT_UINT(7, &out->minflt) < 0 ||
         STAT_UINT(9, &out->majflt) < 0 || STAT_UINT(11, &out->utime) < 0 ||
         STAT_UINT(12, &out->stime) < 0 || STAT_UINT(17, &out->num_threads) < 0 ||
-        STAT_UINT(19, &out->starttime) < 0)
+        STAT_UINT(19, &out->starttime) < 0 || STAT_UINT(8, &out->cminflt) < 0 ||
+        STAT_UINT(10, &out->cmajflt) < 0 || STAT_UINT(13, &out->cutime) < 0 ||
+        STAT_UINT(14, &out->cstime) < 0)
         return -1;
     if (ntok > 20) {
         if (STAT_UINT(20, &out->vsize) < 0)

@@ -34,6 +34,7 @@ typedef struct {
     size_t comm_off, comm_len;
     size_t state_off, state_len;
     uint64_t ppid, tty_nr, flags, minflt, majflt, utime, stime, num_threads, starttime;
+    uint64_t cminflt, cmajflt, cutime, cstime; /* of the children it reaped */
     uint64_t vsize, rss;
     int has_vsize, has_rss;
     uint64_t mark; /* exec evidence, 0 when the kernel hid it (see parse_stat) */
@@ -63,7 +64,7 @@ extern const char *const ps_smaps_keys[PS_SM_NKEYS];
 enum {
     F_PPID, F_FLAGS, F_START, F_UTIME, F_STIME, F_MINFLT, F_MAJFLT, F_THREADS, F_VSIZE,
     F_RSS, F_UID, F_SWAP, F_CTXV, F_CTXNV, F_READ, F_WRITE, F_OPEN_FDS, F_TTY, F_MARK, F_EUID,
-    F_PSS, F_SWAP_PSS, F_COUNT
+    F_PSS, F_SWAP_PSS, F_CUTIME, F_CSTIME, F_CMINFLT, F_CMAJFLT, F_COUNT
 };
 
 /* Text of a process that rarely changes (comm, wchan) and the Python str made of it,

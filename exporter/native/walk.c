@@ -570,6 +570,10 @@ static int walk_process(ps_walker *w, int pid)
         walk_set(r, F_RSS, st.rss);
     walk_set(r, F_TTY, st.tty_nr);
     walk_set(r, F_MARK, st.mark);
+    walk_set(r, F_CUTIME, st.cutime);
+    walk_set(r, F_CSTIME, st.cstime);
+    walk_set(r, F_CMINFLT, st.cminflt);
+    walk_set(r, F_CMAJFLT, st.cmajflt);
     if (walk_scale(r, F_RSS, w->page_size) < 0) {
         w->nrecords--;
         w->arena_len = arena_mark;

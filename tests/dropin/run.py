@@ -119,7 +119,8 @@ class Pair:
         self.ps = Exporter(
             "procsnap",
             [PROCSNAP, "--path.procfs", procfs, *(["--config.path", config] if config is not None else []),
-             "--web.listen-address", f"127.0.0.1:{ps_port}", *procsnap_flags(flags, strict_flags)],
+             "--web.listen-address", f"127.0.0.1:{ps_port}", *procsnap_flags(flags, strict_flags),
+             "--no-count-reaped-children"],  # counts as process-exporter does
             ps_port, "/healthz", os.path.join(self.workdir, "procsnap.log"))
         self.env = dict(env or {})
         self._procs: list = []
