@@ -96,7 +96,8 @@ class Exporter:
             self._procread += len(reading.unreadable)  # stat unreadable (not: exited meanwhile)
             self._partial += sum(map(contains, map(_partial_fields, step.records), repeat(None)))
             result = ScrapeResult(groups, len(step.records), duration, dict(errors), self._failed, self._procread,
-                                  self._partial, self.grouper.config.extra_labels, self.grouper.reaped_scaled)
+                                  self._partial, self.grouper.config.extra_labels, self.grouper.reaped_scaled,
+                                  self.grouper.groups_folded)
             self.last = result
             return result
 

@@ -39,6 +39,7 @@ import re2
 import yaml
 
 from exporter.kubernetes import LABELS, NOT_IN_A_POD, PodInfo
+from exporter.redact import redact_slice, secrets_of
 
 MATCHER_KEYS = ("name", "comm", "exe", "cmdline")
 TEMPLATE_FIELDS = ("Comm", "ExeBase", "ExeFull", "Username", "PID", "StartTime", "Cgroups", "Matches",
@@ -414,13 +415,20 @@ class GoRegex:
     def capture_names(self) -> frozenset:
         return frozenset(self.names) - {""}
 
-    def submatch(self, text: str) -> Optional[tuple]:
+    def submatch(self, text: str, secrets=None) -> Optional[tuple]:
         """Go's FindStringSubmatch: None, or the whole match then each group ("" when a
-        group took no part)."""
+        group took no part). ``secrets``: () -> the secret spans of text (exporter.redact),
+        asked only if a group is not empty; the parts of groups inside them are redacted."""
         m = self.regex.search(text)
         if m is None:
             return None
-        return tuple(m.group(i) or "" for i in range(len(self.names)))
+        groups = tuple(m.group(i) or "" for i in range(len(self.names)))
+        if secrets is None or not any(groups):
+            return groups
+        spans = secrets()
+        if not spans:
+            return groups
+        return tuple(redact_slice(text, *m.span(i), spans) if g else g for i, g in enumerate(groups))
 
     def __repr__(self):
         return f"GoRegex({self.pattern!r})"
@@ -442,10 +450,11 @@ class Matcher:
     user_space_only: bool = False  # the default config's "every process but kernel threads"
     where: str = ""  # "FILE:LINE: process_names[i]" for messages
 
-    def match(self, process) -> Optional[dict]:
+    def match(self, process, redact: bool = True) -> Optional[dict]:
         """None if it does not match; else the Matches of process-exporter's templates:
         for each cmdline regex in order, each SubexpName -> its group ("" for the whole
-        match and unnamed groups, so the last of those wins; a later name wins)."""
+        match and unnamed groups, so the last of those wins; a later name wins). With
+        ``redact``, the secrets of the command line in them are <redacted>."""
         if self.user_space_only and process.is_kernel_thread:
             return None
         if self.comm is not None and process.comm not in self.comm:
@@ -460,8 +469,9 @@ class Matcher:
         captures: dict = {}
         if self.cmdline is not None:
             joined = " ".join(argv)
+            secrets = secrets_of(joined) if redact else None
             for regex in self.cmdline:
-                groups = regex.submatch(joined)
+                groups = regex.submatch(joined, secrets)
                 if groups is None:
                     return None
                 captures.update(zip(regex.names, groups))
@@ -485,10 +495,10 @@ class Config:
         """Group names the config gives whatever the process (templates without fields)."""
         return frozenset(m.template.literal for m in self.matchers if m.template.literal is not None)
 
-    def match(self, process):
+    def match(self, process, redact: bool = True):
         """(matcher, captures) of the first matcher that matches, or (None, None)."""
         for matcher in self.matchers:
-            captures = matcher.match(process)
+            captures = matcher.match(process, redact)
             if captures is not None:
                 return matcher, captures
         return None, None

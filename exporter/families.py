@@ -42,6 +42,7 @@ class ScrapeResult(NamedTuple):
     partial_errors: int = 0  # processes read without their io or fd count
     extra_labels: tuple = ()  # the names of GroupStats.labels (the config's extra_labels)
     reaped_scaled: int = 0  # scrapes whose reaped-children CPU was scaled back to the machine's
+    groups_dropped: int = 0  # processes counted in "other" because of --max-groups
 
 
 class FamilySpec(NamedTuple):
@@ -206,6 +207,10 @@ def self_families(result: Optional[ScrapeResult], version: str, keep_empty: bool
             "Scrapes where the CPU credited for reaped children was scaled back to what /proc/stat says the "
             "machine spent",
             value=float(result.reaped_scaled)))
+        families.append(CounterMetricFamily(
+            "procsnap_groups_dropped",
+            'Processes whose group was not made because --max-groups groups exist; they count in group "other"',
+            value=float(result.groups_dropped)))
     if otlp_exports is not None:
         exports = CounterMetricFamily("procsnap_otlp_exports", "OTLP exports by result (success, failure), since start",
                                       labels=["result"])

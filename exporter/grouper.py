@@ -32,6 +32,7 @@ grouper as it was before that reading.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from operator import itemgetter
 from dataclasses import dataclass, field
@@ -39,12 +40,17 @@ from typing import Optional
 
 from exporter.config import Facts
 from exporter.kubernetes import NOT_IN_A_POD
+from exporter.redact import redact
+
+log = logging.getLogger("procsnap")
 from exporter.reader import F
 
 # process-exporter's state buckets, from the one-letter stat state.
 STATE_NAMES = ("Running", "Sleeping", "Waiting", "Zombie", "Other")
 _STATE_OF = {"R": "Running", "S": "Sleeping", "D": "Waiting", "Z": "Zombie"}
 _MAX_ANCESTRY = 4096  # a ppid chain longer than any real one means a loop in a fixture
+OTHER = "other"  # the group of processes beyond --max-groups
+MAX_LABEL_LENGTH = 1024  # characters of a label value (group name, pod label); longer ones are cut
 _NO_MATCH = object()
 
 # cumulative per-process counters, and per-process gauges summed over a group
@@ -120,13 +126,15 @@ class Grouper:
     def __init__(self, config, clock_ticks: int, boot_time: float, children: bool = True,
                  remove_empty_groups: bool = False, empty_grace_seconds: Optional[float] = None,
                  recheck: bool = False, recheck_seconds: Optional[float] = None, pods=None,
-                 count_reaped: bool = True):
+                 count_reaped: bool = True, redact: bool = True, max_groups: Optional[int] = None):
         """``recheck`` (process-exporter's -recheck): a process no matcher named is
         matched again at every update, for ``recheck_seconds`` after its start when
         given (-recheck-with-time-limit), else for its whole life. ``pods``: an
         exporter.kubernetes.PodDirectory, for the pod template fields and extra_labels.
         ``count_reaped``: credit the CPU and faults of reaped children procsnap never saw
-        to the group of the process that reaped them (see :meth:`_Update.reaped_credits`)."""
+        to the group of the process that reaped them (see :meth:`_Update.reaped_credits`).
+        ``redact``: secrets of command lines never reach a group name (exporter.redact).
+        ``max_groups``: beyond this many groups, new ones fold into one named "other"."""
         self.config = config
         self.clock_ticks = clock_ticks
         self.boot_time = boot_time
@@ -137,6 +145,10 @@ class Grouper:
         self.recheck_seconds = recheck_seconds
         self.pods = pods
         self.count_reaped = count_reaped
+        self.redact = redact
+        self.max_groups = max_groups
+        self.groups_folded = 0  # processes whose new group was folded into "other" (max_groups)
+        self._warned_full = None  # the config the "max groups reached" warning was logged for
         self.reaped_scaled = 0  # updates whose reaped-children CPU was scaled back to the machine's
         # A group is a key (name, extra label values): the values of the config's
         # extra_labels, () without them.
@@ -170,6 +182,16 @@ class Grouper:
         return stats
 
 
+def safe_label(value: str) -> str:
+    """A label value: valid UTF-8 (a surrogate a YAML escape made becomes U+FFFD) and at most
+    MAX_LABEL_LENGTH characters (cut, with "…" at the end)."""
+    if len(value) > MAX_LABEL_LENGTH:
+        value = value[: MAX_LABEL_LENGTH - 1] + "\u2026"
+    if not value.isascii():
+        value = value.encode("utf-8", "replace").decode("utf-8")
+    return value
+
+
 class _Update:
     """One update's working copies of the grouper's state."""
 
@@ -188,6 +210,7 @@ class _Update:
         self.reported: dict = {}
         self.thread_totals_now: dict = {}
         self.scaled = False  # the reaped credits were scaled back to the machine's CPU
+        self.folded = 0  # processes folded into "other" by this update
 
     def own_base(self, key) -> list:
         """The group's base list, copied before this update's first change to it."""
@@ -373,6 +396,11 @@ class _Update:
         g.per_process, g.empty_since = self.per_process, self.empty_since
         g.thread_totals = self.thread_totals_now
         g.reaped_scaled += self.scaled
+        g.groups_folded += self.folded
+        if self.folded and g._warned_full is not self.config:
+            g._warned_full = self.config  # once per config, not per scrape
+            log.warning("more than --max-groups=%d groups: the processes of new ones are counted in group %r "
+                        "(procsnap_groups_dropped_total)", g.max_groups, OTHER)
 
     # -- assignment ------------------------------------------------------------------
 
@@ -391,19 +419,26 @@ class _Update:
 
     def match(self, identity, p):
         """Name the identity by its own first matching matcher, or return _NO_MATCH."""
-        matcher, captures = self.config.match(p)
+        g = self.g
+        matcher, captures = self.config.match(p, g.redact)
         if matcher is None:
             return _NO_MATCH
-        pods = self.g.pods
-        pod = pods.info(p.cgroup) if pods is not None else NOT_IN_A_POD
-        facts = Facts(p.comm, p.cmdline or (), p.effective_username, p.pid, p.start_time_seconds, p.cgroup, captures,
-                      p.start_ticks, self.g.boot_time, self.g.clock_ticks, pod)
-        key = (matcher.template.render(facts), tuple(getattr(pod, label) for label in self.config.extra_labels))
+        pod = g.pods.info(p.cgroup) if g.pods is not None else NOT_IN_A_POD
+        argv = p.cmdline or ()
+        if g.redact and argv:  # {{.ExeFull}} and {{.ExeBase}} come from argv[0]
+            argv = (redact(argv[0]),) + argv[1:]
+        facts = Facts(p.comm, argv, p.effective_username, p.pid, p.start_time_seconds, p.cgroup, captures,
+                      p.start_ticks, g.boot_time, g.clock_ticks, pod)
+        key = (safe_label(matcher.template.render(facts)),
+               tuple(safe_label(getattr(pod, label)) for label in self.config.extra_labels))
+        if key not in self.base and g.max_groups is not None and len(self.base) >= g.max_groups:
+            self.folded += 1  # one group too many: into "other"
+            key = (OTHER, ("",) * len(key[1]))
         self.group_of[identity] = key
         if key not in self.base:
             self.base[key] = [0] * len(COUNTERS)
             self.copied.add(key)
-            self.per_process[key] = matcher.template.per_process
+            self.per_process[key] = matcher.template.per_process and key[0] != OTHER
         return key
 
     def inherit(self, identity, rec, by_pid: dict) -> None:

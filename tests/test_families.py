@@ -97,6 +97,9 @@ procsnap_read_errors_total{reason="malformed"} 1.0
 # HELP procsnap_reaped_cpu_scaled_total Scrapes where the CPU credited for reaped children was scaled back to what /proc/stat says the machine spent
 # TYPE procsnap_reaped_cpu_scaled_total counter
 procsnap_reaped_cpu_scaled_total 0.0
+# HELP procsnap_groups_dropped_total Processes whose group was not made because --max-groups groups exist; they count in group "other"
+# TYPE procsnap_groups_dropped_total counter
+procsnap_groups_dropped_total 0.0
 # HELP procsnap_build_info A metric with a constant 1 labelled by the procsnap version
 # TYPE procsnap_build_info gauge
 procsnap_build_info{version="9.9.9"} 1.0

@@ -260,11 +260,11 @@ def test_an_exception_while_grouping_leaves_the_state_as_it_was():
     groups(exp)
     original, fail = config.match, {"armed": True}
 
-    def exploding(p):
+    def exploding(p, redact=True):
         if p.comm == "boom" and fail["armed"]:
             fail["armed"] = False
             raise RuntimeError("template blew up")
-        return original(p)
+        return original(p, redact)
 
     config.match = exploding
     r.put(rec(1, "a", utime=150))
@@ -282,7 +282,7 @@ def test_a_failed_first_scrape_leaves_the_next_one_first():
     exp = exporter(config, r)
     original = config.match
 
-    def exploding(p):
+    def exploding(p, redact=True):
         config.match = original  # once
         raise RuntimeError("boom")
 
@@ -344,9 +344,9 @@ def test_matching_runs_once_per_identity_and_again_after_exec():
     config = load_config(None)
     calls, original = [], config.match
 
-    def counting(p):
+    def counting(p, redact=True):
         calls.append(p.pid)
-        return original(p)
+        return original(p, redact)
 
     config.match = counting
     r = FakeReader()
@@ -754,3 +754,32 @@ def test_reaped_credits_never_make_a_counter_go_down_in_random_sequences():
                 total = (g.cpu_user_seconds or 0) + (g.cpu_system_seconds or 0)
                 assert total >= last.get(name, 0) - 1e-9, (trial, step, name)
                 last[name] = total
+
+
+# -- safe labels and the cardinality cap -----------------------------------------------------
+
+
+def test_groups_beyond_max_groups_fold_into_other_and_are_counted(caplog):
+    r = FakeReader()
+    for pid, comm in ((10, "a"), (11, "b"), (12, "c"), (13, "d")):
+        r.put(rec(pid, comm, start=pid, utime=pid))
+    exp = exporter(DEFAULT, r, max_groups=3)
+    with caplog.at_level("WARNING", logger="procsnap"):
+        found = groups(exp)
+        groups(exp)
+    # three groups, then "other" for the rest (matched once per process: counted once)
+    assert sorted(found) == ["a", "b", "c", "other"]
+    assert found["other"].num_procs == 1 and exp.grouper.groups_folded == 1
+    assert sum("--max-groups=3" in m for m in caplog.messages) == 1  # once, not per scrape
+
+
+def test_group_names_are_capped_and_secrets_redacted():
+    config = parse_config("process_names: [{name: '{{.Matches.rest}}', cmdline: ['run (?P<rest>.*)']}]")
+    r = FakeReader()
+    r.put(rec(10, "app", start=10), cmdline=("/bin/app", "run", "--password=hunter2", "x" * 5000))
+    found = groups(exporter(config, r))
+    (name,) = found
+    assert "hunter2" not in name and "--password=<redacted>" in name
+    assert len(name) == 1024 and name.endswith("\u2026")
+    plain = groups(exporter(config, r, redact=False))
+    assert any("hunter2" in n for n in plain)  # the opt-out shows it
