@@ -25,6 +25,7 @@ import time
 from typing import Callable, Optional, Sequence
 
 from exporter import __version__
+from exporter.redact import secrets_of
 
 log = logging.getLogger("procsnap")
 
@@ -91,6 +92,17 @@ def parse_address(text: str) -> str:
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return text
+
+
+def parse_limit(text: str) -> int:
+    """A count where 0 means no limit (--web.max-requests, --max-groups)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"negative: {text!r} (0 means no limit)")
+    return value
 
 
 def parse_path(text: str) -> str:
@@ -255,6 +267,28 @@ FLAGS = (
         metavar="PATH",
     ),
     _Flag(
+        "web.config.file",
+        None,
+        str,
+        "exporter-toolkit's web config (TLS, client certificates, basic auth with bcrypt hashes, response "
+        "headers, rate limit), as node_exporter and process-exporter read it; re-read when it changes.",
+        metavar="FILE",
+    ),
+    _Flag(
+        "web.max-requests",
+        40,
+        parse_limit,
+        "Parallel scrape requests served at most; more are answered 503. 0 means no limit.",
+        metavar="N",
+    ),
+    _Flag(
+        "web.enable-lifecycle",
+        False,
+        parse_bool,
+        "Serve POST /-/reload (re-read the config files, as SIGHUP), as Prometheus' flag does; off: 403.",
+        boolean=True,
+    ),
+    _Flag(
         "config.path",
         None,
         str,
@@ -321,6 +355,24 @@ FLAGS = (
         "Count the descendants of a grouped process into its group unless they match a group of their own; "
         "--no-children or --children=false turns it off.",
         boolean=True,
+    ),
+    _Flag(
+        "redact-cmdline",
+        True,
+        parse_bool,
+        "Redact secrets of command lines (--password=x, --password x, -p x, token=, secret=, *_KEY=, "
+        "user:pass@ in URLs) in what name templates take from them ({{.Matches}}, {{.ExeFull}}, "
+        "{{.ExeBase}}, --namemapping); --no-redact-cmdline shows them as they are.",
+        boolean=True,
+    ),
+    _Flag(
+        "max-groups",
+        10000,
+        parse_limit,
+        "At most this many groups: the processes of any further one are counted in a group named "
+        "'other' (procsnap_groups_dropped_total counts them; a warning is logged once per config). "
+        "0 means no limit.",
+        metavar="N",
     ),
     _Flag(
         "count-reaped-children",
@@ -454,8 +506,8 @@ FLAGS = (
     ),
 )
 
-_LONG_NAMES = {f.name for f in FLAGS} | {"no-children", "no-count-reaped-children", "version", "man", "help",
-                                         "procfs"}
+_LONG_NAMES = {f.name for f in FLAGS} | {"no-children", "no-count-reaped-children", "no-redact-cmdline", "version",
+                                         "man", "help", "procfs"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -479,8 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
             "PROCSNAP_WEB_LISTEN_ADDRESS=127.0.0.1:9256, PROCSNAP_CHILDREN=false. A flag given on the\n"
             "command line wins over its variable. process-exporter's single-dash spellings\n"
             "(-config.path FILE, -procfs DIR, -children=false, -threads=false, -debug) are accepted.\n\n"
-            "Signals: SIGHUP re-reads --config.path (a bad file is logged and the old config kept);\n"
-            "SIGTERM/SIGINT stop the server.\n"
+            "Signals: SIGHUP re-reads --config.path and --web.config.file (a bad file is logged and the\n"
+            "old config kept); SIGTERM/SIGINT stop the server once the scrapes in flight are answered.\n"
             "Exit status: 0 ok, 1 runtime failure (procfs unreadable, address in use), 2 usage or config error."
         ),
     )
@@ -504,6 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-children", dest="children", action="store_false", default=None, help="Same as --children=false.")
     parser.add_argument("--no-count-reaped-children", dest="count_reaped_children", action="store_false", default=None,
                         help="Same as --count-reaped-children=false.")
+    parser.add_argument("--no-redact-cmdline", dest="redact_cmdline", action="store_false", default=None,
+                        help="Same as --redact-cmdline=false.")
     parser.add_argument("--version", action="store_true", help="Print the version and exit.")
     parser.add_argument("--man", action="store_true", help="Print a short manual (the config format, every flag) and exit.")
     return parser
@@ -567,7 +621,8 @@ def manual() -> str:
     lines.append(
         "  --no-children\n      Same as --children=false.\n"
         "  --version, --man, --help\n      Print the version, this manual, or the usage, and exit.\n"
-        "\nSignals: SIGHUP re-reads --config.path; SIGTERM/SIGINT stop the server.\n"
+        "\nSignals: SIGHUP re-reads --config.path and --web.config.file; SIGTERM/SIGINT stop the server\n"
+        "once the scrapes in flight are answered.\n"
         "Exit status: 0 ok, 1 runtime failure (procfs unreadable, address in use), 2 usage or config error.\n"
     )
     return "".join(lines)
@@ -684,10 +739,11 @@ class _NameMapping:
     def __getattr__(self, attr):
         return getattr(self.inner, attr)
 
-    def match(self, process):
+    def match(self, process, redact: bool = True):
         if process.comm != self.name:
             return None
-        groups = self.regex.submatch(" ".join(process.cmdline or ()))
+        joined = " ".join(process.cmdline or ())
+        groups = self.regex.submatch(joined, secrets_of(joined) if redact else None)
         for value in groups[1:] if groups else ():
             if value:
                 return {NAME_MAPPING_CAPTURE: value}
@@ -781,6 +837,8 @@ def make_exporter(args, config):
         recheck_seconds=args.recheck_with_time_limit or None,
         pods=PodDirectory(args.path_pod_logs, args.path_container_logs),
         count_reaped=args.count_reaped_children,
+        redact=args.redact_cmdline,
+        max_groups=args.max_groups or None,
     )
     return Exporter(Tracker(reader, facts), grouper, threads=args.threads, smaps=args.gather_smaps)
 
@@ -881,12 +939,41 @@ def _push_wanted(args) -> bool:
 def _serve(exporter, args, push) -> int:
     """/metrics on --web.listen-address (unless empty) and the OTLP push (``push``, the
     otlp.Settings, unless None) until SIGTERM/SIGINT."""
-    server = pusher = None
+    server = pusher = security = None
+    exporter.config_reload_ok = True  # procsnap_config_last_reload_successful
+    reloading = threading.Lock()
+
+    def reload_all(trigger: str) -> Optional[str]:
+        """SIGHUP and /-/reload: re-read the config and the web config; why not, or None."""
+        with reloading:
+            errors = []
+            if args.config_path is None and (args.procnames or args.namemapping):
+                log.info("%s: the groups come from --procnames/--namemapping; nothing to re-read", trigger)
+            else:
+                errors.append(_reload(exporter, args.config_path))
+            if security is not None:
+                errors.append(security.reload())
+            errors = [e for e in errors if e]
+            exporter.config_reload_ok = not errors
+            return "; ".join(errors) or None
+
     if args.web_listen_address:
         from exporter.server import MetricsServer, make_app
 
+        if args.web_config_file:
+            from exporter.webconfig import WebConfigError, WebSecurity
+
+            try:
+                security = WebSecurity(args.web_config_file,
+                                       on_reload=lambda ok: setattr(exporter, "config_reload_ok", ok))
+            except WebConfigError as e:
+                return _die(str(e), 2)
+            for warning in security.config.warnings:
+                log.warning("%s: %s", args.web_config_file, warning)
+        lifecycle = (lambda: reload_all("/-/reload")) if args.web_enable_lifecycle else None
         try:
-            server = MetricsServer(make_app(exporter, args.web_telemetry_path), args.web_listen_address)
+            server = MetricsServer(make_app(exporter, args.web_telemetry_path, args.web_max_requests, lifecycle),
+                                   args.web_listen_address, security=security)
         except ValueError as e:
             return _die(str(e), 2)
         except OSError as e:
@@ -909,7 +996,7 @@ def _serve(exporter, args, push) -> int:
 
     if server is not None:
         server.start()
-        host, _ = server.httpd.server_address[:2]
+        host, _ = server.server_address[:2]
         log.info(
             "procsnap %s listening on %s, metrics at %s (backend %s)",
             __version__,
@@ -917,6 +1004,12 @@ def _serve(exporter, args, push) -> int:
             args.web_telemetry_path,
             exporter.reader.backend,
         )
+        if security is not None:
+            config = security.config
+            log.info("web config %s: TLS %s, basic auth %s, rate limit %s", args.web_config_file,
+                     f"on (client certificates: {config.client_auth})" if config.tls else "off",
+                     f"for {len(config.users)} users" if config.users else "off",
+                     "%g/s, burst %d" % (1 / config.rate_limit[0], config.rate_limit[1]) if config.rate_limit else "off")
     if push is not None:
         from exporter import otlp
 
@@ -930,13 +1023,10 @@ def _serve(exporter, args, push) -> int:
             wake.clear()
             if pending["reload"]:
                 pending["reload"] = False
-                if args.config_path is None and (args.procnames or args.namemapping):
-                    log.info("SIGHUP: the groups come from --procnames/--namemapping; nothing to re-read")
-                else:
-                    _reload(exporter, args.config_path)
+                reload_all("SIGHUP")
     finally:
         if server is not None:
-            server.shutdown()
+            server.shutdown()  # answers the scrapes in flight first
         if pusher is not None:
             pusher.shutdown()  # a last export, within its timeout
         exporter.close()
@@ -944,14 +1034,16 @@ def _serve(exporter, args, push) -> int:
     return 0
 
 
-def _reload(exporter, path) -> None:
+def _reload(exporter, path) -> Optional[str]:
+    """Re-read the config: None, or (logged) why the old one stays."""
     from exporter.config import ConfigError
 
     try:
         config = _load_config(path)
     except (ConfigError, OSError) as e:
-        log.error("config reload failed, keeping the old config: %s", _config_error_line(e, path))
-        return
+        line = _config_error_line(e, path)
+        log.error("config reload failed, keeping the old config: %s", line)
+        return line
     exporter.reload(config)
     log.info("config reloaded from %s", path or "(default config)")
 

@@ -76,7 +76,8 @@ def test_env_names():
         "PROCSNAP_ONCE_DELAY", "PROCSNAP_BACKEND", "PROCSNAP_LOG_LEVEL", "PROCSNAP_PROCFS_KEEP_OPEN",
         "PROCSNAP_DEBUG", "PROCSNAP_THREADS", "PROCSNAP_WCHAN", "PROCSNAP_GATHER_SMAPS",
         "PROCSNAP_GATHER_SMAPS_MAX_RSS", "PROCSNAP_OTLP_ENDPOINT", "PROCSNAP_OTLP_PROTOCOL", "PROCSNAP_OTLP_INTERVAL",
-        "PROCSNAP_PATH_POD_LOGS", "PROCSNAP_PATH_CONTAINER_LOGS", "PROCSNAP_COUNT_REAPED_CHILDREN", "PROCSNAP_RECHECK",
+        "PROCSNAP_PATH_POD_LOGS", "PROCSNAP_PATH_CONTAINER_LOGS", "PROCSNAP_COUNT_REAPED_CHILDREN",
+        "PROCSNAP_REDACT_CMDLINE", "PROCSNAP_MAX_GROUPS", "PROCSNAP_RECHECK",
         "PROCSNAP_RECHECK_WITH_TIME_LIMIT", "PROCSNAP_PROCNAMES", "PROCSNAP_NAMEMAPPING",
     }
 
@@ -109,6 +110,8 @@ DEFAULTS = {
     "path_pod_logs": "/var/log/pods",
     "path_container_logs": "/var/log/containers",
     "count_reaped_children": True,
+    "redact_cmdline": True,
+    "max_groups": 10000,
     "recheck": False,
     "recheck_with_time_limit": None,
     "procnames": (),
@@ -146,6 +149,8 @@ CASES = {
     "path.pod-logs": ("/env/pods", "/env/pods", ["--path.pod-logs", "/host/pods"], "/host/pods"),
     "path.container-logs": ("/env/c", "/env/c", ["--path.container-logs=/host/c"], "/host/c"),
     "count-reaped-children": ("false", False, ["--count-reaped-children"], True),
+    "redact-cmdline": ("no", False, ["--redact-cmdline"], True),
+    "max-groups": ("50", 50, ["--max-groups", "0"], 0),
     "recheck": ("yes", True, ["-recheck=false"], False),
     "recheck-with-time-limit": ("5m", 300.0, ["-recheck-with-time-limit", "1h30m"], 5400.0),
     "procnames": ("bash,,sshd", ("bash", "sshd"), ["-procnames", "init"], ("init",)),
@@ -533,6 +538,7 @@ def test_wchan_family_and_its_opt_out(tmp_path, backend):
 
 def test_no_count_reaped_children_spelling():
     assert parse_args(["--no-count-reaped-children"], environ={}).count_reaped_children is False
+    assert parse_args(["-no-redact-cmdline"], environ={}).redact_cmdline is False
     assert parse_args(["-no-count-reaped-children"], environ={"PROCSNAP_COUNT_REAPED_CHILDREN": "1"}
                       ).count_reaped_children is False
 
