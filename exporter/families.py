@@ -303,10 +303,14 @@ SCRAPE_ERROR_FAMILIES = (
 
 
 def scrape_error_text(result: ScrapeResult, openmetrics: bool, names: Optional[set] = None) -> bytes:
+    """process-exporter serves only the text format, so Prometheus stores these under their
+    plain names. OpenMetrics would rename a counter's sample to name_total, which dashboards
+    and alerts written for process-exporter do not ask for: there they are of type unknown,
+    which keeps the name."""
+    kind = "unknown" if openmetrics else "counter"
     lines = []
     for name, help_text, field in SCRAPE_ERROR_FAMILIES:
-        sample = name + "_total" if openmetrics else name
-        if names is not None and name not in names and sample not in names:
+        if names is not None and name not in names:
             continue
-        lines.append(f"# HELP {name} {help_text}\n# TYPE {name} counter\n{sample} {float(getattr(result, field))}\n")
+        lines.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n{name} {float(getattr(result, field))}\n")
     return "".join(lines).encode()

@@ -410,6 +410,11 @@ def test_prometheus_scrapes_procsnap(stack):
     assert stack.query('namedprocess_namegroup_cpu_seconds_total{groupname="e2e-sleepers",mode="user"}')
     assert stack.query("procsnap_processes > 0")
     assert stack.query('procsnap_build_info{version="%s"} == 1' % __version__)
+    # process-exporter's error counters under the names its dashboards and alerts ask for,
+    # though Prometheus scrapes OpenMetrics first
+    for name in ("namedprocess_scrape_errors", "namedprocess_scrape_procread_errors",
+                 "namedprocess_scrape_partial_errors"):
+        assert stack.query(name) and stack.query(name + "_total") == [], name
     # and Prometheus never failed a scrape
     assert stack.query('up{job="procsnap"} == 0') == []
 
