@@ -2,9 +2,11 @@
 
 The chart: `helm lint` and `helm template` of every ci/*-values.yaml scenario, each manifest
 held to the Kubernetes 1.31 schemas (kubernetes-validate, strict: unknown fields fail) and the
-Prometheus Operator's ServiceMonitor/PodMonitor CRD schemas (tests/fixtures/helm/, made strict
-the same way); then what matters about the pods: the read-only host mounts and the flags that
-use them, least privilege, the config checksum, the monitors' selectors, OTLP-only.
+Prometheus Operator's ServiceMonitor/PodMonitor/PrometheusRule CRD schemas (tests/fixtures/helm/,
+made strict the same way); then what matters about the pods: the read-only host mounts and the
+flags that use them, least privilege, the config checksum, the monitors' selectors, OTLP-only;
+and the dashboards' ConfigMaps and the rules' PrometheusRule, off by default, holding exactly
+what dashboards/ holds (the rules' job substituted, their Prometheus templates untouched).
 
 The container's command line is run for real: the image's ENTRYPOINT (from the Dockerfile)
 with the args and env of the rendered DaemonSet, each mounted path replaced by a local one
@@ -43,6 +45,7 @@ HELM = ROOT / ".tools" / "helm" / "helm"
 FIXTURES = ROOT / "tests" / "fixtures"
 PROC_BASIC = FIXTURES / "proc-basic"
 UNIT = ROOT / "packaging" / "procsnap.service"
+PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 K8S_VERSION = "1.31.0"
 SCENARIOS = sorted(p.name[: -len("-values.yaml")] for p in (CHART / "ci").glob("*-values.yaml"))
 HTTP_SCENARIOS = [s for s in SCENARIOS if s != "otlp-only"]
@@ -51,6 +54,9 @@ HTTP_SCENARIOS = [s for s in SCENARIOS if s != "otlp-only"]
 FIXTURE_GROUPS = {"init": 1, "sh20": 1, "binary": 1, "noio": 1, "a) b (c": 2}
 NAMESPACE = "monitoring"
 RELEASE = "ps"
+FULLNAME = f"{RELEASE}-procsnap"  # the chart's resources' name for this release
+DASHBOARDS_DIR = ROOT / "dashboards"
+RULES = DASHBOARDS_DIR / "rules" / "procsnap.rules.yaml"
 # what the downward API would give the pod
 FIELDS = {"spec.nodeName": "node-a"}
 is_root = os.geteuid() == 0
@@ -99,6 +105,13 @@ def only(docs, kind) -> dict:
     return found[0]
 
 
+def process_config(docs) -> dict:
+    """The process config's ConfigMap (the dashboards have ConfigMaps of their own)."""
+    found = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == FULLNAME]
+    assert len(found) == 1, f"{len(found)} process config ConfigMaps rendered"
+    return found[0]
+
+
 def kinds(docs) -> list:
     return sorted(d["kind"] for d in docs)
 
@@ -129,7 +142,7 @@ def flag(args, name):
 
 
 def test_scenarios_are_the_ones_the_chart_promises():
-    assert set(SCENARIOS) == {"default", "otlp-only", "full-visibility", "servicemonitor", "pod-labels"}
+    assert set(SCENARIOS) == {"default", "otlp-only", "full-visibility", "servicemonitor", "pod-labels", "dashboards"}
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -153,7 +166,7 @@ def _strict(schema):
 
 
 CRD_SCHEMAS = {kind: _strict(json.loads((FIXTURES / "helm" / f"{kind.lower()}-v1.schema.json").read_text()))
-               for kind in ("ServiceMonitor", "PodMonitor")}
+               for kind in ("ServiceMonitor", "PodMonitor", "PrometheusRule")}
 DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
 
 
@@ -189,6 +202,9 @@ def test_strict_validation_refuses_an_unknown_field():
     sm = only(rendered("servicemonitor"), "ServiceMonitor")
     sm["spec"]["endpoints"][0]["scrapeInterval"] = "30s"  # the field is `interval`
     assert list(jsonschema.Draft7Validator(CRD_SCHEMAS["ServiceMonitor"]).iter_errors(sm))
+    rule = only(rendered("dashboards"), "PrometheusRule")
+    rule["spec"]["groups"][1]["rules"][0]["keepFiringFor"] = "5m"  # the field is `keep_firing_for`
+    assert list(jsonschema.Draft7Validator(CRD_SCHEMAS["PrometheusRule"]).iter_errors(rule))
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -285,7 +301,7 @@ def test_config_checksum_rolls_the_pods_when_the_config_changes():
     changed = render("default", "config.process_names[0].cmdline[0]=^/usr/")
     assert _checksum(first) == _checksum(again)
     assert _checksum(changed) != _checksum(first)
-    assert only(changed, "ConfigMap")["data"]["config.yaml"] != only(first, "ConfigMap")["data"]["config.yaml"]
+    assert process_config(changed)["data"]["config.yaml"] != process_config(first)["data"]["config.yaml"]
     # of the config only: other values leave it (and so the pods) alone
     assert _checksum(render("default", "resources.limits.memory=512Mi", "extraArgs[0]=--threads=false")) == \
         _checksum(first)
@@ -297,7 +313,7 @@ def test_config_map_is_the_values_config_unrendered(scenario):
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     values.update(yaml.safe_load((CHART / "ci" / f"{scenario}-values.yaml").read_text()) or {})
     docs = rendered(scenario)
-    config_map = only(docs, "ConfigMap")
+    config_map = process_config(docs)
     assert yaml.safe_load(config_map["data"]["config.yaml"]) == values["config"]
     assert "{{.Comm}}" in config_map["data"]["config.yaml"]
     mount, volume = mounts(docs)["/etc/procsnap"]
@@ -306,7 +322,7 @@ def test_config_map_is_the_values_config_unrendered(scenario):
 
 
 def test_pod_labels_scenario_asks_for_the_pod_labels():
-    config = yaml.safe_load(only(rendered("pod-labels"), "ConfigMap")["data"]["config.yaml"])
+    config = yaml.safe_load(process_config(rendered("pod-labels"))["data"]["config.yaml"])
     assert config["extra_labels"] == ["namespace", "pod", "container"]
 
 
@@ -407,6 +423,166 @@ def test_otlp_without_an_endpoint_is_refused():
     assert done.returncode != 0 and "needs otlp.enabled" in done.stderr
 
 
+# -- dashboards and rules -----------------------------------------------------------------------------
+
+# the dashboards dashboards/build.py makes, and the chart's copies of them and of the rules
+DASHBOARD_FILES = sorted(p.name for p in DASHBOARDS_DIR.glob("procsnap-*.json"))
+JOB = 'job="procsnap"'  # the job the rules file selects (dashboards/defs.py's RULE_JOB)
+
+
+def dashboard_maps(docs) -> list:
+    return [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] != FULLNAME]
+
+
+def rules_file_groups(job: str | None = None) -> list:
+    """The rules file's groups, its job selector turned into `job` (a PromQL string: \\ and "
+    escaped) as the chart does."""
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    if job is not None:
+        quoted = '"' + job.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        for group in groups:
+            for rule in group["rules"]:
+                rule["expr"] = rule["expr"].replace(JOB, f"job={quoted}")
+    return groups
+
+
+def test_chart_holds_copies_of_the_dashboards_and_rules():
+    """Helm reads only files inside the chart: dashboards/build.py writes copies there (its
+    --check, which tests/test_dashboards.py runs, fails on a stale or left-over copy); they are
+    the originals byte for byte."""
+    assert len(DASHBOARD_FILES) == 4
+    assert sorted(p.name for p in (CHART / "dashboards").iterdir()) == DASHBOARD_FILES
+    for name in DASHBOARD_FILES:
+        assert (CHART / "dashboards" / name).read_bytes() == (DASHBOARDS_DIR / name).read_bytes(), name
+    assert sorted(p.name for p in (CHART / "rules").iterdir()) == [RULES.name]
+    assert (CHART / "rules" / RULES.name).read_bytes() == RULES.read_bytes()
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from dashboards import build, defs
+
+    copies = build.chart_copies(build.outputs())
+    assert {(DASHBOARDS_DIR / rel).resolve() for rel in copies} == \
+        {*(CHART / "dashboards" / n for n in DASHBOARD_FILES), CHART / "rules" / RULES.name}
+    assert defs.RULE_JOB == JOB  # what the chart's PrometheusRule replaces
+    helmignore = (CHART / ".helmignore").read_text().splitlines()
+    assert not {"dashboards/", "rules/", "*.json", "*.yaml"} & set(helmignore)  # packaged with the chart
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_dashboards_and_rules_are_off_by_default(scenario):
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["grafanaDashboards"]["enabled"] is False and values["prometheusRule"]["enabled"] is False
+    docs = rendered(scenario)
+    if scenario == "dashboards":
+        assert len(dashboard_maps(docs)) == 4 and "PrometheusRule" in kinds(docs)
+    else:
+        assert not dashboard_maps(docs) and "PrometheusRule" not in kinds(docs)
+
+
+def test_each_dashboard_config_map_holds_one_dashboard():
+    maps = dashboard_maps(rendered("dashboards"))
+    names = {m["metadata"]["name"]: m for m in maps}
+    assert sorted(names) == sorted(f"{FULLNAME}-dashboard-{n[len('procsnap-'):-len('.json')]}"
+                                   for n in DASHBOARD_FILES)
+    seen = []
+    for name, config_map in names.items():
+        assert len(name) <= 253 and re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", name)
+        assert config_map["metadata"]["namespace"] == NAMESPACE
+        assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+        assert config_map["metadata"]["annotations"] == {"grafana_folder": "procsnap"}
+        assert "binaryData" not in config_map
+        ((file, text),) = config_map["data"].items()
+        assert text == (DASHBOARDS_DIR / file).read_text(encoding="utf-8"), file
+        assert json.loads(text)["uid"] and len(text.encode()) < 1024 * 1024  # a ConfigMap's limit
+        seen.append(file)
+    assert sorted(seen) == DASHBOARD_FILES
+
+
+def test_dashboard_config_maps_namespace_labels_and_annotations():
+    docs = render(None, "grafanaDashboards.enabled=true", "grafanaDashboards.namespace=grafana",
+                  "grafanaDashboards.labels.grafana_dashboard=1", "grafanaDashboards.labels.team=obs")
+    maps = dashboard_maps(docs)
+    assert len(maps) == 4 and "PrometheusRule" not in kinds(docs)
+    for config_map in maps:
+        meta = config_map["metadata"]
+        assert meta["namespace"] == "grafana" and "annotations" not in meta
+        # --set gives the number 1: a label value is a string all the same
+        assert meta["labels"]["grafana_dashboard"] == "1" and meta["labels"]["team"] == "obs"
+        assert meta["labels"]["app.kubernetes.io/instance"] == RELEASE
+        validate(config_map)
+
+
+def test_prometheusrule_holds_the_rules():
+    docs = rendered("dashboards")
+    rule = only(docs, "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["name"] == FULLNAME and rule["metadata"]["namespace"] == NAMESPACE
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert rule["spec"] == {"groups": rules_file_groups()}
+    # the job they select is the one the ServiceMonitor gives (the value of its jobLabel)
+    service, monitor = only(docs, "Service"), only(docs, "ServiceMonitor")
+    assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] == "procsnap"
+    exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    assert all(JOB in e for e in exprs), [e for e in exprs if JOB not in e]
+
+
+def test_prometheusrule_elsewhere():
+    docs = render(None, "prometheusRule.enabled=true", "prometheusRule.namespace=rules")
+    rule = only(docs, "PrometheusRule")
+    assert rule["metadata"]["namespace"] == "rules" and not dashboard_maps(docs)
+    validate(rule)
+
+
+def test_rule_job_follows_the_monitors_job():
+    """The monitors name the job after app.kubernetes.io/name (the chart's name, or
+    nameOverride): so do the rules unless told another job."""
+    docs = render("dashboards", "nameOverride=procs", "prometheus.podMonitor.enabled=true")
+    service, monitor, pod_monitor = only(docs, "Service"), only(docs, "ServiceMonitor"), only(docs, "PodMonitor")
+    pod_labels = only(docs, "DaemonSet")["spec"]["template"]["metadata"]["labels"]
+    assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] == "procs"
+    assert pod_labels[pod_monitor["spec"]["jobLabel"]] == "procs"
+    assert only(docs, "PrometheusRule")["spec"]["groups"] == rules_file_groups("procs")
+
+
+@pytest.mark.parametrize("job", ["node-procs", 'odd "quoted" job'])
+def test_rule_job_can_be_set(job, tmp_path):
+    docs = render("dashboards", f"prometheusRule.job={job}")
+    groups = only(docs, "PrometheusRule")["spec"]["groups"]
+    assert groups == rules_file_groups(job) != rules_file_groups()
+    assert not any(JOB in r["expr"] for g in groups for r in g["rules"])
+    # still rules Prometheus loads (the job quoted as a PromQL string)
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": groups}))
+    done = subprocess.run([_need(PROMTOOL), "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_rule_templates_are_prometheus_not_helms():
+    """The annotations' {{ $labels.groupname }}, {{ $value | humanize1024 }} reach Prometheus as
+    they are in the rules file: Helm never renders them (no tpl), and its YAML round trip keeps
+    every string byte for byte."""
+    rule = only(rendered("dashboards"), "PrometheusRule")
+    want = {r["alert"]: r for g in rules_file_groups() for r in g["rules"] if "alert" in r}
+    got = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r}
+    assert got.keys() == want.keys() and len(got) >= 10
+    templated = 0
+    for name, alert in want.items():
+        for key, text in alert["annotations"].items():
+            assert got[name]["annotations"][key].encode() == text.encode(), (name, key)
+            templated += "{{ $labels.groupname }}" in text
+    assert got["ProcsnapGroupNotRunning"]["annotations"]["summary"] == \
+        "Process group {{ $labels.groupname }} has no processes"
+    assert templated >= 5
+
+
+def test_prometheusrule_without_its_rules_file_is_refused(tmp_path):
+    chart = tmp_path / "procsnap"
+    shutil.copytree(CHART, chart)
+    (chart / "rules" / RULES.name).write_text("# nothing\n")
+    done = helm("template", RELEASE, chart, "--set", "prometheusRule.enabled=true", check=False)
+    assert done.returncode != 0 and "rules/procsnap.rules.yaml: no rule groups" in done.stderr
+
+
 # -- scheduling, resources, image ---------------------------------------------------------------
 
 
@@ -452,7 +628,8 @@ def test_image_defaults_to_the_app_version():
 
 # the chart's own maps: each of their keys has a comment (the others are Kubernetes objects or
 # procsnap's config, described as a whole above them)
-CHART_MAPS = ("image", "hostProc", "podLogs", "web", "otlp", "service", "prometheus", "serviceAccount")
+CHART_MAPS = ("image", "hostProc", "podLogs", "web", "otlp", "service", "prometheus", "grafanaDashboards",
+              "prometheusRule", "serviceAccount")
 
 
 def test_every_value_is_commented():
@@ -570,7 +747,7 @@ def local_command(docs, tmp_path, procfs, port=None, secrets=None):
         if "configMap" in volume:
             config_dir = tmp_path / "configmap"
             config_dir.mkdir()
-            for name, text in only(docs, "ConfigMap")["data"].items():
+            for name, text in process_config(docs)["data"].items():
                 (config_dir / name).write_text(text)
             local[path] = str(config_dir)
         elif volume["hostPath"]["path"] == "/proc":
