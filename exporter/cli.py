@@ -47,14 +47,23 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"not a boolean: {text!r} (use true or false)")
 
 
-def parse_delay(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 <= value <= 86400:
-        raise argparse.ArgumentTypeError(f"delay out of range: {text!r} (0 .. 86400 seconds)")
-    return value
+def seconds_between(low: float, high: float, what: str) -> Callable[[str], float]:
+    """A parser of a number of seconds in [low, high]."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{what} out of range: {text!r} ({low:g} .. {high:g} seconds)")
+        return value
+
+    return parse
+
+
+parse_delay = seconds_between(0, 86400, "delay")
+parse_interval = seconds_between(0.05, 86400, "interval")
 
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30,
@@ -69,16 +78,6 @@ def parse_size(text: str) -> int:
     if digits == 0 or unit is None:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (a number of bytes, or with KiB, MiB, GiB, TiB)")
     return int(value[:digits]) * unit
-
-
-def parse_interval(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0.05 <= value <= 86400:
-        raise argparse.ArgumentTypeError(f"interval out of range: {text!r} (0.05 .. 86400 seconds)")
-    return value
 
 
 def parse_address(text: str) -> str:
