@@ -82,12 +82,13 @@ static PyObject *reader_bytes(const ps_walker *w, ps_span s)
  * change rarely; a read makes thousands of them). None when s is not available. */
 static PyObject *reader_cached_text(ps_walker *w, ps_text *c, ps_span s)
 {
-    const char *p = w->arena + s.at;
+    const char *p;
     PyObject *text;
     char *copy;
 
     if (s.at == PS_NONE)
         Py_RETURN_NONE;
+    p = w->arena + s.at; /* not before: arena + PS_NONE overflows (UB) */
     if (c->obj != NULL && c->len == s.len && memcmp(c->bytes, p, s.len) == 0)
         return Py_NewRef(c->obj);
     text = reader_text(w, s);

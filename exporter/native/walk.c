@@ -141,7 +141,7 @@ static int walk_grow(void **array, size_t len, size_t *cap, size_t first, size_t
 /* Append n bytes to the text arena. 0 or -1 (ENOMEM). */
 static int walk_arena_put(ps_walker *w, const char *p, size_t n, ps_span *out)
 {
-    if (n > w->arena_cap - w->arena_len) {
+    if (w->arena == NULL || n > w->arena_cap - w->arena_len) { /* NULL + 0 is undefined */
         size_t cap = w->arena_cap ? w->arena_cap : 65536;
         char *arena;
         while (cap - w->arena_len < n)
@@ -685,7 +685,8 @@ static int walk_root(ps_walker *w, int *err)
     }
     if (walk_each_entry(w, w->rootfd, walk_add_pid, NULL, err) < 0)
         return -1;
-    qsort(w->pids, w->npids, sizeof(*w->pids), walk_cmp_int);
+    if (w->npids > 1) /* qsort(NULL, 0) is undefined: no pids yet, no array */
+        qsort(w->pids, w->npids, sizeof(*w->pids), walk_cmp_int);
     return 0;
 }
 
@@ -877,7 +878,8 @@ static int walk_threads(ps_walker *w, ps_fact *f)
     close(fd);
     if (rc < 0)
         return err == ENOMEM ? -1 : 0;
-    qsort(w->pids, w->npids, sizeof(*w->pids), walk_cmp_int);
+    if (w->npids > 1)
+        qsort(w->pids, w->npids, sizeof(*w->pids), walk_cmp_int);
     for (i = 0; i < w->npids; i++)
         if (walk_thread(w, f->pid, w->pids[i]) < 0)
             return -1;
