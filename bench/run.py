@@ -921,6 +921,9 @@ def bench_size(n: int, mix: str, busy_pgid: Optional[int], args, env: dict, work
             if time.monotonic() > deadline:
                 log(f"  time budget reached after {r} rounds")
                 result["note"] = f"stopped after {r} rounds: time budget"
+                for c in live:
+                    if not c.samples:  # say so, not "no scrape succeeded"; no strace phase either
+                        c.skipped = c.skipped or f"the time budget ({args.budget_minutes:g} min) ran out before its rounds"
                 break
             order = live[r % len(live):] + live[: r % len(live)] if live else []
             for c in order:
