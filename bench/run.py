@@ -1324,9 +1324,11 @@ def write_plot(results: dict, path: str) -> Optional[str]:
                     ax.plot(*zip(*points), marker=MARKERS[i], color=plt.get_cmap("tab20")(i), label=key)
             ax.set_xscale("log")
             ax.set_yscale("log")
-            for axis in (ax.xaxis, ax.yaxis):  # 2000, not 2x10^3
+            ax.set_xticks([s["n"] for s in of_mix])  # the sizes measured, labelled 2000, not 2x10^3
+            ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+            for axis in (ax.xaxis, ax.yaxis):
                 axis.set_major_formatter(plain)
-                axis.set_minor_formatter(plain)
+                axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.grid(True, which="both", alpha=0.3)
             if col == 0:
                 ax.set_ylabel(ylabel)
