@@ -9,6 +9,12 @@ Two backends give the same output:
 * ``python``: :class:`exporter.procfs.PythonReader`, the parser twin, used when the
   extension is not built and as the oracle the tests hold the C against.
 
+A third reads the same records below /proc: ``bpf``, the extension ``exporter._bpf``
+(a BPF task iterator loaded through libbpf; exporter/native/bpf/), with the static facts
+still from /proc. It needs CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN), Linux >= 5.8 with
+BTF, and the procfs root of procsnap's own pid namespace; where it cannot load, ``bpf``
+and ``auto`` fall back to ``native`` (:attr:`Reader.fallback_reason` says why).
+
 A record is a plain tuple laid out as :data:`FIELDS`: raw kernel units (clock ticks,
 bytes, counts), ``None`` where a file could not be read. Numbers that do not fit in 64
 bits make their file malformed.
@@ -119,6 +125,70 @@ def native_available() -> bool:
     return _native_module() is not None
 
 
+def _bpf_module():
+    try:
+        from exporter import _bpf  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return _bpf
+
+
+BTF_PATH = "/sys/kernel/btf/vmlinux"
+
+
+def bpf_unavailable(procfs: str = "/proc") -> Optional[str]:
+    """Why the bpf backend cannot run here (before trying to load it), or None."""
+    if _bpf_module() is None:
+        return "the BPF reader (exporter._bpf) is not built: clang and libbpf-dev were missing at build time"
+    if not os.path.exists(BTF_PATH):
+        return f"the kernel has no BTF ({BTF_PATH}; CONFIG_DEBUG_INFO_BTF)"
+    try:
+        own = os.readlink(os.path.join(procfs, "self")) == str(os.getpid())
+    except OSError:
+        own = False
+    if not own:
+        return (f"{procfs} is not the procfs of procsnap's pid namespace (the task iterator sees the "
+                "namespace procsnap runs in: in a container, share the host's, e.g. hostPID)")
+    return None
+
+
+class _BpfBackend:
+    """read() from the BPF task iterator; read_facts() (cmdline, exe, cgroup, limits,
+    threads: once per identity, as the tracker asks) from a /proc reader that keeps no
+    files open."""
+
+    def __init__(self, procfs, page_size, wchan, smaps_max_rss, reject=False):
+        self._args = (procfs, page_size, wchan, smaps_max_rss, reject)
+        self._bpf = _bpf_module().Reader(*self._args)
+        module = _native_module()
+        if module is not None:
+            self._facts = module.Reader(procfs, page_size, 0, wchan, smaps_max_rss)
+        else:
+            from exporter.procfs import PythonReader
+
+            self._facts = PythonReader(procfs, page_size, wchan, smaps_max_rss)
+
+    def read(self):
+        if self._bpf is None:  # closed: loaded again
+            self._bpf = _bpf_module().Reader(*self._args)
+        return self._bpf.read()
+
+    def read_facts(self, requests):
+        return self._facts.read_facts(requests)
+
+    def kept(self) -> int:
+        return self._facts.kept()
+
+    def describe(self) -> str:
+        return self._bpf.describe() if self._bpf is not None else ""
+
+    def close(self) -> None:
+        if self._bpf is not None:
+            self._bpf.close()
+            self._bpf = None
+        self._facts.close()
+
+
 # Each kept-open /proc file pins kernel memory (its seq_file buffer and struct file):
 # measured about 13 KiB charged per process for stat, status and io (bench: 65 MiB at
 # 5000), wchan adds one more. "auto" keeps the files of at most this many processes, which
@@ -162,15 +232,32 @@ class Reader:
     """
 
     def __init__(self, procfs: str = "/proc", backend: str = "native", page_size: int | None = None,
-                 keep_open: str = "auto", wchan: bool = True, smaps_max_rss: int | None = None):
+                 keep_open: str = "auto", wchan: bool = True, smaps_max_rss: int | None = None,
+                 bpf_reject: bool = False):
         """``wchan``: read /proc/PID/wchan (and each thread's); without it the field is None.
         ``smaps_max_rss``: read proportional memory (smaps_rollup) of the processes whose rss
-        is at most that many bytes (None: of none)."""
-        if backend not in ("native", "python"):
-            raise ValueError(f"backend must be 'native' or 'python', not {backend!r}")
+        is at most that many bytes (None: of none). ``backend`` "bpf" or "auto": the BPF
+        task iterator where it loads, else "native" (``backend`` then says "native" and
+        ``fallback_reason`` why). ``bpf_reject`` (tests): the verifier refuses the program."""
+        if backend not in ("native", "python", "bpf", "auto"):
+            raise ValueError(f"backend must be 'native', 'python', 'bpf' or 'auto', not {backend!r}")
         self.procfs = procfs
-        self.backend = backend
+        self.requested = backend
+        self.fallback_reason: Optional[str] = None
         self.page_size = page_size or os.sysconf("SC_PAGE_SIZE")
+        if backend in ("bpf", "auto"):
+            reject = bpf_reject or os.environ.get("PROCSNAP_BPF_REJECT", "") not in ("", "0")
+            self.fallback_reason = bpf_unavailable(procfs)
+            if self.fallback_reason is None:
+                try:
+                    self._impl = _BpfBackend(procfs, self.page_size, wchan, smaps_max_rss, reject)
+                except OSError as e:
+                    self.fallback_reason = _bpf_load_reason(e)
+            if self.fallback_reason is None:
+                self.backend = "bpf"
+                return
+            backend = "native" if native_available() else "python"
+        self.backend = backend
         if backend == "native":
             module = _native_module()
             if module is None:
@@ -206,6 +293,16 @@ class Reader:
     def close(self) -> None:
         """Release what the reader keeps open."""
         self._impl.close()
+
+
+def _bpf_load_reason(e: OSError) -> str:
+    """A load failure as one line: what failed, and what it needs where it is a permission."""
+    text = str(e.strerror or e)
+    if e.errno == errno.EPERM:  # the bpf() call itself refused; the verifier says EACCES
+        text = text.split(" (", 1)[0] + " (needs CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN)"
+    elif e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOENT, errno.ESRCH):
+        text += " (needs Linux >= 5.8 with BTF for iter/task)"
+    return text
 
 
 def machine_cpu_ticks(procfs: str) -> Optional[int]:

@@ -1,0 +1,343 @@
+"""The bpf backend (exporter._bpf: a BPF task iterator) gives what the /proc reader gives,
+field by field, on live processes this test starts: idle, multi-threaded, busy, another
+user's, a zombie, one that execs; and where it cannot load, procsnap falls back to /proc.
+
+How values that move are judged: each comparison reads bpf, then /proc, then bpf again.
+A field that did not move between the two bpf reads must equal /proc's exactly; one that
+moved must lie between them (numbers) or equal one of them (state, wchan, comm); the state
+and wchan of a running process are instants, compared by type only. CPU times
+of a process that ran meanwhile: their sum lies between the two bpf reads within one tick
+(each of utime and stime is floored to ticks); the user/system split is the kernel's
+cputime_adjust() run with procsnap's own prev state, so the parts are checked against
+the sum only. The idle processes are checked not to have moved, so their fields are held
+exactly equal (CPU times, rss, wchan, the exec mark, io, fd count included).
+
+Skipped with the reason where BPF cannot load here (not built, no BTF, no CAP_BPF +
+CAP_PERFMON); as root on a kernel >= 5.8 with BTF they run. The fallback tests need only
+the extension built.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from exporter.reader import FIELDS, F, WANT_ALL, Reader, bpf_unavailable
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+ROOT = os.geteuid() == 0
+
+
+def _bpf_reason():
+    reason = bpf_unavailable("/proc")
+    if reason is not None:
+        return reason
+    reader = Reader("/proc", "bpf", None, "off")
+    try:
+        return None if reader.backend == "bpf" else reader.fallback_reason
+    finally:
+        reader.close()
+
+
+BPF_REASON = _bpf_reason()
+needs_bpf = pytest.mark.skipif(BPF_REASON is not None, reason=f"BPF cannot load here: {BPF_REASON}")
+needs_module = pytest.mark.skipif(
+    bpf_unavailable("/proc") is not None and "not built" in (bpf_unavailable("/proc") or ""),
+    reason="exporter._bpf is not built (clang and libbpf-dev at build time)")
+
+COUNTERS = ("utime_ticks", "stime_ticks", "minor_faults", "major_faults", "ctx_voluntary", "ctx_nonvoluntary",
+            "read_bytes", "write_bytes", "cutime_ticks", "cstime_ticks", "cminor_faults", "cmajor_faults")
+TEXT = ("comm", "state", "wchan")
+
+
+def _state(pid):
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def _settle(pids, state=b"S"):
+    deadline = time.monotonic() + 20
+    for pid in pids:
+        while _state(pid) != state:
+            assert time.monotonic() < deadline, f"{pid} did not reach state {state!r}"
+            time.sleep(0.01)
+
+
+def _stop(procs):
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+
+
+def _ready(proc):
+    assert proc.stdout.readline() == b"ready\n"
+
+
+MULTI = textwrap.dedent("""
+    import threading, time
+    stop = threading.Event()
+    for _ in range(4):
+        threading.Thread(target=stop.wait, daemon=True).start()
+    print("ready", flush=True)
+    stop.wait()
+""")
+BUSY = textwrap.dedent("""
+    import threading, time
+    def spin():
+        x = 0
+        while True:
+            x += 1
+    threading.Thread(target=spin, daemon=True).start()
+    print("ready", flush=True)
+    spin()
+""")
+
+
+@pytest.fixture
+def live():
+    """{kind: pid} of processes started here: idle, multi (5 threads, asleep), busy (two
+    spinning threads), zombie, and as root other (uid 65534)."""
+    procs = {"idle": subprocess.Popen(["sleep", "600"]),
+             "multi": subprocess.Popen([sys.executable, "-c", MULTI], stdout=subprocess.PIPE),
+             "busy": subprocess.Popen([sys.executable, "-c", BUSY], stdout=subprocess.PIPE),
+             "zombie": subprocess.Popen(["sleep", "600"])}
+    if ROOT:
+        procs["other"] = subprocess.Popen(["sleep", "600"], user=65534, group=65534, extra_groups=[])
+    try:
+        _ready(procs["multi"])
+        _ready(procs["busy"])
+        procs["zombie"].send_signal(signal.SIGKILL)  # not reaped until the end: a zombie meanwhile
+        _settle([procs["zombie"].pid], b"Z")
+        _settle([p.pid for k, p in procs.items() if k in ("idle", "multi", "other")])
+        yield {k: p.pid for k, p in procs.items()}
+    finally:
+        _stop(procs.values())
+
+
+def _bracket(bpf, proc, pids):
+    """bpf, /proc, bpf reads of pids: [(pid, before, proc, after)] as dicts."""
+    a = {r[0]: r for r in bpf.read().records if r[0] in pids}
+    b = {r[0]: r for r in proc.read().records if r[0] in pids}
+    c = {r[0]: r for r in bpf.read().records if r[0] in pids}
+    assert set(a) == set(b) == set(c) == set(pids)
+    return [(pid, dict(zip(FIELDS, a[pid])), dict(zip(FIELDS, b[pid])), dict(zip(FIELDS, c[pid]))) for pid in pids]
+
+
+def _check(pid, before, mine, after, running=False):
+    """The rule of the module docstring; returns the fields that moved. ``running``: the
+    state and wchan of a running process are instants (R at both bpf reads, S on the GIL's
+    futex in between): only their types are compared."""
+    moved = []
+    for f in FIELDS:
+        x, y, z = before[f], mine[f], after[f]
+        assert type(x) is type(y) is type(z), (pid, f, x, y, z)
+        if running and f in ("state", "wchan"):
+            continue
+        if x == z:
+            if f in ("utime_ticks", "stime_ticks"):  # the split: held below when the sum moved
+                if before["utime_ticks"] + before["stime_ticks"] != after["utime_ticks"] + after["stime_ticks"]:
+                    continue
+            assert y == x, (pid, f, "bpf", x, "proc", y)
+            continue
+        moved.append(f)
+        if f in TEXT:
+            assert y in (x, z), (pid, f, x, y, z)
+        elif f in ("utime_ticks", "stime_ticks"):
+            pass
+        else:
+            assert min(x, z) <= y <= max(x, z), (pid, f, x, y, z)
+    cpu = [r["utime_ticks"] + r["stime_ticks"] for r in (before, mine, after)]
+    assert cpu[0] - 1 <= cpu[1] <= cpu[2] + 1, (pid, "cpu", cpu)
+    return moved
+
+
+@needs_bpf
+def test_fields_agree_with_proc(live):
+    bpf = Reader("/proc", "bpf", None, "off")
+    proc = Reader("/proc", "native", None, "off")
+    assert bpf.backend == "bpf" and bpf.fallback_reason is None
+    try:
+        moved_busy = set()
+        for _ in range(3):
+            for pid, before, mine, after in _bracket(bpf, proc, list(live.values())):
+                moved = _check(pid, before, mine, after, running=pid == live["busy"])
+                if pid == live["busy"]:
+                    moved_busy.update(moved)
+                else:  # asleep: nothing moved, so every field was held equal
+                    assert moved == [], (pid, moved)
+        assert "utime_ticks" in moved_busy or "stime_ticks" in moved_busy  # it did run meanwhile
+        records = {r[0]: dict(zip(FIELDS, r)) for r in bpf.read().records if r[0] in live.values()}
+        idle, multi, zombie = records[live["idle"]], records[live["multi"]], records[live["zombie"]]
+        assert idle["comm"] == "sleep" and idle["state"] == "S" and idle["ppid"] == os.getpid()
+        assert idle["mark"] != 0 and idle["open_fds"] >= 3 and idle["wchan"] not in (None, "0")
+        assert idle["uid"] == idle["euid"] == os.getuid() and idle["rss_bytes"] > 0
+        assert multi["num_threads"] == 5
+        assert zombie["state"] == "Z" and zombie["mark"] == 0 and zombie["vms_bytes"] == 0
+        assert records[live["busy"]]["num_threads"] == 2
+        if ROOT:
+            other = records[live["other"]]
+            assert other["uid"] == other["euid"] == 65534 and other["mark"] != 0
+            assert other["read_bytes"] is not None
+    finally:
+        bpf.close()
+        proc.close()
+
+
+@needs_bpf
+def test_threads_counted_in_their_process(live):
+    """CPU and faults of a process are its threads' sums (stat's whole-process view): the
+    busy process' second thread counts, and the counters never go down."""
+    bpf = Reader("/proc", "bpf", None, "off", wchan=False)
+    proc = Reader("/proc", "native", None, "off", wchan=False)
+    try:
+        pid = live["busy"]
+        last = None
+        for _ in range(5):
+            rec = next(dict(zip(FIELDS, r)) for r in bpf.read().records if r[0] == pid)
+            proc.read()  # /proc's read moves the kernel's prev_cputime; ours stays monotonic
+            now = (rec["utime_ticks"], rec["stime_ticks"], rec["minor_faults"])
+            if last is not None:
+                assert all(a >= b for a, b in zip(now, last)), (last, now)
+            last = now
+            time.sleep(0.05)
+        assert rec["wchan"] is None  # not asked
+        # two spinning threads: their CPU grows about twice as fast as wall time allows one
+        threads = {t: _stat_ticks(pid, t) for t in os.listdir(f"/proc/{pid}/task")}
+        assert len(threads) == 2
+        total = sum(threads.values())
+        rec = next(dict(zip(FIELDS, r)) for r in bpf.read().records if r[0] == pid)
+        assert rec["utime_ticks"] + rec["stime_ticks"] >= total - 2 * len(threads)
+    finally:
+        bpf.close()
+        proc.close()
+
+
+def _stat_ticks(pid, tid):
+    with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+@needs_bpf
+def test_exec_is_seen_by_its_mark():
+    """python -> python keeps the comm; the mark (mm addresses) changes, as in stat."""
+    code = ("import os, sys; print('ready', flush=True); sys.stdin.readline(); "
+            "os.execv(sys.executable, [sys.executable, '-c', 'import time; print(\"ready\", flush=True); time.sleep(600)'])")
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    bpf = Reader("/proc", "bpf", None, "off")
+    proc = Reader("/proc", "native", None, "off")
+    try:
+        _ready(child)
+        _settle([child.pid])
+        marks = []
+        for step in range(2):
+            a = next(dict(zip(FIELDS, r)) for r in bpf.read().records if r[0] == child.pid)
+            b = next(dict(zip(FIELDS, r)) for r in proc.read().records if r[0] == child.pid)
+            assert a["mark"] == b["mark"] != 0 and a["comm"] == b["comm"]
+            marks.append((a["mark"], a["comm"], a["start_ticks"]))
+            if step == 0:  # exec
+                child.stdin.write(b"go\n")
+                child.stdin.flush()
+                _ready(child)
+                _settle([child.pid])
+        assert marks[0][1:] == marks[1][1:] and marks[0][0] != marks[1][0]
+    finally:
+        bpf.close()
+        proc.close()
+        _stop([child])
+
+
+@needs_bpf
+def test_static_facts_come_from_proc(live):
+    bpf = Reader("/proc", "bpf", None, "off")
+    proc = Reader("/proc", "native", None, "off")
+    try:
+        records = {r[0]: r for r in bpf.read().records if r[0] in live.values()}
+        requests = [(pid, records[pid][F["start_ticks"]], WANT_ALL) for pid in sorted(records)]
+        assert bpf.read_facts(requests) == proc.read_facts(requests)
+        assert bpf.kept() == 0
+    finally:
+        bpf.close()
+        proc.close()
+
+
+@needs_bpf
+def test_reads_again_after_close(live):
+    bpf = Reader("/proc", "bpf", None, "off")
+    first = {r[0] for r in bpf.read().records}
+    bpf.close()
+    again = {r[0] for r in bpf.read().records}
+    bpf.close()
+    assert set(live.values()) <= first & again
+
+
+@needs_bpf
+def test_cli_runs_bpf_and_says_so():
+    out = subprocess.run([os.path.join(REPO, ".venv", "bin", "procsnap"), "--once", "--backend", "auto"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert 'procsnap_backend_info{backend="bpf"} 1.0' in out.stdout
+    lines = [line for line in out.stderr.splitlines() if "backend" in line]
+    assert len(lines) == 1 and "backend bpf" in lines[0], out.stderr
+
+
+# -- where it cannot load: /proc --------------------------------------------------------------
+
+
+@needs_module
+def test_falls_back_when_the_verifier_refuses():
+    reader = Reader("/proc", "auto", None, "off", bpf_reject=True)
+    try:
+        assert reader.backend == "native" and reader.requested == "auto"
+        assert reader.fallback_reason and "BPF" in reader.fallback_reason
+        if BPF_REASON is None:  # loadable here: it was the verifier that said no
+            assert "invalid mem access" in reader.fallback_reason
+        assert any(r[0] == os.getpid() for r in reader.read().records)
+    finally:
+        reader.close()
+
+
+@needs_module
+def test_cli_falls_back_with_one_line_and_the_metric():
+    env = dict(os.environ, PROCSNAP_BPF_REJECT="1")
+    out = subprocess.run([os.path.join(REPO, ".venv", "bin", "procsnap"), "--once", "--backend", "bpf"],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert 'procsnap_backend_info{backend="native"} 1.0' in out.stdout
+    lines = [line for line in out.stderr.splitlines() if "bpf not loaded" in line]
+    assert len(lines) == 1 and "WARNING" in lines[0], out.stderr
+
+
+def test_not_on_another_procfs():
+    """A fixture tree (or another pid namespace's procfs) is not what the iterator walks."""
+    reader = Reader(os.path.join(HERE, "fixtures", "proc-basic"), "bpf", 4096, "off")
+    try:
+        assert reader.backend in ("native", "python") and reader.fallback_reason
+    finally:
+        reader.close()
+
+
+@needs_module
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) is not installed")
+def test_without_capabilities_falls_back_and_says_why():
+    """The same process without any capability (setpriv empties the bounding set): the
+    bpf() call is refused, and the reason names what it needs."""
+    code = ("from exporter.reader import Reader; r = Reader('/proc', 'auto'); "
+            "print(r.backend); print(r.fallback_reason); print(len(r.read().records) > 0)")
+    out = subprocess.run(["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--", sys.executable, "-c", code],
+                         capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    backend, reason, read = out.stdout.splitlines()
+    assert backend == "native" and "CAP_BPF" in reason and read == "True", out.stdout
