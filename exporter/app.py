@@ -148,7 +148,8 @@ class Exporter:
             groups_chunks = renderer.render(result.groups, openmetrics, names)
             self._rendered = key + (groups_chunks,)
         families = self_families(result, self.version, otlp_exports=self.otlp_exports, reload_ok=self.config_reload_ok,
-                                 scrape_timeouts=self.scrape_timeouts) + list(self.runtime.collect())
+                                 scrape_timeouts=self.scrape_timeouts,
+                                 backend=getattr(self.reader, "backend", None)) + list(self.runtime.collect())
         return groups_chunks + [scrape_error_text(result, openmetrics, names),
                                 encode_families(families, openmetrics, names)]
 

@@ -484,10 +484,13 @@ FLAGS = (
     _Flag(
         "backend",
         "native",
-        parse_choice(("native", "python")),
+        parse_choice(("native", "python", "bpf", "auto")),
         "Snapshot reader: 'native' (the C extension) or 'python' (pure Python, same results, slower). "
-        "native falls back to python with a warning when the extension is not built.",
-        metavar="{native,python}",
+        "native falls back to python with a warning when the extension is not built. 'bpf' reads the same "
+        "values with a BPF task iterator (needs CAP_BPF + CAP_PERFMON or CAP_SYS_ADMIN, Linux >= 5.8 with "
+        "BTF, procsnap's own pid namespace); 'auto' is bpf where it loads. Where bpf cannot load, both fall "
+        "back to native and say why once at start.",
+        metavar="{native,python,bpf,auto}",
     ),
     _Flag(
         "log.level",
@@ -804,6 +807,17 @@ def _choose_backend(requested: str) -> str:
     return requested
 
 
+def _log_backend(reader) -> None:
+    """Once at start, for --backend bpf/auto: which backend runs, and why not bpf."""
+    if reader.requested not in ("bpf", "auto"):
+        return
+    if reader.backend == "bpf":
+        log.info("backend bpf: the BPF task iterator is loaded (static facts from %s)", reader.procfs)
+    else:
+        (log.warning if reader.requested == "bpf" else log.info)(
+            "backend %s: bpf not loaded: %s", reader.backend, reader.fallback_reason)
+
+
 # With the default config (one group per comm), a group that stays empty this long is
 # dropped: short-lived uniquely named processes must not pile up series for good.
 DEFAULT_CONFIG_EMPTY_GRACE = 300.0
@@ -825,6 +839,7 @@ def make_exporter(args, config):
     smaps_max_rss = (args.gather_smaps_max_rss or UNLIMITED) if args.gather_smaps else None
     reader = Reader(args.path_procfs, _choose_backend(args.backend), facts.page_size, args.procfs_keep_open,
                     args.wchan, smaps_max_rss)
+    _log_backend(reader)
     grouper = Grouper(
         config,
         facts.clock_ticks,

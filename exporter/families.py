@@ -176,10 +176,11 @@ def empty_family(spec: FamilySpec, extra_labels: tuple = ()) -> Metric:
 
 def self_families(result: Optional[ScrapeResult], version: str, keep_empty: bool = False,
                   otlp_exports: Optional[dict] = None, reload_ok: Optional[bool] = None,
-                  scrape_timeouts: Optional[int] = None) -> list:
+                  scrape_timeouts: Optional[int] = None, backend: Optional[str] = None) -> list:
     """procsnap's own metrics. ``result`` is None when the snapshot failed;
     ``otlp_exports`` ({result: count}) when OTLP push is on; ``reload_ok`` (the last config
-    reload's outcome) and ``scrape_timeouts`` when serving."""
+    reload's outcome) and ``scrape_timeouts`` when serving; ``backend``: the reader backend
+    that runs (bpf, native, python)."""
     families = []
     if result is not None:
         families.append(
@@ -225,6 +226,12 @@ def self_families(result: Optional[ScrapeResult], version: str, keep_empty: bool
         families.append(CounterMetricFamily(
             "procsnap_scrape_timeouts", "Scrapes answered with the last complete snapshot because a new one did not "
             "finish within X-Prometheus-Scrape-Timeout-Seconds, since start", value=float(scrape_timeouts)))
+    if backend is not None:
+        info = GaugeMetricFamily("procsnap_backend_info", "A metric with a constant 1 labelled by the reader backend "
+                                 "that runs (bpf, native or python; native where bpf was asked for and could not load)",
+                                 labels=["backend"])
+        info.add_metric([backend], 1.0)
+        families.append(info)
     build = GaugeMetricFamily(
         "procsnap_build_info", "A metric with a constant 1 labelled by the procsnap version", labels=["version"]
     )

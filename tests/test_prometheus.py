@@ -57,14 +57,15 @@ _NAME = re.compile(rb"^(?:# (?:HELP|TYPE) )?([a-zA-Z_:][a-zA-Z0-9_:]*)")
 
 def stable_part(exposition: bytes) -> bytes:
     """The host-independent part of an exposition: procsnap's and the namedprocess
-    families, without prometheus_client's process_/python_ metrics and the scrape
-    duration; the version label is made a placeholder."""
+    families, without prometheus_client's process_/python_ metrics, the scrape
+    duration and the backend that ran; the version label is made a placeholder."""
     keep = []
     for line in exposition.splitlines(keepends=True):
         m = _NAME.match(line)
         assert m, line
         name = m.group(1)
-        if not name.startswith((b"namedprocess_", b"procsnap_")) or name == b"procsnap_scrape_duration_seconds":
+        if not name.startswith((b"namedprocess_", b"procsnap_")) or name in (b"procsnap_scrape_duration_seconds",
+                                                                             b"procsnap_backend_info"):
             continue
         keep.append(line.replace(b'version="%s"' % __version__.encode(), b'version="VERSION"'))
     return b"".join(keep)
