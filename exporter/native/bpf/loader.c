@@ -134,8 +134,10 @@ static void psb_log_reason(char *msg, size_t msglen, const char *what, int err)
 
 /* ---- load ------------------------------------------------------------------------------ */
 
-/* Set a const volatile global of the program before the load. 0 or -errno. */
-static int psb_set_rodata(struct bpf_object *obj, const char *name, uint32_t value)
+static void psb_load_syms(psb *b);
+
+/* Set a const volatile global (u32 or u64) of the program before the load. 0 or -errno. */
+static int psb_set_rodata(struct bpf_object *obj, const char *name, uint64_t value)
 {
     struct bpf_map *map = bpf_object__find_map_by_name(obj, ".rodata");
     struct btf *btf = bpf_object__btf(obj);
@@ -157,9 +159,10 @@ static int psb_set_rodata(struct bpf_object *obj, const char *name, uint32_t val
     v = btf_var_secinfos(sec);
     for (i = 0; i < btf_vlen(sec); i++, v++) {
         const struct btf_type *var = btf__type_by_id(btf, v->type);
-        if (strcmp(btf__name_by_offset(btf, var->name_off), name) == 0 && v->size == sizeof(value) &&
-            v->offset + sizeof(value) <= size) {
-            memcpy(data + v->offset, &value, sizeof(value));
+        if (strcmp(btf__name_by_offset(btf, var->name_off), name) == 0 && (v->size == 4 || v->size == 8) &&
+            v->offset + v->size <= size) {
+            uint32_t small = (uint32_t)value;
+            memcpy(data + v->offset, v->size == 4 ? (const void *)&small : (const void *)&value, v->size);
             rc = bpf_map__set_initial_value(map, data, size);
             free(data);
             return rc;
@@ -201,7 +204,13 @@ int psb_open(psb **out, const char *procfs, uint64_t page_size, int wchan, int s
         psb_log_reason(msg, msglen, "open of the BPF object", err);
         goto fail;
     }
-    if ((err = -psb_set_rodata(b->obj, "want_stack", wchan ? 1 : 0)) != 0 ||
+    if (wchan) /* the names, and the text get_wchan() skips; without addresses: /proc */
+        psb_load_syms(b);
+    if ((err = -psb_set_rodata(b->obj, "want_stack", b->syms_state > 0)) != 0 ||
+        (err = -psb_set_rodata(b->obj, "sched_lo", b->sched_start)) != 0 ||
+        (err = -psb_set_rodata(b->obj, "sched_hi", b->sched_end)) != 0 ||
+        (err = -psb_set_rodata(b->obj, "lock_lo", b->lock_start)) != 0 ||
+        (err = -psb_set_rodata(b->obj, "lock_hi", b->lock_end)) != 0 ||
         (err = -psb_set_rodata(b->obj, "reject", reject ? 1 : 0)) != 0) {
         snprintf(msg, msglen, "the BPF object lacks its settings: %s", strerror(err));
         goto fail;
@@ -231,7 +240,7 @@ int psb_open(psb **out, const char *procfs, uint64_t page_size, int wchan, int s
         goto fail;
     }
     snprintf(b->describe, sizeof(b->describe), "rss=approximate per-cpu counters (as stat)\nwchan=%s\n",
-             wchan ? "kernel stacks + kallsyms" : "off");
+             !wchan ? "off" : b->syms_state > 0 ? "kernel stacks + kallsyms" : "/proc/PID/wchan (kallsyms shows no addresses)");
     *out = b;
     return 0;
 fail:

@@ -34,6 +34,8 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /* Set by the loader before the load. */
 const volatile __u32 want_stack = 0; /* read kernel stacks of sleeping leaders (wchan) */
+/* the scheduler's and the lock functions' text (kallsyms), which get_wchan() skips */
+const volatile __u64 sched_lo = 0, sched_hi = 0, lock_lo = 0, lock_hi = 0;
 const volatile __u32 reject = 0;     /* tests: make the verifier reject the program */
 
 struct scratch {
@@ -163,6 +165,11 @@ static __always_inline void read_fds(struct ps_bpf_proc *r, struct files_struct 
     }
     r->open_fds = count;
     r->has |= PS_BPF_HAS_FDS;
+}
+
+static __always_inline int in_sched(__u64 a)
+{
+    return (a >= sched_lo && a < sched_hi) || (a >= lock_lo && a < lock_hi);
 }
 
 static __always_inline void read_tty(struct ps_bpf_proc *r, struct tty_struct *tty)
@@ -303,9 +310,13 @@ int procsnap_task(struct bpf_iter__task *ctx)
         read_mm(r, mm);
     read_fds(r, task->files, s->fds);
 
-    /* get_wchan(): only of a task that is asleep and off the run queue */
+    /* get_wchan(): only of a task that is asleep and off the run queue. Its first return
+     * address outside the scheduler is usually the first of the stack (the unwinder starts
+     * past __schedule): two frames are asked for, all of them only when both are sched. */
     if (want_stack && r->state != 0 && r->state != TASK_WAKING && !task->on_rq) {
-        long n = bpf_get_task_stack(task, r->stack, sizeof(r->stack), 0);
+        long n = bpf_get_task_stack(task, r->stack, 2 * sizeof(r->stack[0]), 0);
+        if (n == 2 * sizeof(r->stack[0]) && in_sched(r->stack[0]) && in_sched(r->stack[1]))
+            n = bpf_get_task_stack(task, r->stack, sizeof(r->stack), 0);
         if (n >= 0) {
             r->nstack = (__u32)n / sizeof(r->stack[0]);
             r->has |= PS_BPF_HAS_STACK;
