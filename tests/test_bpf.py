@@ -341,3 +341,43 @@ def test_without_capabilities_falls_back_and_says_why():
     assert out.returncode == 0, out.stderr
     backend, reason, read = out.stdout.splitlines()
     assert backend == "native" and "CAP_BPF" in reason and read == "True", out.stdout
+
+
+# -- the Helm value (helm/procsnap: bpf) ---------------------------------------------------------
+
+
+def test_chart_bpf_value_adds_exactly_bpf_and_perfmon():
+    """bpf: true adds exactly BPF and PERFMON, shares the node's pid namespace (the iterator
+    walks procsnap's own) and runs --backend=bpf; off by default; refused without uid 0."""
+    from test_helm import _capabilities, container, pod_spec, render
+
+    docs = render(None, "bpf=true")
+    assert _capabilities(docs) == {"drop": ["ALL"], "add": ["BPF", "PERFMON"]}
+    assert pod_spec(docs)["hostPID"] is True and "--backend=bpf" in container(docs)["args"]
+    sc = container(docs)["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    default = render(None)
+    assert pod_spec(default)["hostPID"] is False and "add" not in _capabilities(default)
+    assert not any(a.startswith("--backend") for a in container(default)["args"])
+    both = render(None, "bpf=true", "fullVisibility=true")
+    assert _capabilities(both)["add"] == ["SYS_PTRACE", "DAC_READ_SEARCH", "BPF", "PERFMON"]
+    done = render(None, "bpf=true", "securityContext.runAsUser=65534", check=False)
+    assert done.returncode != 0 and "bpf needs runAsUser 0" in done.stderr
+
+
+@needs_bpf
+@pytest.mark.skipif(not ROOT or shutil.which("setpriv") is None, reason="switching credentials needs root and setpriv")
+def test_chart_bpf_container_credentials_load_it(tmp_path):
+    """The container's command line under exactly its credentials (uid 0, bounding set BPF +
+    PERFMON, no_new_privs) on this machine's /proc: the iterator loads; without the value
+    (no capability) it falls back to /proc and says so."""
+    from test_helm import _as_container, local_command, render
+
+    for sets, backend in ((("bpf=true",), "bpf"), ((), "native")):
+        docs = render(None, *sets)
+        (tmp_path / backend).mkdir()
+        argv, env = local_command(docs, tmp_path / backend, "/proc")
+        argv = [a for a in argv if not a.startswith("--web.listen-address=")] + ["--once", "--backend=bpf"]
+        done = subprocess.run(_as_container(docs, argv), env=env, capture_output=True, text=True, timeout=120, cwd="/")
+        assert done.returncode == 0, done.stderr
+        assert f'procsnap_backend_info{{backend="{backend}"}} 1.0' in done.stdout, done.stderr

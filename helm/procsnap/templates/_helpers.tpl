@@ -80,19 +80,30 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/*
 The container's security context: containerSecurityContext, plus exactly SYS_PTRACE and
-DAC_READ_SEARCH with fullVisibility (which needs uid 0: the kernel gives a container's added
-capabilities to uid 0 only).
+DAC_READ_SEARCH with fullVisibility and BPF and PERFMON with bpf (both need uid 0: the kernel
+gives a container's added capabilities to uid 0 only).
 */}}
 {{- define "procsnap.containerSecurityContext" -}}
 {{- $sc := deepCopy (default dict .Values.containerSecurityContext) }}
-{{- if .Values.fullVisibility }}
+{{- $add := list }}
 {{- $uid := .Values.securityContext.runAsUser }}
 {{- if hasKey $sc "runAsUser" }}{{ $uid = $sc.runAsUser }}{{ end }}
-{{- if or (kindIs "invalid" $uid) (ne (int64 $uid) 0) }}
+{{- $root := not (or (kindIs "invalid" $uid) (ne (int64 $uid) 0)) }}
+{{- if .Values.fullVisibility }}
+{{- if not $root }}
 {{- fail "fullVisibility needs runAsUser 0: Kubernetes gives added capabilities to uid 0 only (no ambient capabilities)" }}
 {{- end }}
+{{- $add = concat $add (list "SYS_PTRACE" "DAC_READ_SEARCH") }}
+{{- end }}
+{{- if .Values.bpf }}
+{{- if not $root }}
+{{- fail "bpf needs runAsUser 0: Kubernetes gives added capabilities to uid 0 only (no ambient capabilities)" }}
+{{- end }}
+{{- $add = concat $add (list "BPF" "PERFMON") }}
+{{- end }}
+{{- if $add }}
 {{- $caps := deepCopy (default dict $sc.capabilities) }}
-{{- $_ := set $caps "add" (list "SYS_PTRACE" "DAC_READ_SEARCH") }}
+{{- $_ := set $caps "add" $add }}
 {{- $_ := set $sc "capabilities" $caps }}
 {{- end }}
 {{- toYaml $sc }}
