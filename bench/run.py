@@ -113,6 +113,8 @@ ORDER = [
     "floor_kept",
     "snapshot_native",
     "snapshot_python",
+    "procsnap_grouped_bpf",
+    "snapshot_bpf",
 ]
 # Contenders that collect on their own clock: compared by CPU per collection cycle, apart
 # from the scrape table (they have no scrape time).
@@ -131,6 +133,8 @@ LABELS = {
     "floor_kept": "C floor: same files kept open, pread only",
     "snapshot_native": "procsnap snapshot() alone, native backend",
     "snapshot_python": "procsnap snapshot() alone, python backend",
+    "procsnap_grouped_bpf": "procsnap, grouped by comm (HTTP), --backend bpf (BPF task iterator)",
+    "snapshot_bpf": "procsnap snapshot() alone, bpf backend",
     "apps_plugin": "Netdata apps.plugin, one 1 s collection cycle (stock apps_groups.conf)",
 }
 
@@ -690,7 +694,35 @@ def make_contenders(workdir: str, floor_bin: Optional[str], env: dict, wanted: s
         contenders.append(c)
     contenders.append(CycleContender("apps_plugin", LABELS["apps_plugin"], [APPS_PLUGIN, "1"], workdir,
                                      note="stock apps_groups.conf; users and groups charts on (its defaults)"))
+    contenders += bpf_contenders(http, workdir, own + extra)
     return [c for c in contenders if c.key in wanted]
+
+
+def bpf_contenders(http, workdir: str, args: list) -> list:
+    """The bpf backend (issue 14): procsnap grouped over HTTP and the snapshot API alone,
+    both with --backend bpf (`unavailable` skips them where it cannot load)."""
+    http("procsnap_grouped_bpf",
+         lambda p: [PROCSNAP_BIN, "--web.listen-address", f"127.0.0.1:{p}", "--backend", "bpf"] + args,
+         "backend bpf" + (f"; extra args: {shlex.join(args)}" if args else ""))
+    c = PipeContender("snapshot_bpf", LABELS["snapshot_bpf"],
+                      [sys.executable, os.path.join(HERE, "snapworker.py"), "serve", "bpf"], workdir)
+    c.expect_ready = True
+    return [c]
+
+
+def bpf_unavailable() -> Optional[str]:
+    """Why the bpf backend does not load here (checked in this process, as the contenders
+    run with the same privileges), or None."""
+    sys.path.insert(0, ROOT)
+    try:
+        from exporter.reader import Reader
+    except ImportError as e:
+        return f"exporter not importable: {e}"
+    reader = Reader("/proc", "bpf", None, "off")
+    try:
+        return None if reader.backend == "bpf" else f"bpf does not load here: {reader.fallback_reason}"
+    finally:
+        reader.close()
 
 
 def summarize(c: Contender, nprocs: int) -> dict:
@@ -801,6 +833,8 @@ def mem_after_rounds(c: Contender) -> None:
 
 def unavailable(key: str, env: dict, floor_bin: Optional[str]) -> Optional[str]:
     """Why the contender `key` cannot run on this machine, or None."""
+    if key.endswith("_bpf") and (reason := bpf_unavailable()):
+        return reason
     if key.startswith("procsnap_") and not env["procsnap_cli"]:
         return env["procsnap_cli_reason"]
     if key.startswith("floor_") and not floor_bin:
@@ -1321,7 +1355,7 @@ def write_plot(results: dict, path: str) -> Optional[str]:
                 points = [(n, v) for n, v in points if v]
                 if points:
                     i = ALL_KEYS.index(key)  # the same colour and marker in every panel
-                    ax.plot(*zip(*points), marker=MARKERS[i], color=plt.get_cmap("tab20")(i), label=key)
+                    ax.plot(*zip(*points), marker=MARKERS[i % len(MARKERS)], color=plt.get_cmap("tab20")(i), label=key)
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xticks([s["n"] for s in of_mix])  # the sizes measured, labelled 2000, not 2x10^3
