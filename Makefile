@@ -19,9 +19,19 @@ $(VENV)/.stamp: pyproject.toml setup.py
 	touch $@
 
 # Rebuild the extension when any C source changes.
-exporter/_reader.stamp: $(VENV)/.stamp $(wildcard exporter/native/*.c exporter/native/*.h)
+exporter/_reader.stamp: $(VENV)/.stamp $(wildcard exporter/native/*.c exporter/native/*.h exporter/native/bpf/*.c exporter/native/bpf/*.h) | bpf-tools
 	$(PY) setup.py -q build_ext --inplace
 	touch $@
+
+# The bpf backend (exporter._bpf, --backend bpf|auto) is built where clang and libbpf's
+# headers are: Debian clang and libbpf-dev, installed here when missing and we are root
+# (as CI is). Without them the extension builds without it and bpf falls back to /proc.
+.PHONY: bpf-tools
+bpf-tools:
+	@command -v clang >/dev/null && test -f /usr/include/bpf/libbpf.h || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends clang libbpf-dev >/dev/null || echo "clang/libbpf-dev not installed: no bpf backend"; \
+	  else echo "clang or libbpf-dev missing (not root: not installed): the bpf backend is not built"; fi; }
 
 build: exporter/_reader.stamp
 
@@ -55,7 +65,29 @@ $(HELM):
 	rm -rf .tools/helm.tmp
 	$@ version --short
 
-test: build tools
+# clang and its compiler-rt (libFuzzer, ASan, UBSan runtimes) for the sanitizer pass that
+# `make test` runs (tests/test_sanitizers.py) and for `make fuzz`: Debian's clang and the
+# runtime package of its version. Installed only where missing.
+.PHONY: sanitizer-tools sanitize fuzz
+sanitizer-tools:
+	@command -v clang >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends clang >/dev/null; }
+	@test -f "$$(clang -print-file-name=libclang_rt.fuzzer-x86_64.a)" || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    libclang-rt-$$(clang -dumpversion | cut -d. -f1)-dev >/dev/null; }
+
+# The sanitizer pass alone: the libFuzzer harnesses briefly, and the parity and snapshot
+# tests against the extension built with ASan + UBSan.
+sanitize: build sanitizer-tools
+	$(PY) -m pytest -q tests/test_sanitizers.py $(ARGS)
+
+# The libFuzzer harnesses of exporter/native/fuzz/, FUZZ_SECONDS each from the committed
+# corpus (finds in build/fuzz/found/; `make -C exporter/native/fuzz merge` adds them).
+FUZZ_SECONDS ?= 60
+fuzz: sanitizer-tools
+	$(MAKE) -C exporter/native/fuzz run FUZZ_SECONDS=$(FUZZ_SECONDS)
+
+test: build tools sanitizer-tools
 	$(PY) -m pytest -q $(ARGS)
 
 # The bench also runs Netdata's apps.plugin (Debian netdata-core); where it cannot be
