@@ -23,6 +23,7 @@ bits make their file malformed.
 from __future__ import annotations
 
 import errno
+import importlib
 import os
 import resource
 import time
@@ -125,12 +126,18 @@ def native_available() -> bool:
     return _native_module() is not None
 
 
+_bpf_import_error: Optional[str] = None
+
+
 def _bpf_module():
+    global _bpf_import_error
     try:
-        from exporter import _bpf  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return _bpf
+        return importlib.import_module("exporter._bpf")
+    except ModuleNotFoundError as e:
+        _bpf_import_error = None if e.name == "exporter._bpf" else str(e)
+    except ImportError as e:  # built but not loadable (libbpf.so.1 missing where it runs)
+        _bpf_import_error = str(e)
+    return None
 
 
 BTF_PATH = "/sys/kernel/btf/vmlinux"
@@ -139,6 +146,8 @@ BTF_PATH = "/sys/kernel/btf/vmlinux"
 def bpf_unavailable(procfs: str = "/proc") -> Optional[str]:
     """Why the bpf backend cannot run here (before trying to load it), or None."""
     if _bpf_module() is None:
+        if _bpf_import_error:
+            return f"the BPF reader (exporter._bpf) does not load: {_bpf_import_error}"
         return "the BPF reader (exporter._bpf) is not built: clang and libbpf-dev were missing at build time"
     if not os.path.exists(BTF_PATH):
         return f"the kernel has no BTF ({BTF_PATH}; CONFIG_DEBUG_INFO_BTF)"
