@@ -1138,6 +1138,58 @@ def test_live_proportional_memory():
         _stop([child])
 
 
+THREADED = r"""
+import sys, threading, time
+go = threading.Event()
+def worker():
+    import ctypes
+    ctypes.CDLL(None).prctl(15, b"worker", 0, 0, 0)  # PR_SET_NAME: its comm
+    while True:
+        go.wait(); go.clear()
+        sum(range(200000)); time.sleep(0.001)
+        print("done", flush=True)
+threading.Thread(target=worker, name="worker", daemon=True).start()
+for _ in range(8):
+    threading.Thread(target=time.sleep, args=(600,), daemon=True).start()
+print("ready", flush=True)
+for line in sys.stdin:
+    go.set()
+"""
+
+
+def test_live_threads_remembered_while_idle_and_read_again_once_run():
+    """The native reader gives a thread that has not run since its last read from memory
+    (its schedstat unchanged): the same values as reading it (the twin reads every time);
+    a thread that ran is read again."""
+    child = subprocess.Popen([sys.executable, "-c", THREADED], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "ready\n"
+        nat, py = Reader("/proc", "native", None, "auto"), Reader("/proc", "python", None, "off")
+        start = next(r[F["start_ticks"]] for r in nat.read().records if r[0] == child.pid)
+        req = [(child.pid, start, WANT_THREADS)]
+
+        def both():
+            (a,), _ = nat.read_facts(req)
+            (b,), _ = py.read_facts(req)
+            return {t[0]: t for t in a.threads}, {t[0]: t for t in b.threads}
+
+        first, _ = both()
+        for _ in range(3):  # the worker runs between reads; the sleepers do not
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            assert child.stdout.readline() == "done\n"
+            native, python = both()
+            worker = next(tid for tid, t in native.items() if t[1] == "worker")
+            assert native[worker][THREAD_FIELDS.index("ctx_voluntary")] > first[worker][THREAD_FIELDS.index("ctx_voluntary")]
+            sleepers = [tid for tid, t in native.items() if t[1] != "worker" and tid != child.pid]
+            assert len(sleepers) == 8 and all(native[t] == python[t] == first[t] for t in sleepers)
+            first = native
+        nat.close()
+    finally:
+        child.stdin.close()
+        _stop([child])
+
+
 def test_live_records_are_plain_tuples(sleepers):
     """The C builds records with PyTuple_New: plain tuples, hashed as tuples (set/dict keys)."""
     for backend in ("native", "python"):

@@ -212,3 +212,17 @@ int parse_effective_uid(const char *buf, size_t n, uint64_t *out)
     }
     return -1;
 }
+
+/* /proc/PID/task/TID/schedstat: "run_ns wait_ns timeslices". 0 or -1 (malformed). */
+int parse_schedstat(const char *buf, size_t n, uint64_t *run_ns, uint64_t *slices)
+{
+    size_t pos = 0, off[3], len[3];
+    int i;
+
+    for (i = 0; i < 3; i++)
+        if (!parse_token(buf, n, &pos, &off[i], &len[i]))
+            return -1;
+    if (parse_uint(buf, off[0], len[0], run_ns) < 0 || parse_uint(buf, off[2], len[2], slices) < 0)
+        return -1;
+    return 0;
+}

@@ -50,6 +50,7 @@ int parse_keyed(const char *buf, size_t n, const char *const *keys, int nkeys, u
                 unsigned *found);
 int parse_limits_nofile(const char *buf, size_t n, uint64_t *out);
 int parse_effective_uid(const char *buf, size_t n, uint64_t *out);
+int parse_schedstat(const char *buf, size_t n, uint64_t *run_ns, uint64_t *slices);
 
 extern const char *const ps_status_keys[PS_ST_NKEYS];
 extern const char *const ps_io_keys[PS_IO_NKEYS];
@@ -75,6 +76,8 @@ typedef struct {
     struct _object *obj;
 } ps_text;
 
+struct ps_thread_memo;
+
 /* A cache entry: one per pid the last walk recorded. It keeps files open (a syscall
  * saving) and the Python strs of its comm and wchan. */
 typedef struct ps_entry {
@@ -85,6 +88,8 @@ typedef struct ps_entry {
     int keeps;             /* counts against the keep-open budget */
     uint64_t start;        /* starttime the kept files belong to */
     ps_text comm, wchan;
+    struct ps_thread_memo *memo; /* its threads as last read (walk_threads), sorted by tid */
+    size_t nmemo;
 } ps_entry;
 
 /* A span of the text arena; at == PS_NONE means "not available" (None). */
@@ -116,6 +121,19 @@ typedef struct {
     uint64_t num[T_COUNT];
     ps_span comm, state, wchan; /* wchan: PS_NONE when unreadable */
 } ps_thread;
+
+/* A thread as last read, given again while it has not run since: the same run time and
+ * timeslice count in task/TID/schedstat mean the same stat, status, io and wchan (a
+ * thread that does not run changes none of them). */
+typedef struct ps_thread_memo {
+    int tid;
+    uint64_t run_ns, slices;
+    uint32_t has;
+    uint64_t num[T_COUNT];
+    char *text;             /* comm, state and wchan back to back */
+    size_t comm_len, state_len, wchan_len;
+    int has_wchan;
+} ps_thread_memo;
 
 typedef struct {
     int pid;

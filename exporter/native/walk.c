@@ -399,8 +399,18 @@ static void walk_entry_close(ps_walker *w, ps_entry *e)
     }
 }
 
+static void walk_memo_free(ps_thread_memo *memo, size_t n)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++)
+        free(memo[i].text);
+    free(memo);
+}
+
 void walk_entry_free(ps_entry *e)
 {
+    walk_memo_free(e->memo, e->nmemo);
     free(e->comm.bytes);
     free(e->wchan.bytes);
     free(e);
@@ -543,6 +553,9 @@ static int walk_process(ps_walker *w, int pid)
         walk_close_fd(&e->fd[K_STATUS]);
         walk_close_fd(&e->fd[K_IO]);
         walk_close_fd(&e->fd[K_WCHAN]);
+        walk_memo_free(e->memo, e->nmemo); /* threads of another process */
+        e->memo = NULL;
+        e->nmemo = 0;
         e->start = st.starttime;
     }
 
@@ -856,13 +869,80 @@ static int walk_thread(ps_walker *w, int pid, int tid)
     return 0;
 }
 
+/* The thread's run time and timeslice count (task/TID/schedstat); 0, or -1 when they
+ * cannot be had (no file, or a kernel without sched_info: all zeros). */
+static int walk_schedstat(ps_walker *w, int pid, int tid, uint64_t *run_ns, uint64_t *slices)
+{
+    char name[64];
+    ssize_t n;
+    int err = 0;
+
+    snprintf(name, sizeof(name), "task/%d/schedstat", tid);
+    n = walk_read(w, NULL, -1, pid, name, 0, &err);
+    if (n < 0 || parse_schedstat(w->buf, (size_t)n, run_ns, slices) < 0 || *slices == 0)
+        return -1;
+    return 0;
+}
+
+/* Give thread m again (it has not run since it was read). 0 or -1 (ENOMEM). */
+static int walk_thread_again(ps_walker *w, const ps_thread_memo *m)
+{
+    size_t mark = w->arena_len;
+    ps_thread *t;
+
+    if (walk_grow((void **)&w->threads, w->nthreads, &w->cap_threads, 64, sizeof(*w->threads)) < 0)
+        return -1;
+    t = &w->threads[w->nthreads];
+    t->tid = m->tid;
+    t->has = m->has;
+    memcpy(t->num, m->num, sizeof(t->num));
+    t->wchan.at = PS_NONE;
+    if (walk_arena_put(w, m->text, m->comm_len, &t->comm) < 0 ||
+        walk_arena_put(w, m->text + m->comm_len, m->state_len, &t->state) < 0 ||
+        (m->has_wchan && walk_arena_put(w, m->text + m->comm_len + m->state_len, m->wchan_len, &t->wchan) < 0)) {
+        w->arena_len = mark;
+        return -1;
+    }
+    w->nthreads++;
+    return 0;
+}
+
+/* Remember thread t (just read) as m. 0 or -1 (ENOMEM). */
+static int walk_thread_memo(const ps_walker *w, const ps_thread *t, uint64_t run_ns, uint64_t slices,
+                            ps_thread_memo *m)
+{
+    size_t wlen = t->wchan.at == PS_NONE ? 0 : t->wchan.len;
+
+    m->text = malloc(t->comm.len + t->state.len + wlen + 1);
+    if (m->text == NULL)
+        return -1;
+    memcpy(m->text, w->arena + t->comm.at, t->comm.len);
+    memcpy(m->text + t->comm.len, w->arena + t->state.at, t->state.len);
+    if (wlen)
+        memcpy(m->text + t->comm.len + t->state.len, w->arena + t->wchan.at, wlen);
+    m->tid = t->tid;
+    m->run_ns = run_ns;
+    m->slices = slices;
+    m->has = t->has;
+    memcpy(m->num, t->num, sizeof(m->num));
+    m->comm_len = t->comm.len;
+    m->state_len = t->state.len;
+    m->wchan_len = wlen;
+    m->has_wchan = t->wchan.at != PS_NONE;
+    return 0;
+}
+
 /* The threads of a process, as process-exporter reads them: each of task/, sorted by
  * tid; fewer than two read is none. Nothing is counted as an error (a thread may exit
- * at any time). 0, or -1 on ENOMEM. */
+ * at any time). A thread of a known process that has not run since the last read (its
+ * schedstat unchanged) is given again from memory instead of read: most threads of a
+ * server sleep, and each costs four files. 0, or -1 on ENOMEM. */
 static int walk_threads(ps_walker *w, ps_fact *f)
 {
     char path[48];
-    size_t i, first = w->nthreads;
+    size_t i, first = w->nthreads, old = 0, nmemo = 0;
+    ps_thread_memo *memo = NULL;
+    ps_entry *e = walk_cache_find(w, f->pid);
     int fd, err = 0, rc;
 
     f->first_thread = first;
@@ -880,9 +960,35 @@ static int walk_threads(ps_walker *w, ps_fact *f)
         return err == ENOMEM ? -1 : 0;
     if (w->npids > 1)
         qsort(w->pids, w->npids, sizeof(*w->pids), walk_cmp_int);
-    for (i = 0; i < w->npids; i++)
-        if (walk_thread(w, f->pid, w->pids[i]) < 0)
+    if (e != NULL && (e->start != f->start || !w->is_procfs))
+        e = NULL; /* another process' memory; or a fake tree, whose files change at will */
+    if (e != NULL && (memo = calloc(w->npids ? w->npids : 1, sizeof(*memo))) == NULL)
+        return -1;
+    for (i = 0; i < w->npids; i++) {
+        int tid = w->pids[i];
+        uint64_t run_ns = 0, slices = 0;
+        int timed = e != NULL && walk_schedstat(w, f->pid, tid, &run_ns, &slices) == 0;
+        size_t before = w->nthreads;
+
+        while (timed && old < e->nmemo && e->memo[old].tid < tid)
+            old++;
+        if (timed && old < e->nmemo && e->memo[old].tid == tid && e->memo[old].run_ns == run_ns &&
+            e->memo[old].slices == slices)
+            rc = walk_thread_again(w, &e->memo[old]);
+        else
+            rc = walk_thread(w, f->pid, tid);
+        if (rc == 0 && timed && w->nthreads > before)
+            rc = walk_thread_memo(w, &w->threads[before], run_ns, slices, &memo[nmemo++]);
+        if (rc < 0) {
+            walk_memo_free(memo, nmemo);
             return -1;
+        }
+    }
+    if (e != NULL) {
+        walk_memo_free(e->memo, e->nmemo);
+        e->memo = memo;
+        e->nmemo = nmemo;
+    }
     f->nthreads = w->nthreads - first;
     if (f->nthreads < 2) { /* one thread is the process itself */
         w->nthreads = first;
