@@ -97,6 +97,7 @@ bench: build tools
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends netdata-core >/dev/null; } || \
 	  echo "netdata-core not installed: the bench reports apps.plugin as skipped"
 	$(PY) bench/run.py $(ARGS)
+	$(PY) bench/otlp_cost.py 5000 > bench/results/otlp.md
 	bash bench/freethreaded.sh
 
 # The extension on a free-threaded CPython (built once into .tools/, ~10 minutes).
