@@ -15,6 +15,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -73,6 +74,7 @@ struct psb {
 
 static char psb_log[8192];
 static size_t psb_log_len;
+static pthread_mutex_t psb_log_lock = PTHREAD_MUTEX_INITIALIZER; /* one load at a time logs */
 
 static int psb_print(enum libbpf_print_level level, const char *fmt, va_list args)
 {
@@ -135,6 +137,7 @@ static void psb_log_reason(char *msg, size_t msglen, const char *what, int err)
 /* ---- load ------------------------------------------------------------------------------ */
 
 static void psb_load_syms(psb *b);
+static int psb_load(psb *b, int wchan, int reject, char *msg, size_t msglen);
 
 /* Set a const volatile global (u32 or u64) of the program before the load. 0 or -errno. */
 static int psb_set_rodata(struct bpf_object *obj, const char *name, uint64_t value)
@@ -175,8 +178,6 @@ static int psb_set_rodata(struct bpf_object *obj, const char *name, uint64_t val
 int psb_open(psb **out, const char *procfs, uint64_t page_size, int wchan, int smaps, uint64_t smaps_max_rss,
              int reject, char *msg, size_t msglen)
 {
-    LIBBPF_OPTS(bpf_object_open_opts, opts, .object_name = "procsnap");
-    struct bpf_program *prog;
     long ticks = sysconf(_SC_CLK_TCK);
     psb *b;
     int err;
@@ -195,42 +196,11 @@ int psb_open(psb **out, const char *procfs, uint64_t page_size, int wchan, int s
     b->smaps = smaps;
     b->smaps_max_rss = smaps_max_rss;
 
-    libbpf_set_print(psb_print);
-    psb_log_len = 0;
-    psb_log[0] = '\0';
-    b->obj = bpf_object__open_mem(ps_bpf_obj, sizeof(ps_bpf_obj), &opts);
-    if (b->obj == NULL) {
-        err = errno ? errno : EINVAL;
-        psb_log_reason(msg, msglen, "open of the BPF object", err);
+    pthread_mutex_lock(&psb_log_lock);
+    err = psb_load(b, wchan, reject, msg, msglen);
+    pthread_mutex_unlock(&psb_log_lock);
+    if (err != 0)
         goto fail;
-    }
-    if (wchan) /* the names, and the text get_wchan() skips; without addresses: /proc */
-        psb_load_syms(b);
-    if ((err = -psb_set_rodata(b->obj, "want_stack", b->syms_state > 0)) != 0 ||
-        (err = -psb_set_rodata(b->obj, "sched_lo", b->sched_start)) != 0 ||
-        (err = -psb_set_rodata(b->obj, "sched_hi", b->sched_end)) != 0 ||
-        (err = -psb_set_rodata(b->obj, "lock_lo", b->lock_start)) != 0 ||
-        (err = -psb_set_rodata(b->obj, "lock_hi", b->lock_end)) != 0 ||
-        (err = -psb_set_rodata(b->obj, "reject", reject ? 1 : 0)) != 0) {
-        snprintf(msg, msglen, "the BPF object lacks its settings: %s", strerror(err));
-        goto fail;
-    }
-    if ((err = -bpf_object__load(b->obj)) != 0) {
-        psb_log_reason(msg, msglen, "BPF load", err);
-        goto fail;
-    }
-    prog = bpf_object__find_program_by_name(b->obj, "procsnap_task");
-    if (prog == NULL) {
-        err = ENOENT;
-        snprintf(msg, msglen, "the BPF object has no procsnap_task program");
-        goto fail;
-    }
-    b->link = bpf_program__attach_iter(prog, NULL);
-    if (b->link == NULL) {
-        err = errno ? errno : EINVAL;
-        psb_log_reason(msg, msglen, "attach of the task iterator", err);
-        goto fail;
-    }
     do
         b->rootfd = open(procfs, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     while (b->rootfd < 0 && errno == EINTR);
@@ -246,6 +216,53 @@ int psb_open(psb **out, const char *procfs, uint64_t page_size, int wchan, int s
 fail:
     psb_close(b);
     return -err;
+}
+
+/* Open, set up, load and attach the program (libbpf's messages kept in psb_log). 0 or an
+ * errno, with msg set. */
+static int psb_load(psb *b, int wchan, int reject, char *msg, size_t msglen)
+{
+    LIBBPF_OPTS(bpf_object_open_opts, opts, .object_name = "procsnap");
+    struct bpf_program *prog;
+    int err;
+
+    libbpf_set_print(psb_print);
+    psb_log_len = 0;
+    psb_log[0] = '\0';
+    b->obj = bpf_object__open_mem(ps_bpf_obj, sizeof(ps_bpf_obj), &opts);
+    if (b->obj == NULL) {
+        err = errno ? errno : EINVAL;
+        psb_log_reason(msg, msglen, "open of the BPF object", err);
+        return err;
+    }
+    if (wchan) /* the names, and the text get_wchan() skips; without addresses: /proc */
+        psb_load_syms(b);
+    if ((err = -psb_set_rodata(b->obj, "want_stack", b->syms_state > 0)) != 0 ||
+        (err = -psb_set_rodata(b->obj, "sched_lo", b->sched_start)) != 0 ||
+        (err = -psb_set_rodata(b->obj, "sched_hi", b->sched_end)) != 0 ||
+        (err = -psb_set_rodata(b->obj, "lock_lo", b->lock_start)) != 0 ||
+        (err = -psb_set_rodata(b->obj, "lock_hi", b->lock_end)) != 0 ||
+        (err = -psb_set_rodata(b->obj, "reject", reject ? 1 : 0)) != 0) {
+        snprintf(msg, msglen, "the BPF object lacks its settings: %s", strerror(err));
+        return err;
+    }
+    if ((err = -bpf_object__load(b->obj)) != 0) {
+        psb_log_reason(msg, msglen, "BPF load", err);
+        return err;
+    }
+    prog = bpf_object__find_program_by_name(b->obj, "procsnap_task");
+    if (prog == NULL) {
+        err = ENOENT;
+        snprintf(msg, msglen, "the BPF object has no procsnap_task program");
+        return err;
+    }
+    b->link = bpf_program__attach_iter(prog, NULL);
+    if (b->link == NULL) {
+        err = errno ? errno : EINVAL;
+        psb_log_reason(msg, msglen, "attach of the task iterator", err);
+        return err;
+    }
+    return 0;
 }
 
 void psb_close(psb *b)
