@@ -8,10 +8,10 @@
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
-# a C compiler for the extension (setup.py builds exporter/native/*.c with -Werror); the base
-# image has the Python headers
+# a C compiler for the extension (setup.py builds exporter/native/*.c with -Werror; the base
+# image has the Python headers), clang and libbpf for the optional bpf backend
 RUN apt-get update \
- && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && apt-get install -y --no-install-recommends gcc libc6-dev clang libbpf-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # what the build reads (see .dockerignore): the package metadata, the readme it names, the code
@@ -26,6 +26,10 @@ RUN python -m venv /opt/procsnap \
  && /opt/procsnap/bin/procsnap --version
 
 FROM ${PYTHON_IMAGE}
+# libbpf's runtime for --backend bpf/auto (without it procsnap reads /proc and says why once)
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libbpf1 \
+ && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/procsnap /opt/procsnap
 # no .pyc written at run time (the install compiled them; the chart's root filesystem is read-only)
 ENV PATH=/opt/procsnap/bin:$PATH \
