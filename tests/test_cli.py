@@ -275,8 +275,10 @@ def test_bad_keep_open_is_a_usage_error():
 
 
 def test_ctrl_c_during_once_delay_is_one_line():
+    # as from a terminal: SIGINT not ignored (a background job of a script inherits it ignored)
     proc = subprocess.Popen([PROCSNAP, "--once.delay", "60", "--path.procfs", PROC_BASIC, "--log.level", "debug"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env())
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env(),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         lines = [proc.stderr.readline() for _ in range(1)]  # "first snapshot" comes before the delay
         while b"first snapshot" not in lines[-1] and lines[-1] and len(lines) < 20:
