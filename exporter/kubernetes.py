@@ -72,8 +72,8 @@ def placement(cgroup_text: Optional[str]) -> Optional[Placement]:
 
 
 def _parse_path(parts: list) -> Optional[Placement]:
-    """From the end: the deepest container segment right below a pod segment (a container
-    may make cgroups of its own below it), else a pod segment itself."""
+    """From the end: the deepest pod segment, and the container segment right below it if
+    there is one (a container may make cgroups of its own below its own)."""
     parts = [p for p in parts if p and p != ".."]
     for i in range(len(parts) - 1, -1, -1):
         pod = _POD.fullmatch(parts[i])
