@@ -49,6 +49,10 @@ def _must_run(key):
         from exporter.reader import native_available
 
         return native_available()
+    if "bpf" in key:  # loads with CAP_BPF + CAP_PERFMON (root, as CI runs), a kernel with BTF
+        from exporter.reader import bpf_unavailable
+
+        return os.geteuid() == 0 and bpf_unavailable() is None
     return True
 
 
