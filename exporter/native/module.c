@@ -13,19 +13,11 @@
 #include <string.h>
 
 #include "reader.h"
+#include "pytuple.h"
 
 #define PS_RECORD_LEN (F_COUNT + 4) /* pid, comm, state, wchan beside the numeric fields */
 #define PS_ARENA_KEEP (4u << 20)
 #define PS_BUF_KEEP (64u << 10)
-
-/* t[k++] = expr, or goto error when expr failed (NULL) */
-#define TUPLE_PUT(t, k, expr)                                                              \
-    do {                                                                                   \
-        PyObject *item_ = (expr);                                                          \
-        if (item_ == NULL)                                                                 \
-            goto error;                                                                    \
-        PyTuple_SET_ITEM((t), (k)++, item_);                                               \
-    } while (0)
 
 typedef struct {
     PyObject_HEAD
@@ -168,32 +160,6 @@ error:
     return NULL;
 }
 
-/* errno counts -> {errno: count}, PS_MALFORMED (-1) for files that do not parse. */
-static PyObject *reader_errors(const ps_walker *w)
-{
-    PyObject *errors = PyDict_New(), *key = NULL, *count = NULL;
-    int i;
-
-    if (errors == NULL)
-        return NULL;
-    for (i = -1; i <= PS_ERRNO_MAX; i++) {
-        uint32_t n = i < 0 ? w->malformed : w->errors[i];
-        if (n == 0)
-            continue;
-        if ((key = PyLong_FromLong(i)) == NULL || (count = PyLong_FromUnsignedLong(n)) == NULL ||
-            PyDict_SetItem(errors, key, count) < 0)
-            goto error;
-        Py_CLEAR(key);
-        Py_CLEAR(count);
-    }
-    return errors;
-error:
-    Py_XDECREF(key);
-    Py_XDECREF(count);
-    Py_DECREF(errors);
-    return NULL;
-}
-
 static void reader_raise(ReaderObject *self, int err)
 {
     PyObject *exc;
@@ -258,7 +224,7 @@ static PyObject *Reader_read(ReaderObject *self, PyObject *unused)
             goto done;
         PyList_SET_ITEM(unreadable, (Py_ssize_t)i, item);
     }
-    if ((errors = reader_errors(w)) == NULL)
+    if ((errors = errors_dict(w->errors, w->malformed)) == NULL)
         goto done;
     result = PyTuple_Pack(3, records, unreadable, errors);
 done:
@@ -365,7 +331,7 @@ static PyObject *Reader_read_facts(ReaderObject *self, PyObject *requests)
             goto done;
         PyList_SET_ITEM(facts, i, item);
     }
-    if ((errors = reader_errors(w)) == NULL)
+    if ((errors = errors_dict(w->errors, w->malformed)) == NULL)
         goto done;
     result = PyTuple_Pack(2, facts, errors);
 done:

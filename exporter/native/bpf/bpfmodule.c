@@ -11,16 +11,9 @@
 #include <string.h>
 
 #include "loader.h"
+#include "../pytuple.h"
 
 #define PSB_RECORD_LEN (F_COUNT + 4) /* pid, comm, state, wchan beside the numeric fields */
-
-#define TUPLE_PUT(t, k, expr)                                                              \
-    do {                                                                                   \
-        PyObject *item_ = (expr);                                                          \
-        if (item_ == NULL)                                                                 \
-            goto error;                                                                    \
-        PyTuple_SET_ITEM((t), (k)++, item_);                                               \
-    } while (0)
 
 typedef struct {
     PyObject_HEAD
@@ -74,33 +67,6 @@ error:
     return NULL;
 }
 
-static PyObject *bpf_errors(psb *b)
-{
-    uint32_t malformed;
-    const uint32_t *errors = psb_errors(b, &malformed);
-    PyObject *dict = PyDict_New(), *key = NULL, *count = NULL;
-    int i;
-
-    if (dict == NULL)
-        return NULL;
-    for (i = -1; i <= PS_ERRNO_MAX; i++) {
-        uint32_t n = i < 0 ? malformed : errors[i];
-        if (n == 0)
-            continue;
-        if ((key = PyLong_FromLong(i)) == NULL || (count = PyLong_FromUnsignedLong(n)) == NULL ||
-            PyDict_SetItem(dict, key, count) < 0)
-            goto error;
-        Py_CLEAR(key);
-        Py_CLEAR(count);
-    }
-    return dict;
-error:
-    Py_XDECREF(key);
-    Py_XDECREF(count);
-    Py_DECREF(dict);
-    return NULL;
-}
-
 static void bpf_release(psb *b)
 {
     size_t n, i;
@@ -147,8 +113,13 @@ static PyObject *BpfReader_read(BpfReaderObject *self, PyObject *unused)
             goto done;
         PyList_SET_ITEM(records, (Py_ssize_t)i, item);
     }
-    if ((unreadable = PyList_New(0)) == NULL || (errors = bpf_errors(self->b)) == NULL)
-        goto done;
+    {
+        uint32_t malformed;
+        const uint32_t *counts = psb_errors(self->b, &malformed);
+
+        if ((unreadable = PyList_New(0)) == NULL || (errors = errors_dict(counts, malformed)) == NULL)
+            goto done;
+    }
     result = PyTuple_Pack(3, records, unreadable, errors);
 done:
     PyThread_release_lock(self->lock);
