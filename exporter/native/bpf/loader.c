@@ -392,30 +392,20 @@ static void psb_cputime_adjust(uint64_t utime, uint64_t stime, uint64_t rtime, u
     *pu = utime;
 }
 
-/* A file under the procfs root into b->scratch, whole. Its length, or -1 with *err. */
-static ssize_t psb_read_file(psb *b, int pid, const char *name, int *err)
+/* Read fd to its end (or to max bytes) into *buf from its start, growing it so that room
+ * bytes are free before each read; fd is closed. The length, or -1 with *err. */
+static ssize_t psb_read_to_end(int fd, char **buf, size_t *cap, size_t room, size_t max, int *err)
 {
-    char path[64];
     size_t len = 0;
     ssize_t n;
-    int fd;
 
-    snprintf(path, sizeof(path), "%d/%s", pid, name);
-    do
-        fd = openat(b->rootfd, path, O_RDONLY | O_CLOEXEC);
-    while (fd < 0 && errno == EINTR);
-    if (fd < 0) {
-        *err = errno;
-        return -1;
-    }
     for (;;) {
-        if (len + 4096 > b->scratch_cap &&
-            psb_grow((void **)&b->scratch, len + 4096, &b->scratch_cap, 1) < 0) {
+        if (*cap - len < room && psb_grow((void **)buf, len + room, cap, 1) < 0) {
             close(fd);
             *err = ENOMEM;
             return -1;
         }
-        n = read(fd, b->scratch + len, b->scratch_cap - len);
+        n = read(fd, *buf + len, *cap - len);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0) {
@@ -426,11 +416,28 @@ static ssize_t psb_read_file(psb *b, int pid, const char *name, int *err)
         if (n == 0)
             break;
         len += (size_t)n;
-        if (len >= PS_FILE_MAX)
+        if (len >= max)
             break;
     }
     close(fd);
     return (ssize_t)len;
+}
+
+/* A file under the procfs root into b->scratch, whole. Its length, or -1 with *err. */
+static ssize_t psb_read_file(psb *b, int pid, const char *name, int *err)
+{
+    char path[64];
+    int fd;
+
+    snprintf(path, sizeof(path), "%d/%s", pid, name);
+    do
+        fd = openat(b->rootfd, path, O_RDONLY | O_CLOEXEC);
+    while (fd < 0 && errno == EINTR);
+    if (fd < 0) {
+        *err = errno;
+        return -1;
+    }
+    return psb_read_to_end(fd, &b->scratch, &b->scratch_cap, 4096, PS_FILE_MAX, err);
 }
 
 static int psb_gone(int err)
@@ -661,28 +668,15 @@ static int psb_read_iter(psb *b, int *err)
         *err = errno;
         return -1;
     }
-    b->buf_len = 0;
-    for (;;) {
-        if (b->buf_cap - b->buf_len < 65536 &&
-            psb_grow((void **)&b->buf, b->buf_len + 65536 > READ_FIRST ? b->buf_len + 65536 : READ_FIRST,
-                     &b->buf_cap, 1) < 0) {
-            close(fd);
-            *err = ENOMEM;
-            return -1;
-        }
-        n = read(fd, b->buf + b->buf_len, b->buf_cap - b->buf_len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            *err = errno;
-            close(fd);
-            return -1;
-        }
-        if (n == 0)
-            break;
-        b->buf_len += (size_t)n;
+    if (psb_grow((void **)&b->buf, READ_FIRST, &b->buf_cap, 1) < 0) {
+        close(fd);
+        *err = ENOMEM;
+        return -1;
     }
-    close(fd);
+    n = psb_read_to_end(fd, &b->buf, &b->buf_cap, 65536, SIZE_MAX, err);
+    if (n < 0)
+        return -1;
+    b->buf_len = (size_t)n;
     return 0;
 }
 
