@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import subprocess
+import time
 
 
 def clean_env(**extra):
@@ -65,3 +66,21 @@ def group_families(groups, keep_empty=False, threads=True, smaps=True, extra_lab
         if family.samples or keep_empty:
             families.append(family)
     return families
+
+
+def proc_state(pid):
+    """The state letter of /proc/PID/stat (b"S", b"Z", ...), None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def settle(pids, state=b"S", timeout=20):
+    """Wait (at most timeout seconds in all) until each pid is in this state."""
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while proc_state(pid) != state:
+            assert time.monotonic() < deadline, f"{pid} did not reach state {state!r}"
+            time.sleep(0.01)

@@ -30,6 +30,7 @@ import time
 import pytest
 
 from exporter.reader import FIELDS, F, WANT_ALL, Reader, bpf_unavailable
+from helpers import settle
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -56,22 +57,6 @@ needs_module = pytest.mark.skipif(
 COUNTERS = ("utime_ticks", "stime_ticks", "minor_faults", "major_faults", "ctx_voluntary", "ctx_nonvoluntary",
             "read_bytes", "write_bytes", "cutime_ticks", "cstime_ticks", "cminor_faults", "cmajor_faults")
 TEXT = ("comm", "state", "wchan")
-
-
-def _state(pid):
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0]
-    except OSError:
-        return None
-
-
-def _settle(pids, state=b"S"):
-    deadline = time.monotonic() + 20
-    for pid in pids:
-        while _state(pid) != state:
-            assert time.monotonic() < deadline, f"{pid} did not reach state {state!r}"
-            time.sleep(0.01)
 
 
 def _stop(procs):
@@ -119,8 +104,8 @@ def live():
         _ready(procs["multi"])
         _ready(procs["busy"])
         procs["zombie"].send_signal(signal.SIGKILL)  # not reaped until the end: a zombie meanwhile
-        _settle([procs["zombie"].pid], b"Z")
-        _settle([p.pid for k, p in procs.items() if k in ("idle", "multi", "other")])
+        settle([procs["zombie"].pid], b"Z")
+        settle([p.pid for k, p in procs.items() if k in ("idle", "multi", "other")])
         yield {k: p.pid for k, p in procs.items()}
     finally:
         _stop(procs.values())
@@ -242,7 +227,7 @@ def test_exec_is_seen_by_its_mark():
     proc = Reader("/proc", "native", None, "off")
     try:
         _ready(child)
-        _settle([child.pid])
+        settle([child.pid])
         marks = []
         for step in range(2):
             a = next(dict(zip(FIELDS, r)) for r in bpf.read().records if r[0] == child.pid)
@@ -253,7 +238,7 @@ def test_exec_is_seen_by_its_mark():
                 child.stdin.write(b"go\n")
                 child.stdin.flush()
                 _ready(child)
-                _settle([child.pid])
+                settle([child.pid])
         assert marks[0][1:] == marks[1][1:] and marks[0][0] != marks[1][0]
     finally:
         bpf.close()

@@ -24,6 +24,7 @@ import time
 import pytest
 
 from conftest import needs_native
+from helpers import settle
 from exporter.procfs import FILE_MAX, PythonReader
 from exporter.reader import (
     F,
@@ -1003,22 +1004,9 @@ def test_threads_serialize(tmp_path):
 # -- live /proc: processes this test starts ------------------------------------------------
 
 
-def _state(pid) -> bytes:
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        return f.read().rsplit(b")", 1)[1].split()[0]
-
-
-def _settle(pids, state=b"S"):
-    deadline = time.monotonic() + 20
-    for pid in pids:
-        while _state(pid) != state:
-            assert time.monotonic() < deadline, f"{pid} did not reach state {state!r}"
-            time.sleep(0.01)
-
-
 def _start_sleepers(n, args=()):
     procs = [subprocess.Popen(["sleep", "600", *args]) for _ in range(n)]
-    _settle([p.pid for p in procs])
+    settle([p.pid for p in procs])
     return procs
 
 
@@ -1052,7 +1040,7 @@ def test_live_parity(sleepers):
     zombie = subprocess.Popen(["sleep", "600"])
     try:
         zombie.send_signal(signal.SIGKILL)  # not reaped until the end: a zombie meanwhile
-        _settle([zombie.pid], b"Z")
+        settle([zombie.pid], b"Z")
         children = [p.pid for p in sleepers] + [zombie.pid]
         nat = Reader("/proc", "native", None, "auto")
         py = Reader("/proc", "python", None, "off")
@@ -1109,7 +1097,7 @@ def test_live_long_cmdline_read_whole():
     args = [c * 99_999 for c in "abc"]
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", *args])
     try:
-        _settle([child.pid])
+        settle([child.pid])
         nat, py = Reader("/proc", "native", None, "auto"), Reader("/proc", "python", None, "off")
         start = next(r[F["start_ticks"]] for r in nat.read().records if r[0] == child.pid)
         facts, _ = facts_both(nat, py, [(child.pid, start, WANT_CMDLINE)])
