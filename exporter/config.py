@@ -518,11 +518,16 @@ def load_config(path: Optional[str] = None) -> Config:
     return parse_config(content, path)
 
 
-def _yaml_error(e: yaml.YAMLError, path: str) -> ConfigError:
+def yaml_problem(e: yaml.YAMLError, path: str) -> str:
+    """One line naming the file and line of a YAML error (the config and the web config)."""
     mark = getattr(e, "problem_mark", None)
     line = f":{mark.line + 1}" if mark else ""
     problem = getattr(e, "problem", None) or str(e)
-    return ConfigError(_one_line(f"{path}{line}: not valid YAML: {problem}"))
+    return one_line(f"{path}{line}: not valid YAML: {problem}")
+
+
+def _yaml_error(e: yaml.YAMLError, path: str) -> ConfigError:
+    return ConfigError(yaml_problem(e, path))
 
 
 def _is_null(node) -> bool:
@@ -560,7 +565,7 @@ def parse_config(content, path: str = "<config>") -> Config:
         raise _yaml_error(e, path) from None
 
     def fail(node, message):
-        raise ConfigError(_one_line(f"{path}:{node.start_mark.line + 1}: {message}"))
+        raise ConfigError(one_line(f"{path}:{node.start_mark.line + 1}: {message}"))
 
     if root is None or _is_null(root):  # an empty file (or only comments): no matchers
         return Config([], path)
@@ -663,5 +668,6 @@ def _parse_matcher(node, index, path, fail) -> Matcher:
     return matcher
 
 
-def _one_line(message: str) -> str:
+def one_line(message: str) -> str:
+    """A message as one line (a YAML value may hold line breaks)."""
     return message.replace("\r", " ").replace("\n", " ")

@@ -54,6 +54,8 @@ from typing import Callable, Optional
 
 import yaml
 
+from exporter.config import one_line, yaml_problem
+
 log = logging.getLogger("procsnap")
 
 # exporter-toolkit's dummy hash for unknown users: bcrypt of "fakepassword", cost 10
@@ -185,14 +187,12 @@ def parse_web_config(content: bytes, path: str) -> WebConfig:
 
     def fail(node, where, message):
         line = f":{node.start_mark.line + 1}" if node is not None else ""
-        raise WebConfigError(_one_line(f"{path}{line}: {where + ': ' if where else ''}{message}"))
+        raise WebConfigError(one_line(f"{path}{line}: {where + ': ' if where else ''}{message}"))
 
     try:  # yaml.v2 reads the first document only
         root = next(yaml.compose_all(content, Loader=yaml.SafeLoader), None)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        raise WebConfigError(_one_line(f"{path}{line}: not valid YAML: {getattr(e, 'problem', None) or e}")) from None
+        raise WebConfigError(yaml_problem(e, path)) from None
     base = os.path.dirname(os.path.abspath(path))
     top = _Fields(root, "", ("tls_server_config", "http_server_config", "basic_auth_users", "rate_limit"), fail)
     config = WebConfig(path)
@@ -449,10 +449,6 @@ def _pem_file(text: str, name: str):
         with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
             f.write(data)
         yield path
-
-
-def _one_line(message: str) -> str:
-    return " ".join(str(message).split("\n"))
 
 
 def load_web_config(path: str) -> WebConfig:
