@@ -33,6 +33,14 @@ def http_get(port, path="/metrics", timeout=10):
         conn.close()
 
 
+def http_ok(port, path) -> bool:
+    """GET http://127.0.0.1:port/path answers 200 (False while nothing listens)."""
+    try:
+        return http_get(port, path, timeout=2)[0] == 200
+    except OSError:
+        return False
+
+
 def stop_processes(procs):
     """SIGTERM each (last started first), wait up to 10 s each, then SIGKILL."""
     for p in reversed(procs):

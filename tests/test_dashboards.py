@@ -29,7 +29,7 @@ import urllib.parse
 import pytest
 import yaml
 
-from helpers import clean_env, free_port, http_get, stop_processes
+from helpers import clean_env, free_port, http_get, http_ok, stop_processes
 from otlp_receiver import HttpReceiver
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -464,7 +464,7 @@ class Stack:
         port = free_port()
         self.spawn([PROCSNAP, "--web.listen-address", f"127.0.0.1:{port}", "--config.path", path, *flags],
                    stderr=self.log(f"procsnap-{name}.log"), env=clean_env())
-        wait_for(lambda: self._ok(port, "/healthz"), 30, what=f"procsnap ({name}) /healthz")
+        wait_for(lambda: http_ok(port, "/healthz"), 30, what=f"procsnap ({name}) /healthz")
         return port
 
     def start_prometheus(self):
@@ -480,7 +480,7 @@ class Stack:
         self.spawn([PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={os.path.join(self.tmp, 'data')}",
                     f"--web.listen-address=127.0.0.1:{self.prom_port}", "--log.level=warn"],
                    stderr=self.log("prometheus.log"))
-        wait_for(lambda: self._ok(self.prom_port, "/-/ready"), 30, what="prometheus /-/ready")
+        wait_for(lambda: http_ok(self.prom_port, "/-/ready"), 30, what="prometheus /-/ready")
 
     def warm_up(self):
         """Until rate() has data (10 scrapes of each procsnap), the restarter has restarted
@@ -494,13 +494,6 @@ class Stack:
         }
         for what, expr in checks.items():
             wait_for(lambda: self.query(expr), what=what)
-
-    @staticmethod
-    def _ok(port, path):
-        try:
-            return http_get(port, path, timeout=2)[0] == 200
-        except OSError:
-            return False
 
     def api(self, endpoint, **params):
         """(data, error): a failed query is an error string, not an exception."""

@@ -20,7 +20,7 @@ import urllib.parse
 import pytest
 
 from exporter import __version__
-from helpers import clean_env, free_port, http_get, stop_processes
+from helpers import clean_env, free_port, http_get, http_ok, stop_processes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROC_BASIC = os.path.join(HERE, "fixtures", "proc-basic")
@@ -344,7 +344,7 @@ class Stack:
             [PROCSNAP, "--web.listen-address", f"127.0.0.1:{self.procsnap_port}", "--config.path", config],
             stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.tmp, "procsnap.log"), "wb"), env=clean_env(),
         )
-        wait_for(lambda: self._ok(self.procsnap_port, "/healthz"), 20, what="procsnap /healthz")
+        wait_for(lambda: http_ok(self.procsnap_port, "/healthz"), 20, what="procsnap /healthz")
 
         self.prom_port = free_port()
         prom_config = os.path.join(self.tmp, "prometheus.yml")
@@ -359,14 +359,7 @@ class Stack:
              f"--web.listen-address=127.0.0.1:{self.prom_port}", "--log.level=warn"],
             stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.tmp, "prometheus.log"), "wb"),
         )
-        wait_for(lambda: self._ok(self.prom_port, "/-/ready"), 30, what="prometheus /-/ready")
-
-    @staticmethod
-    def _ok(port, path):
-        try:
-            return http_get(port, path, timeout=2)[0] == 200
-        except OSError:
-            return False
+        wait_for(lambda: http_ok(self.prom_port, "/-/ready"), 30, what="prometheus /-/ready")
 
     def api(self, endpoint, **params):
         query = urllib.parse.urlencode(params, doseq=True)
