@@ -838,7 +838,7 @@ def make_exporter(args, config):
     facts = HostFacts(procfs=args.path_procfs)
     smaps_max_rss = (args.gather_smaps_max_rss or UNLIMITED) if args.gather_smaps else None
     reader = Reader(args.path_procfs, _choose_backend(args.backend), facts.page_size, args.procfs_keep_open,
-                    args.wchan, smaps_max_rss)
+                    args.wchan, smaps_max_rss, machine_cpu=args.count_reaped_children)
     _log_backend(reader)
     grouper = Grouper(
         config,

@@ -242,8 +242,10 @@ class Reader:
 
     def __init__(self, procfs: str = "/proc", backend: str = "native", page_size: int | None = None,
                  keep_open: str = "auto", wchan: bool = True, smaps_max_rss: int | None = None,
-                 bpf_reject: bool = False):
+                 bpf_reject: bool = False, machine_cpu: bool = True):
         """``wchan``: read /proc/PID/wchan (and each thread's); without it the field is None.
+        ``machine_cpu``: read the machine's CPU (/proc/stat) after each walk, for the check
+        of reaped children's CPU (else Reading.cpu_ticks is None).
         ``smaps_max_rss``: read proportional memory (smaps_rollup) of the processes whose rss
         is at most that many bytes (None: of none). ``backend`` "bpf" or "auto": the BPF
         task iterator where it loads, else "native" (``backend`` then says "native" and
@@ -251,6 +253,7 @@ class Reader:
         if backend not in ("native", "python", "bpf", "auto"):
             raise ValueError(f"backend must be 'native', 'python', 'bpf' or 'auto', not {backend!r}")
         self.procfs = procfs
+        self.machine_cpu = machine_cpu
         self.requested = backend
         self.fallback_reason: Optional[str] = None
         self.page_size = page_size or os.sysconf("SC_PAGE_SIZE")
@@ -286,7 +289,7 @@ class Reader:
         except OSError as e:
             raise OSError(e.errno, f"cannot list {self.procfs}: {e.strerror or e}") from None
         return Reading(records, unreadable, _named(errors), started, time.perf_counter() - t0,
-                       machine_cpu_ticks(self.procfs))
+                       machine_cpu_ticks(self.procfs) if self.machine_cpu else None)
 
     def read_facts(self, requests) -> tuple:
         """[(pid, start_ticks, want)] -> ([Fact] in that order, {reason: count})."""
