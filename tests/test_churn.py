@@ -40,9 +40,12 @@ def rss_kib(pid: int) -> int:
 
 
 def counters(body: bytes) -> dict:
+    """The group counters. Not the per-thread-name ones: as process-exporter's, those of a
+    thread name absent for a scrape start again from 0."""
     out = {}
     for family in text_string_to_metric_families(body.decode()):
-        if family.type == "counter" and family.name.startswith("namedprocess_namegroup_"):
+        if (family.type == "counter" and family.name.startswith("namedprocess_namegroup_")
+                and not family.name.startswith("namedprocess_namegroup_thread_")):
             for s in family.samples:
                 out[(s.name, tuple(sorted(s.labels.items())))] = s.value
     return out
