@@ -341,10 +341,11 @@ FLAGS = (
         "procfs.keep-open",
         "auto",
         parse_keep_open,
-        "Keep /proc/PID/{stat,status,io,wchan} open between scrapes for this many processes: "
-        "'auto' (the first 1000: at most about 17 MiB of kernel memory), 'all' (fastest, "
-        "about 15%% faster than 'off' at 5000 processes; each kept process pins about 15-17 KiB "
-        "of kernel memory), 'off', or a number. Capped by the open-files limit.",
+        "Keep /proc files open between scrapes for this many processes: stat and schedstat of a "
+        "process that sleeps (its status, io and wchan are given from memory while it does not run), "
+        "status, io and wchan too of one seen running. Each kept file pins about 4.4 KiB of kernel "
+        "memory. 'auto' (the first 2000 processes: about 17 MiB while they sleep), 'all' (fastest), "
+        "'off', or a number. Capped by the open-files limit.",
         metavar="{auto,all,off,N}",
     ),
     _Flag(

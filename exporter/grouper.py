@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from operator import itemgetter
+from operator import add, itemgetter
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -506,9 +506,10 @@ class _Update:
             # process-exporter counts a multi-threaded process' state and each thread's
             counted = Counter(columns[_STATE])
             thread_states = step.thread_states
-            if thread_states:
-                for i in idx:
-                    counted.update(thread_states.get(step.identities[i], ()))
+            if thread_states:  # Counter.update costs microseconds even when given nothing
+                identities = step.identities
+                for letters in filter(None, map(thread_states.get, [identities[i] for i in idx])):
+                    counted.update(letters)
             for state, count in counted.items():
                 states[_STATE_OF.get(state, "Other")] += count
             wchans = self.wchans(columns[_WCHAN], idx)
@@ -526,8 +527,8 @@ class _Update:
         thread_wchans = self.step.thread_wchans
         if thread_wchans:
             identities = self.step.identities
-            for i in idx:
-                counted.update(thread_wchans.get(identities[i], ()))
+            for wchans in filter(None, map(thread_wchans.get, [identities[i] for i in idx])):
+                counted.update(wchans)
         return tuple(sorted((w, c) for w, c in counted.items() if w and w != "0"))
 
     def thread_totals(self, key: tuple, idx) -> tuple:
@@ -537,22 +538,19 @@ class _Update:
         deltas = self.step.thread_deltas
         if not deltas:
             return ()
-        now: dict = {}
+        grown: dict = {}  # thread name -> what each of its threads grew
         identities = self.step.identities
-        for i in idx:
-            for thread_name, grown in deltas.get(identities[i], ()):
-                entry = now.get(thread_name)
-                if entry is None:
-                    now[thread_name] = entry = [0, [0] * len(THREAD_COUNTERS)]
-                entry[0] += 1
-                entry[1] = [a + b for a, b in zip(entry[1], grown)]
+        for named in filter(None, map(deltas.get, [identities[i] for i in idx])):
+            for thread_name, each in named.items():
+                grown.setdefault(thread_name, []).extend(each)
+        now = {thread_name: (len(each), tuple(map(sum, zip(*each)))) for thread_name, each in grown.items()}
         if not now:
             return ()
         before = self.g.thread_totals.get(key, {})
         totals = {}
-        for thread_name, (count, grown) in now.items():
+        for thread_name, (count, summed) in now.items():
             old = before.get(thread_name)
-            totals[thread_name] = (count, tuple(a + b for a, b in zip(grown, old[1])) if old else tuple(grown))
+            totals[thread_name] = (count, tuple(map(add, summed, old[1])) if old else summed)
         self.thread_totals_now[key] = totals
         hz = self.g.clock_ticks
         return tuple((thread_name, count, (counters[0] / hz, counters[1] / hz) + counters[2:])

@@ -198,18 +198,20 @@ class _BpfBackend:
         self._facts.close()
 
 
-# Each kept-open /proc file pins kernel memory (its seq_file buffer and struct file):
-# measured about 13 KiB charged per process for stat, status and io (bench: 65 MiB at
-# 5000), wchan adds one more. "auto" keeps the files of at most this many processes, which
-# bounds that memory near 17 MiB; the others are opened and closed at each read.
-KEEP_OPEN_AUTO = 1000
-KEPT_PER_PROCESS = 4  # stat, status, io, wchan (PS_KEPT_FDS)
+# Each kept-open /proc file pins about 4.4 KiB of kernel memory (its seq_file buffer and
+# struct file). A kept process that sleeps keeps two, stat and schedstat (its status, io
+# and wchan are given from memory while it does not run); one seen running keeps all
+# five. "auto" keeps the files of at most this many processes: about 17 MiB while they
+# sleep, up to 2.5 times that if all of them run; the others are opened and closed at
+# each read.
+KEEP_OPEN_AUTO = 2000
+KEPT_PER_PROCESS = 5  # stat, status, io, wchan, schedstat (PS_KEPT_FDS)
 FD_RESERVE = 512  # descriptors left to the rest of procsnap (sockets, config, ...)
 
 
 def keep_open_budget(setting: str) -> int:
     """Processes whose files may be kept open, from --procfs.keep-open (auto, off, or a
-    number), capped by what RLIMIT_NOFILE leaves (4 files a process)."""
+    number), capped by what RLIMIT_NOFILE leaves (5 files a process)."""
     setting = parse_keep_open(setting)
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:

@@ -23,7 +23,7 @@ it current. A scrape that fails half-way leaves the tracker as it was.
 from __future__ import annotations
 
 from itertools import compress, count, repeat
-from operator import contains, itemgetter
+from operator import contains, itemgetter, sub
 from typing import NamedTuple, Optional
 
 from exporter.reader import F, PF_KTHREAD, THREAD_FIELDS, WANT_ALL, WANT_CMDLINE, WANT_NOFILE, WANT_THREADS, reason
@@ -46,8 +46,11 @@ _nthreads = itemgetter(F["num_threads"])
 _CTXV, _CTXNV = F["ctx_voluntary"], F["ctx_nonvoluntary"]
 # a thread's counters (THREAD_FIELDS 3..10: CPU, faults, context switches, io); None as 0
 _thread_counts = itemgetter(3, 4, 5, 6, 7, 8, 9, 10)
-_T_CTXV, _T_CTXNV = 4, 5  # where the context switches are among those counters
-_T_WCHAN = THREAD_FIELDS.index("wchan")
+_t_ctxv, _t_ctxnv = itemgetter(4), itemgetter(5)  # the context switches among those counters
+_NO_GROWTH = (0,) * 8
+_t_names = itemgetter(THREAD_FIELDS.index("comm"))
+_t_states = itemgetter(THREAD_FIELDS.index("state"))
+_t_wchans = itemgetter(THREAD_FIELDS.index("wchan"))
 
 
 class Proc:
@@ -111,7 +114,7 @@ class Step(NamedTuple):
     threads: dict  # identity -> {tid: counters} of multi-threaded processes (read each step)
     thread_states: dict  # identity -> the state letters of its threads
     thread_wchans: dict  # identity -> the wchans of its threads (str or None each)
-    thread_deltas: dict  # identity -> [(thread name, counters grown since the last step)]
+    thread_deltas: dict  # identity -> {thread name: [counters grown since the last step, a tuple per thread]}
     # [(identity, growth of cutime, cstime, cminflt, cmajflt)] of identities read both times:
     # the children they reaped meanwhile (all their CPU and faults, seen or not)
     reaped: list
@@ -260,8 +263,8 @@ class Tracker:
             for identity, counts in threads.items():
                 i = position[identity]
                 rec = list(records[i])
-                rec[_CTXV] = sum(c[_T_CTXV] for c in counts.values())
-                rec[_CTXNV] = sum(c[_T_CTXNV] for c in counts.values())
+                rec[_CTXV] = sum(map(_t_ctxv, counts.values()))
+                rec[_CTXNV] = sum(map(_t_ctxnv, counts.values()))
                 records[i] = last[identity] = tuple(rec)
         if dropped:
             keep = [i for i, identity in enumerate(identities) if identity not in dropped]
@@ -294,19 +297,19 @@ class Tracker:
 
     def _thread_step(self, identity, read, threads, states, wchans, deltas) -> None:
         """A multi-threaded process' threads: their counters (None read as 0, as
-        process-exporter does), states, wchans, and per thread name what grew since the last step
-        (a thread seen for the first time has grown by nothing)."""
+        process-exporter does), states, wchans, and per thread name what each of its threads
+        grew since the last step (a thread seen for the first time has grown by nothing)."""
         before = self.threads.get(identity, {})
-        now = {}
-        named = []
-        for t in read:
-            counts = tuple(v or 0 for v in _thread_counts(t))
-            now[t[0]] = counts
-            old = before.get(t[0])
-            named.append((t[1], tuple(a - b for a, b in zip(counts, old)) if old else (0,) * 8))
-        threads[identity] = now
-        states[identity] = tuple(t[2] for t in read)
-        wchans[identity] = tuple(t[_T_WCHAN] for t in read)
+        counts = list(map(_thread_counts, read))
+        if any(map(contains, counts, repeat(None))):
+            counts = [tuple(v or 0 for v in c) if None in c else c for c in counts]
+        tids = list(map(_first, read))
+        named: dict = {}
+        for name, now, old in zip(map(_t_names, read), counts, map(before.get, tids)):
+            named.setdefault(name, []).append(tuple(map(sub, now, old)) if old else _NO_GROWTH)
+        threads[identity] = dict(zip(tids, counts))
+        states[identity] = tuple(map(_t_states, read))
+        wchans[identity] = tuple(map(_t_wchans, read))
         deltas[identity] = named
 
     def commit(self, step: Step) -> None:

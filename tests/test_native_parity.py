@@ -1178,6 +1178,55 @@ def test_live_threads_remembered_while_idle_and_read_again_once_run():
         _stop([child])
 
 
+ONE_THREAD = r"""
+import sys
+print("ready", flush=True)
+for line in sys.stdin:  # each line: run a little, then sleep in the same place again
+    sum(range(100000))
+    print("done", flush=True)
+"""
+
+
+def test_live_process_remembered_while_idle_and_read_again_once_run():
+    """A single-threaded process that has not run since the last read (its schedstat, state
+    and rss unchanged) has its status, io and wchan given from memory, with their files
+    closed: the same values as the twin reads; once it ran they are read (and kept) again."""
+    child = subprocess.Popen([sys.executable, "-c", ONE_THREAD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert child.stdout.readline() == "ready\n"
+        settle([child.pid])
+        nat, py = Reader("/proc", "native", None, "auto"), Reader("/proc", "python", None, "off")
+        compared = STABLE + ("euid", "swap_bytes", "wchan")
+
+        def both():
+            a = next(r for r in nat.read().records if r[0] == child.pid)
+            b = next(r for r in py.read().records if r[0] == child.pid)
+            assert [a[F[f]] for f in compared] == [b[F[f]] for f in compared]
+            return dict(zip(FIELDS, a))
+
+        def kept():
+            return sorted(m.group(2) for m in map(KEPT_FILE.fullmatch, _fd_targets()) if m and int(m.group(1)) == child.pid)
+
+        first = both()  # first seen: read whole, nothing but stat and schedstat kept
+        assert first["state"] == "S" and first["wchan"] not in (None, "")
+        for _ in range(2):
+            idle = both()  # given from memory: status, io and wchan are not even open
+            assert kept() == ["schedstat", "stat"] and idle["ctx_voluntary"] == first["ctx_voluntary"]
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            assert child.stdout.readline() == "done\n"
+            settle([child.pid])
+            ran = both()  # it ran: read again, and its files kept
+            assert ran["ctx_voluntary"] > idle["ctx_voluntary"]
+            assert kept() == ["io", "schedstat", "stat", "status", "wchan"]
+            first = ran
+        nat.close()
+    finally:
+        child.stdin.close()
+        _stop([child])
+
+
 def test_live_records_are_plain_tuples(sleepers):
     """The C builds records with PyTuple_New: plain tuples, hashed as tuples (set/dict keys)."""
     for backend in ("native", "python"):
@@ -1220,17 +1269,23 @@ def test_live_threads_serialize(sleepers):
 
 # -- the keep-open budget ------------------------------------------------------------------
 
-KEPT_FILE = re.compile(r"/proc/(\d+)/(stat|status|io|wchan)(?: \(deleted\))?")
+KEPT_FILE = re.compile(r"/proc/(\d+)/(stat|status|io|wchan|schedstat)(?: \(deleted\))?")
+
+
+def _fd_targets() -> list:
+    targets = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            targets.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass
+    return targets
 
 
 def proc_fds(pids=None) -> int:
-    """Our fds on a /proc/PID/{stat,status,io} (of those pids only, when given)."""
+    """Our fds on a /proc/PID/{stat,status,io,wchan,schedstat} (of those pids only, when given)."""
     n = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
+    for target in _fd_targets():
         m = KEPT_FILE.fullmatch(target)
         if m and (pids is None or int(m.group(1)) in pids):
             n += 1
@@ -1326,7 +1381,7 @@ def test_kept_files_of_exited_processes_are_released(nofile_raised):
         for _ in range(2):
             assert mine <= {x[0] for x in r.read().records}
         kept_before = proc_fds()
-        assert proc_fds(mine) == KEPT_PER_PROCESS * n  # stat, status, io and wchan of each child are kept
+        assert proc_fds(mine) == 2 * n  # stat and schedstat of each sleeping child are kept
         assert kept_before - baseline >= KEPT_PER_PROCESS * n and r.kept() >= n
     finally:
         _stop(procs)

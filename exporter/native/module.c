@@ -455,8 +455,10 @@ static PyMethodDef Reader_methods[] = {
 
 PyDoc_STRVAR(Reader_doc,
 "Reader(procfs, page_size, keep_open, wchan=True, smaps_max_rss=None)\n\n"
-"Reads every process under a procfs root. Keeps /proc/PID/{stat,status,io,wchan} open\n"
-"between reads for at most keep_open processes (a real procfs only). With wchan false,\n"
+"Reads every process under a procfs root. Keeps /proc/PID/{stat,schedstat} open between\n"
+"reads for at most keep_open processes (a real procfs only), and {status,io,wchan} of\n"
+"those seen running: a single-threaded process that did not run since the last read has\n"
+"its status, io and wchan given from memory. With wchan false,\n"
 "no wchan file is read (the field is None). With smaps_max_rss (bytes), smaps_rollup is\n"
 "read for processes whose rss is at most that.");
 

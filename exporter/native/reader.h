@@ -25,7 +25,7 @@
 #define PS_ERRNO_MAX 4095    /* errno values are below this (MAX_ERRNO) */
 #define PS_MALFORMED (-1)    /* a reason beside the errnos: the file does not parse */
 #define PS_PROC_SUPER_MAGIC 0x9fa0
-#define PS_KEPT_FDS 4        /* per process: stat, status, io, wchan */
+#define PS_KEPT_FDS 5        /* per process: stat, status, io, wchan, schedstat */
 
 /* ---- parse.c ------------------------------------------------------------------- */
 
@@ -78,18 +78,34 @@ typedef struct {
 
 struct ps_thread_memo;
 
+/* What status, io and wchan gave a single-threaded process at its last full read, given
+ * again while the process has not run since (walk_process): the same run time and
+ * timeslice count in PID/schedstat, the same state (not R) and rss in stat. */
+#define PS_IDLE_FIELDS 7 /* the status and io fields: F_UID, F_SWAP, F_CTXV, F_CTXNV, F_READ, F_WRITE, F_EUID */
+typedef struct {
+    int valid;
+    uint64_t run_ns, slices, rss;
+    char state;
+    uint32_t has;                 /* bit i: field i of PS_IDLE_FIELDS was read */
+    uint64_t num[PS_IDLE_FIELDS];
+    int errs[3], nerrs;           /* what reading them failed with, counted again */
+    char *wchan;                  /* its bytes (NULL: none read) */
+    size_t wchan_len;
+} ps_idle_memo;
+
 /* A cache entry: one per pid the last walk recorded. It keeps files open (a syscall
  * saving) and the Python strs of its comm and wchan. */
 typedef struct ps_entry {
     struct ps_entry *next; /* hash chain; the evicted list */
     int pid;
     unsigned gen;          /* walk generation that last recorded this pid */
-    int fd[PS_KEPT_FDS];   /* kept stat, status, io, wchan; -1 when not open */
+    int fd[PS_KEPT_FDS];   /* kept stat, status, io, wchan, schedstat; -1 when not open */
     int keeps;             /* counts against the keep-open budget */
     uint64_t start;        /* starttime the kept files belong to */
     ps_text comm, wchan;
     struct ps_thread_memo *memo; /* its threads as last read (walk_threads), sorted by tid */
     size_t nmemo;
+    ps_idle_memo idle;
 } ps_entry;
 
 /* A span of the text arena; at == PS_NONE means "not available" (None). */

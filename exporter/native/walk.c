@@ -22,7 +22,7 @@
 #define DENTS_SIZE 32768
 #define BUF_FIRST 4096
 
-enum { K_STAT, K_STATUS, K_IO, K_WCHAN };
+enum { K_STAT, K_STATUS, K_IO, K_WCHAN, K_SCHED };
 
 struct linux_dirent64 {
     uint64_t d_ino;
@@ -374,7 +374,7 @@ static ps_entry *walk_cache_get(ps_walker *w, int pid)
         if (e == NULL)
             return NULL;
         e->pid = pid;
-        e->fd[K_STAT] = e->fd[K_STATUS] = e->fd[K_IO] = e->fd[K_WCHAN] = -1;
+        e->fd[K_STAT] = e->fd[K_STATUS] = e->fd[K_IO] = e->fd[K_WCHAN] = e->fd[K_SCHED] = -1;
         h = walk_hash(w, pid);
         e->next = w->buckets[h];
         w->buckets[h] = e;
@@ -411,6 +411,7 @@ static void walk_memo_free(ps_thread_memo *memo, size_t n)
 void walk_entry_free(ps_entry *e)
 {
     walk_memo_free(e->memo, e->nmemo);
+    free(e->idle.wchan);
     free(e->comm.bytes);
     free(e->wchan.bytes);
     free(e);
@@ -520,6 +521,131 @@ static int walk_smaps(ps_walker *w, ps_entry *e, ps_record *r)
     return rc;
 }
 
+/* ---- a process that has not run since the last walk ------------------------------------ */
+
+static const int walk_idle_fields[PS_IDLE_FIELDS] = {F_UID, F_SWAP, F_CTXV, F_CTXNV, F_READ, F_WRITE, F_EUID};
+
+/* The run time and timeslice count of a single-threaded process of a real procfs
+ * (PID/schedstat, kept with the other files): 1, or 0 when they cannot be had (several
+ * threads: the file is the leader's alone; a fixture tree; a kernel without sched_info). */
+static int walk_idle_probe(ps_walker *w, ps_entry *e, const ps_stat *st, uint64_t *run_ns, uint64_t *slices)
+{
+    ssize_t n;
+    int err = 0;
+
+    if (!w->is_procfs || st->num_threads != 1) {
+        walk_close_fd(&e->fd[K_SCHED]);
+        return 0;
+    }
+    n = walk_read(w, e, K_SCHED, e->pid, "schedstat", 0, &err);
+    return n >= 0 && parse_schedstat(w->buf, (size_t)n, run_ns, slices) == 0 && *slices != 0;
+}
+
+/* Has the process of record r not run since its status, io and wchan were remembered?
+ * A process that does not run changes none of them, but its state changes when it is
+ * woken (then it is R, and its wchan "0") and its rss when its pages are reclaimed (and
+ * so perhaps its swap): those are checked in stat, read each time. */
+static int walk_idle_same(const ps_walker *w, const ps_entry *e, const ps_record *r, const ps_stat *st,
+                          uint64_t run_ns, uint64_t slices)
+{
+    char state = r->state.len ? w->arena[r->state.at] : '\0';
+
+    return e->idle.valid && e->idle.run_ns == run_ns && e->idle.slices == slices && state == e->idle.state &&
+           state != 'R' && st->has_rss && st->rss == e->idle.rss;
+}
+
+/* Give the remembered status, io and wchan to r, with the errors their reads had; their
+ * kept files are closed (an idle process pins two, stat and schedstat). 0 or -1 (ENOMEM). */
+static int walk_idle_again(ps_walker *w, ps_entry *e, ps_record *r)
+{
+    int i;
+
+    for (i = 0; i < PS_IDLE_FIELDS; i++)
+        if (e->idle.has & (1u << i))
+            walk_set(r, walk_idle_fields[i], e->idle.num[i]);
+    for (i = 0; i < e->idle.nerrs; i++)
+        walk_count(w, e->idle.errs[i]);
+    if (e->idle.wchan != NULL && walk_arena_put(w, e->idle.wchan, e->idle.wchan_len, &r->wchan) < 0)
+        return -1;
+    walk_close_fd(&e->fd[K_STATUS]);
+    walk_close_fd(&e->fd[K_IO]);
+    walk_close_fd(&e->fd[K_WCHAN]);
+    return 0;
+}
+
+/* Remember what status, io and wchan gave r (the errors from w->pending[first_error]).
+ * Not remembered (memory short, or too many errors) is only slower. */
+static void walk_idle_remember(ps_walker *w, ps_entry *e, const ps_record *r, const ps_stat *st,
+                               uint64_t run_ns, uint64_t slices, int first_error)
+{
+    ps_idle_memo *m = &e->idle;
+    int i;
+
+    m->valid = 0;
+    if (!st->has_rss || w->npending - first_error > (int)(sizeof(m->errs) / sizeof(m->errs[0])))
+        return;
+    free(m->wchan);
+    m->wchan = NULL;
+    m->wchan_len = 0;
+    if (r->wchan.at != PS_NONE) {
+        if ((m->wchan = malloc(r->wchan.len ? r->wchan.len : 1)) == NULL)
+            return;
+        memcpy(m->wchan, w->arena + r->wchan.at, r->wchan.len);
+        m->wchan_len = r->wchan.len;
+    }
+    m->has = 0;
+    for (i = 0; i < PS_IDLE_FIELDS; i++)
+        if (r->has & (1u << walk_idle_fields[i])) {
+            m->has |= 1u << i;
+            m->num[i] = r->num[walk_idle_fields[i]];
+        }
+    m->nerrs = w->npending - first_error;
+    for (i = 0; i < m->nerrs; i++)
+        m->errs[i] = w->pending[first_error + i];
+    m->run_ns = run_ns;
+    m->slices = slices;
+    m->rss = st->rss;
+    m->state = r->state.len ? w->arena[r->state.at] : '\0';
+    m->valid = 1;
+}
+
+/* status, io and wchan of record r, their files kept open when keep is set (else
+ * closed). 0, 1 (vanished) or -1 (ENOMEM). */
+static int walk_status_io_wchan(ps_walker *w, ps_entry *e, ps_record *r, int keep)
+{
+    ssize_t n;
+    int err = 0, rc, pid = r->pid;
+
+    if (!keep) {
+        walk_close_fd(&e->fd[K_STATUS]);
+        walk_close_fd(&e->fd[K_IO]);
+        walk_close_fd(&e->fd[K_WCHAN]);
+    }
+    rc = walk_keyed(w, e, r, keep ? K_STATUS : -1, "status", ps_status_keys, PS_ST_NKEYS, F_UID);
+    if (rc == 0 && (r->has & (1u << F_UID))) { /* w->buf still holds status */
+        uint64_t euid;
+        if (parse_effective_uid(w->buf, w->last_len, &euid) == 0)
+            walk_set(r, F_EUID, euid);
+    }
+    if (rc == 0 && (r->has & (1u << F_UID)) && !(r->has & (1u << F_SWAP)))
+        walk_set(r, F_SWAP, 0); /* no VmSwap line: no mm (kernel thread, zombie), nothing swapped */
+    if (rc == 0 && walk_scale(r, F_SWAP, 1024) < 0) { /* status VmSwap is in kB */
+        r->has &= ~(1u << F_UID | 1u << F_SWAP | 1u << F_CTXV | 1u << F_CTXNV | 1u << F_EUID);
+        walk_count(w, PS_MALFORMED);
+    }
+    if (rc == 0)
+        rc = walk_keyed(w, e, r, keep ? K_IO : -1, "io", ps_io_keys, PS_IO_NKEYS, F_READ);
+    if (rc == 0 && w->wchan) {
+        n = walk_read(w, e, keep ? K_WCHAN : -1, pid, "wchan", 0, &err);
+        if (n >= 0)
+            rc = walk_arena_put(w, w->buf, (size_t)n, &r->wchan);
+        else if (err != ENOENT || walk_gone(w, pid))
+            rc = walk_failed(w, pid, err);
+        /* else no wchan file: a kernel built without CONFIG_KALLSYMS; None, no error */
+    }
+    return rc;
+}
+
 /* One process: 1 recorded, 0 not (gone or unreadable), -1 ENOMEM. */
 static int walk_process(ps_walker *w, int pid)
 {
@@ -527,9 +653,9 @@ static int walk_process(ps_walker *w, int pid)
     ps_entry *e;
     ps_record *r;
     ps_stat st;
-    uint64_t count;
+    uint64_t count, run_ns = 0, slices = 0;
     ssize_t n;
-    int err = 0, rc;
+    int err = 0, rc, timed;
 
     w->npending = 0;
     e = walk_cache_get(w, pid);
@@ -553,9 +679,11 @@ static int walk_process(ps_walker *w, int pid)
         walk_close_fd(&e->fd[K_STATUS]);
         walk_close_fd(&e->fd[K_IO]);
         walk_close_fd(&e->fd[K_WCHAN]);
+        walk_close_fd(&e->fd[K_SCHED]);
         walk_memo_free(e->memo, e->nmemo); /* threads of another process */
         e->memo = NULL;
         e->nmemo = 0;
+        e->idle.valid = 0;
         e->start = st.starttime;
     }
 
@@ -594,33 +722,24 @@ static int walk_process(ps_walker *w, int pid)
         return walk_unreadable(w, pid, PS_MALFORMED);
     }
 
-    rc = walk_keyed(w, e, r, K_STATUS, "status", ps_status_keys, PS_ST_NKEYS, F_UID);
-    if (rc == 0 && (r->has & (1u << F_UID))) { /* w->buf still holds status */
-        uint64_t euid;
-        if (parse_effective_uid(w->buf, w->last_len, &euid) == 0)
-            walk_set(r, F_EUID, euid);
+    timed = walk_idle_probe(w, e, &st, &run_ns, &slices);
+    if (timed && walk_idle_same(w, e, r, &st, run_ns, slices)) {
+        rc = walk_idle_again(w, e, r);
+    } else {
+        /* their files are kept for a process seen running (or one whose running cannot
+         * be seen: several threads); one seen for the first time is likely idle */
+        int first_error = w->npending;
+        rc = walk_status_io_wchan(w, e, r, !timed || e->idle.valid);
+        if (timed && rc == 0)
+            walk_idle_remember(w, e, r, &st, run_ns, slices, first_error);
+        else
+            e->idle.valid = 0;
     }
-    if (rc == 0 && (r->has & (1u << F_UID)) && !(r->has & (1u << F_SWAP)))
-        walk_set(r, F_SWAP, 0); /* no VmSwap line: no mm (kernel thread, zombie), nothing swapped */
-    if (rc == 0 && walk_scale(r, F_SWAP, 1024) < 0) { /* status VmSwap is in kB */
-        r->has &= ~(1u << F_UID | 1u << F_SWAP | 1u << F_CTXV | 1u << F_CTXNV | 1u << F_EUID);
-        walk_count(w, PS_MALFORMED);
-    }
-    if (rc == 0)
-        rc = walk_keyed(w, e, r, K_IO, "io", ps_io_keys, PS_IO_NKEYS, F_READ);
     if (rc == 0) {
         if (walk_fd_count(w, pid, &count, &err) == 0)
             walk_set(r, F_OPEN_FDS, count);
         else
             rc = walk_failed(w, pid, err);
-    }
-    if (rc == 0 && w->wchan) {
-        n = walk_read(w, e, K_WCHAN, pid, "wchan", 0, &err);
-        if (n >= 0)
-            rc = walk_arena_put(w, w->buf, (size_t)n, &r->wchan);
-        else if (err != ENOENT || walk_gone(w, pid))
-            rc = walk_failed(w, pid, err);
-        /* else no wchan file: a kernel built without CONFIG_KALLSYMS; None, no error */
     }
     if (rc == 0 && w->smaps)
         rc = walk_smaps(w, e, r);
