@@ -68,6 +68,7 @@ GAUGE_SUMS = ("rss_bytes", "vms_bytes", "swap_bytes", "open_fds", "num_threads",
 _COUNTER_AT = tuple(F[n] for n in COUNTERS)
 _COUNTER_INDEX = {at: i for i, at in enumerate(_COUNTER_AT)}
 _GAUGE_AT = tuple(F[n] for n in GAUGE_SUMS)
+_SUMMED_AT = _COUNTER_AT + _GAUGE_AT  # the columns group_columns sums
 _OPEN_FDS, _START, _STATE, _PPID, _WCHAN = F["open_fds"], F["start_ticks"], F["state"], F["ppid"], F["wchan"]
 _PID = F["pid"]
 _children = itemgetter(*(F[n] for n in ("cutime_ticks", "cstime_ticks", "cminor_faults", "cmajor_faults")))
@@ -115,6 +116,36 @@ class GroupStats:
     swap_pss_bytes: Optional[int] = None
     # values of the config's extra_labels (namespace, pod, container), in its order
     labels: tuple = ()
+
+
+def group_columns_py(records, groups, ngroups, summed, start, fds, limits, counted) -> list:
+    """Per group index (``groups[i]``: record i's, or None): None without members, else
+    (members, sums of the ``summed`` columns with None skipped, how many of each were not
+    None, the least ``start``, the greatest ``fds`` / ``limits[i]`` (None or 0 limits
+    skipped), a {value: count} dict per ``counted`` column). The twin of the C
+    ``exporter._reader.group_columns``, which the grouper uses when the extension is built."""
+    members: list = [[] for _ in range(ngroups)]
+    for i, g in enumerate(groups):
+        if g is not None:
+            members[g].append(i)
+    out = []
+    for idx in members:
+        if not idx:
+            out.append(None)
+            continue
+        columns = list(zip(*[records[i] for i in idx]))
+        starts = [v for v in columns[start] if v is not None]
+        ratios = [o / m for o, m in zip(columns[fds], [limits[i] for i in idx]) if o is not None and m]
+        out.append((len(idx), tuple(sum(filter(None, columns[c])) for c in summed),
+                    tuple(len(idx) - columns[c].count(None) for c in summed), min(starts) if starts else None,
+                    max(ratios) if ratios else None, tuple(dict(Counter(columns[c])) for c in counted)))
+    return out
+
+
+try:
+    from exporter._reader import group_columns  # type: ignore[attr-defined]
+except ImportError:  # the extension is not built
+    group_columns = group_columns_py
 
 
 # a thread's counters, in the order the tracker gives them (it gives CPU in clock ticks)
@@ -209,6 +240,7 @@ class _Update:
         self.empty_since = dict(grouper.empty_since)
         self.reported: dict = {}
         self.thread_totals_now: dict = {}
+        self.threaded: dict = {}  # key -> identities of its multi-threaded members
         self.scaled = False  # the reaped credits were scaled back to the machine's CPU
         self.folded = 0  # processes folded into "other" by this update
 
@@ -279,21 +311,25 @@ class _Update:
 
         credited = self.credit_reaped() if self.g.count_reaped and (step.reaped or step.started) else {}
 
-        members: dict = {}
-        for i, key in enumerate(map(group_of.__getitem__, identities)):
+        keys = sorted(self.base)
+        index = dict(zip(keys, range(len(keys))))
+        columns = group_columns(records, list(map(index.get, map(group_of.__getitem__, identities))), len(keys),
+                                _SUMMED_AT, _START, _OPEN_FDS, step.limits, (_STATE, _WCHAN))
+        members = dict(zip(keys, columns))  # key -> its columns, None without members
+        for identity in step.thread_states:  # the multi-threaded members, whose threads count too
+            key = group_of.get(identity)
             if key is not None:
-                members.setdefault(key, []).append(i)
+                self.threaded.setdefault(key, []).append(identity)
 
         stats = []
-        for key in sorted(self.base):
-            idx = members.get(key)
-            if idx is None and self.drop(key, reloading):
+        for key, col in members.items():
+            if col is None and self.drop(key, reloading):
                 continue
-            if idx is None:
+            if col is None:
                 self.empty_since.setdefault(key, step.timestamp)
             else:
                 self.empty_since.pop(key, None)
-            stats.append(self.stats(key, idx or ()))
+            stats.append(self.stats(key, col))
         if credited:
             self.check_machine_cpu(stats, credited, members)
         return stats
@@ -369,7 +405,7 @@ class _Update:
         for i, s in enumerate(stats):
             key = (s.name, s.labels)
             if key in credited:
-                stats[i] = self.stats(key, members.get(key) or ())
+                stats[i] = self.stats(key, members.get(key))
 
     def drop(self, key, reloading: bool) -> bool:
         """Forget an empty group? (its counters restart if the key comes back)"""
@@ -466,82 +502,65 @@ class _Update:
 
     # -- one group's numbers -----------------------------------------------------------
 
-    def stats(self, key: tuple, idx) -> GroupStats:
+    def stats(self, key: tuple, col) -> GroupStats:
+        """The group's numbers from its columns (group_columns; None: no members)."""
         step = self.step
-        records = step.records
-        n = len(idx)
-        members = [records[i] for i in idx]
-        # one column per field; a lone member (one group per process) is its own columns
-        columns = list(zip(*members)) if n > 1 else [(v,) for v in members[0]] if n else None
+        n = col[0] if col else 0
+        sums, readable = (col[1], col[2]) if n else ((0,) * len(_SUMMED_AT), (0,) * len(_SUMMED_AT))
         before = self.g.reported.get(key)
         if before is None and key in self.literal_keys:  # named by the config: counts from 0
             before = (0,) * len(COUNTERS)
         base = self.base[key]
         totals = []
-        for i, at in enumerate(_COUNTER_AT):
-            column = columns[at] if n else ()
-            readable = n - column.count(None) if n else 0
+        for i in range(len(COUNTERS)):
             last = before[i] if before is not None else None
-            if last is None and not readable:
+            if last is None and not readable[i]:
                 totals.append(None)
                 continue
-            total = max(base[i] + sum(filter(None, column)), 0)
+            total = max(base[i] + sums[i], 0)
             if last is not None and total < last:
                 total = last
             totals.append(total)
         self.reported[key] = tuple(totals)
-        gauges = []
-        for at in _GAUGE_AT:
-            column = columns[at] if n else ()
-            gauges.append(sum(filter(None, column)) if not n or column.count(None) < n else None)
+        gauges = [sums[i] if not n or readable[i] else None for i in range(len(COUNTERS), len(_SUMMED_AT))]
         ratio = oldest = None
         states = dict.fromkeys(STATE_NAMES, 0)
         wchans = ()
+        threaded = self.threaded.get(key, ())
         if n:
-            limits = step.limits
-            ratios = [o / m for o, m in zip(columns[_OPEN_FDS], [limits[i] for i in idx]) if o is not None and m]
-            ratio = max(ratios) if ratios else None
+            ratio = col[4]
             # whole seconds, as process-exporter reports it (Go's Time.Unix())
-            oldest = float(int(self.g.boot_time) + min(columns[_START]) // self.g.clock_ticks)
+            oldest = float(int(self.g.boot_time) + col[3] // self.g.clock_ticks)
             # process-exporter counts a multi-threaded process' state and each thread's
-            counted = Counter(columns[_STATE])
-            thread_states = step.thread_states
-            if thread_states:  # Counter.update costs microseconds even when given nothing
-                identities = step.identities
-                for letters in filter(None, map(thread_states.get, [identities[i] for i in idx])):
-                    counted.update(letters)
+            counted = Counter(col[5][0])
+            for identity in threaded:
+                counted.update(step.thread_states[identity])
             for state, count in counted.items():
                 states[_STATE_OF.get(state, "Other")] += count
-            wchans = self.wchans(columns[_WCHAN], idx)
+            wchans = self.wchans(col[5][1], threaded)
         hz = self.g.clock_ticks
         user, system = (None if t is None else t / hz for t in totals[:2])
         rss, vms, swap, fds, threads, pss, swap_pss = gauges
         return GroupStats(key[0], n, user, system, *totals[2:], rss, vms, swap, fds, ratio, oldest, threads, states,
-                          self.thread_totals(key, idx), wchans, pss, swap_pss, key[1])
+                          self.thread_totals(key, threaded), wchans, pss, swap_pss, key[1])
 
-    def wchans(self, column, idx) -> tuple:
-        """(wchan, count) sorted, of the members' wchans and their threads' (process-exporter
-        counts both for a multi-threaded process); "0" (running, or hidden) and no wchan
-        are not counted."""
-        counted = Counter(column)
-        thread_wchans = self.step.thread_wchans
-        if thread_wchans:
-            identities = self.step.identities
-            for wchans in filter(None, map(thread_wchans.get, [identities[i] for i in idx])):
-                counted.update(wchans)
+    def wchans(self, counted: dict, threaded) -> tuple:
+        """(wchan, count) sorted, of the members' wchans (counted) and their threads'
+        (process-exporter counts both for a multi-threaded process); "0" (running, or
+        hidden) and no wchan are not counted."""
+        counted = Counter(counted)
+        for identity in threaded:
+            counted.update(self.step.thread_wchans[identity])
         return tuple(sorted((w, c) for w, c in counted.items() if w and w != "0"))
 
-    def thread_totals(self, key: tuple, idx) -> tuple:
+    def thread_totals(self, key: tuple, threaded) -> tuple:
         """Per thread name in the group: how many threads, and counters as
         process-exporter keeps them: what grew this step plus the name's total of the last
         step (a name absent for a step starts again from 0)."""
         deltas = self.step.thread_deltas
-        if not deltas:
-            return ()
         grown: dict = {}  # thread name -> what each of its threads grew
-        identities = self.step.identities
-        for named in filter(None, map(deltas.get, [identities[i] for i in idx])):
-            for thread_name, each in named.items():
+        for identity in threaded:
+            for thread_name, each in deltas[identity].items():
                 grown.setdefault(thread_name, []).extend(each)
         now = {thread_name: (len(each), tuple(map(sum, zip(*each)))) for thread_name, each in grown.items()}
         if not now:

@@ -8,6 +8,7 @@ import random
 
 import pytest
 
+import exporter.grouper as grouper_module
 from exporter.config import load_config, parse_config
 from exporter.reader import F, WANT_NOFILE
 from procs import BOOT, HZ, FakeReader, exporter, groups, rec, thread
@@ -18,6 +19,19 @@ BY_COMM = parse_config(b"process_names:\n  - name: '{{.Comm}}'\n    cmdline: ['.
 
 def cpu(g):
     return round(g.cpu_user_seconds * HZ)  # back to ticks: exact comparisons
+
+
+@pytest.fixture(autouse=True, params=["c", "python"])
+def sums(request, monkeypatch):
+    """Every sequence here runs with the group sums in C (exporter._reader.group_columns)
+    and with their Python twin."""
+    if request.param == "c":
+        from exporter import _reader  # make test builds it: a failure here, not a skip
+
+        monkeypatch.setattr(grouper_module, "group_columns", _reader.group_columns)
+    else:
+        monkeypatch.setattr(grouper_module, "group_columns", grouper_module.group_columns_py)
+    return request.param
 
 
 # -- the tracker ---------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The C reader (exporter._reader) gives exactly what its Python twin (exporter.procfs)
-gives: the same records, the same unreadable pids, the same error counts, the same facts.
+gives: the same records, the same unreadable pids, the same error counts, the same facts;
+and the grouper's column sums in C (group_columns) are their Python twin's.
 
 Fixture trees are built here with tmp_path (self-contained; tests/fixtures belongs to the
 snapshot tests). Each scenario is read by both backends and compared value by value and
@@ -25,6 +26,7 @@ import pytest
 
 from conftest import needs_native
 from helpers import settle
+import exporter.grouper as grouper_module
 from exporter.procfs import FILE_MAX, PythonReader
 from exporter.reader import (
     F,
@@ -1415,3 +1417,43 @@ def test_read_facts_survives_requests_changed_while_read():
     requests.extend([Sneaky()] + [(os.getpid(), 0, WANT_NOFILE)] * 50)
     facts, _ = Reader("/proc", "native", PAGE, "off").read_facts(requests)
     assert len(facts) == 51 and all(f.gone for f in facts)  # start 0 is not ours: gone
+
+
+# -- the grouper's sums in C (its sequences run with both: tests/test_grouper.py) -----------
+
+
+def test_the_grouper_sums_in_c_when_built():
+    from exporter import _reader
+
+    assert grouper_module.group_columns is _reader.group_columns
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_group_columns_c_equals_python(seed):
+    """Random records (None anywhere, values up to 2**64 - 1, unlimited and 0 fd limits) into
+    random groups: the C sums are the twin's, exactly."""
+    from exporter import _reader
+
+    rnd = random.Random(seed)
+    ngroups = rnd.randrange(0, 6)
+    values = [None, 0, 1, 7, 2**53 + 1, 2**63, 2**64 - 1]
+    records, groups, limits = [], [], []
+    for _ in range(rnd.randrange(0, 60)):
+        records.append(tuple(rnd.choice(values) for _ in range(8)) + (rnd.choice("RSDZ"), rnd.choice([None, "0", "ep_poll"])))
+        groups.append(rnd.randrange(ngroups) if ngroups and rnd.random() < 0.8 else None)
+        limits.append(rnd.choice([None, 0, 1, 3, 1024, UNLIMITED]))
+    args = (records, groups, ngroups, (0, 1, 2, 5), 3, 4, limits, (8, 9))
+    assert _reader.group_columns(*args) == grouper_module.group_columns_py(*args)
+
+
+@pytest.mark.parametrize("bad", [
+    ([(1,)], [0], 1, (3,), 0, 0, [None], ()),  # a column beyond the record
+    ([(1, 2)], [1], 1, (0,), 0, 0, [None], ()),  # a group index beyond ngroups
+    ([(1, 2)], [0, 0], 1, (0,), 0, 0, [None], ()),  # groups of another length
+    ([(-1, 2)], [0], 1, (0,), 1, 1, [None], ()),  # not a 64-bit unsigned number
+])
+def test_group_columns_refuses_what_is_not_records(bad):
+    from exporter import _reader
+
+    with pytest.raises((ValueError, OverflowError)):
+        _reader.group_columns(*bad)

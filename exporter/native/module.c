@@ -499,11 +499,26 @@ static PyModuleDef_Slot module_slots[] = {
     {0, NULL},
 };
 
+PyObject *ps_group_columns(PyObject *module, PyObject *args); /* sums.c */
+
+PyDoc_STRVAR(group_columns_doc,
+"group_columns(records, groups, ngroups, summed, start, fds, limits, counted)\n\n"
+"Per group index (groups[i]: record i's, or None): None without members, else (members,\n"
+"sums of the summed columns, how many of each were not None, the least start, the\n"
+"greatest fds / limits[i] (None or 0 limits skipped), a {value: count} dict per counted\n"
+"column). exporter.grouper.group_columns is its twin.");
+
+static PyMethodDef module_methods[] = {
+    {"group_columns", ps_group_columns, METH_VARARGS, group_columns_doc},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,
     .m_name = "exporter._reader",
-    .m_doc = "The C reader of procsnap: one batched, GIL-free walk of a procfs root.",
+    .m_doc = "The C reader of procsnap: one batched, GIL-free walk of a procfs root; the grouper's column sums.",
     .m_size = 0,
+    .m_methods = module_methods,
     .m_slots = module_slots,
 };
 

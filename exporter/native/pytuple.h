@@ -1,6 +1,6 @@
 /* What both readers' CPython modules (module.c, bpf/bpfmodule.c) use to hand their C
- * output to Python: a tuple filler and the errno counts as a dict. Include after
- * Python.h and reader.h. */
+ * output to Python: a tuple filler and the errno counts as a dict (sums.c uses the
+ * filler). Include after Python.h (and reader.h for errors_dict). */
 #ifndef PROCSNAP_PYTUPLE_H
 #define PROCSNAP_PYTUPLE_H
 
@@ -14,7 +14,7 @@
     } while (0)
 
 /* errno counts -> {errno: count}, PS_MALFORMED (-1) for files that do not parse. */
-static PyObject *errors_dict(const uint32_t *errors, uint32_t malformed)
+static inline PyObject *errors_dict(const uint32_t *errors, uint32_t malformed)
 {
     PyObject *dict = PyDict_New(), *key = NULL, *count = NULL;
     int i;

@@ -1,0 +1,250 @@
+/* exporter._reader.group_columns: the grouper's per-group column sums, in one pass over
+ * the records (exporter/grouper.py's group_columns is its twin and the oracle the tests
+ * hold it against). It adds up; what a sum means (baselines, counters that never go
+ * down, absent values) stays the grouper's. Runs with the GIL: it reads Python tuples.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "reader.h"
+#include "pytuple.h"
+
+#define PS_MAX_SUMMED 32
+#define PS_MAX_COUNTED 4
+
+typedef struct {
+    Py_ssize_t members;
+    int has_start, has_ratio;
+    uint64_t start;
+    double ratio;
+} ps_group;
+
+/* v as an int: a sum of up to 2^63 values of 64 bits fits in 128 */
+static PyObject *u128(unsigned __int128 v)
+{
+    PyObject *hi, *lo, *shift, *high, *out = NULL;
+
+    if ((v >> 64) == 0)
+        return PyLong_FromUnsignedLongLong((uint64_t)v);
+    hi = PyLong_FromUnsignedLongLong((uint64_t)(v >> 64));
+    lo = PyLong_FromUnsignedLongLong((uint64_t)v);
+    shift = PyLong_FromLong(64);
+    high = hi && shift ? PyNumber_Lshift(hi, shift) : NULL;
+    if (high != NULL && lo != NULL)
+        out = PyNumber_Or(high, lo);
+    Py_XDECREF(hi);
+    Py_XDECREF(lo);
+    Py_XDECREF(shift);
+    Py_XDECREF(high);
+    return out;
+}
+
+/* dict[key] += 1 */
+static int count_in(PyObject *dict, PyObject *key)
+{
+    PyObject *old = PyDict_GetItemWithError(dict, key), *now;
+    Py_ssize_t n = 0;
+    int rc;
+
+    if (old == NULL && PyErr_Occurred())
+        return -1;
+    if (old != NULL && (n = PyLong_AsSsize_t(old)) < 0 && PyErr_Occurred())
+        return -1;
+    if ((now = PyLong_FromSsize_t(n + 1)) == NULL)
+        return -1;
+    rc = PyDict_SetItem(dict, key, now);
+    Py_DECREF(now);
+    return rc;
+}
+
+/* Column c of the record tuple, or NULL with an error set. */
+static PyObject *column(PyObject *rec, Py_ssize_t c)
+{
+    if (!PyTuple_Check(rec) || c < 0 || c >= PyTuple_GET_SIZE(rec)) {
+        PyErr_Format(PyExc_ValueError, "a record is not a tuple of more than %zd items", c);
+        return NULL;
+    }
+    return PyTuple_GET_ITEM(rec, c);
+}
+
+static int columns_of(PyObject *tuple, Py_ssize_t *out, Py_ssize_t max, const char *what)
+{
+    Py_ssize_t i, n = PyTuple_GET_SIZE(tuple);
+
+    if (n > max) {
+        PyErr_Format(PyExc_ValueError, "at most %zd %s columns", max, what);
+        return -1;
+    }
+    for (i = 0; i < n; i++)
+        if ((out[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(tuple, i))) < 0 && PyErr_Occurred())
+            return -1;
+    return (int)n;
+}
+
+/* One record into its group's accumulators. 0 or -1 (error set). */
+static int add_record(PyObject *rec, PyObject *limit, ps_group *g, unsigned __int128 *sums, Py_ssize_t *readable,
+                      const Py_ssize_t *summed, int nsummed, Py_ssize_t start, Py_ssize_t fds, PyObject **dicts,
+                      const Py_ssize_t *counted, int ncounted)
+{
+    PyObject *v;
+    int c;
+
+    g->members++;
+    for (c = 0; c < nsummed; c++) {
+        unsigned long long x;
+        if ((v = column(rec, summed[c])) == NULL)
+            return -1;
+        if (v == Py_None)
+            continue;
+        x = PyLong_AsUnsignedLongLong(v);
+        if (x == (unsigned long long)-1 && PyErr_Occurred())
+            return -1;
+        sums[c] += x;
+        readable[c]++;
+    }
+    if ((v = column(rec, start)) == NULL)
+        return -1;
+    if (v != Py_None) {
+        unsigned long long x = PyLong_AsUnsignedLongLong(v);
+        if (x == (unsigned long long)-1 && PyErr_Occurred())
+            return -1;
+        if (!g->has_start || x < g->start)
+            g->start = x;
+        g->has_start = 1;
+    }
+    if ((v = column(rec, fds)) == NULL)
+        return -1;
+    if (v != Py_None && limit != Py_None) {
+        int nonzero = PyObject_IsTrue(limit);
+        if (nonzero < 0)
+            return -1;
+        if (nonzero) { /* Python's own division: the same float as the twin's o / m */
+            PyObject *q = PyNumber_TrueDivide(v, limit);
+            double d;
+            if (q == NULL)
+                return -1;
+            d = PyFloat_AsDouble(q);
+            Py_DECREF(q);
+            if (d == -1.0 && PyErr_Occurred())
+                return -1;
+            if (!g->has_ratio || d > g->ratio)
+                g->ratio = d;
+            g->has_ratio = 1;
+        }
+    }
+    for (c = 0; c < ncounted; c++) {
+        if ((v = column(rec, counted[c])) == NULL)
+            return -1;
+        if (dicts[c] == NULL && (dicts[c] = PyDict_New()) == NULL)
+            return -1;
+        if (count_in(dicts[c], v) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* The result of one group with members. */
+static PyObject *group_result(const ps_group *g, const unsigned __int128 *sums, const Py_ssize_t *readable,
+                              int nsummed, PyObject **dicts, int ncounted)
+{
+    PyObject *out = PyTuple_New(6), *s = NULL, *r = NULL, *d = NULL;
+    Py_ssize_t k = 0, at;
+    int c;
+
+    if (out == NULL)
+        return NULL;
+    if ((s = PyTuple_New(nsummed)) == NULL || (r = PyTuple_New(nsummed)) == NULL || (d = PyTuple_New(ncounted)) == NULL)
+        goto error;
+    for (c = 0; c < nsummed; c++) {
+        at = c;
+        TUPLE_PUT(s, at, u128(sums[c]));
+        at = c;
+        TUPLE_PUT(r, at, PyLong_FromSsize_t(readable[c]));
+    }
+    for (c = 0, at = 0; c < ncounted; c++)
+        TUPLE_PUT(d, at, dicts[c] != NULL ? Py_NewRef(dicts[c]) : PyDict_New());
+    TUPLE_PUT(out, k, PyLong_FromSsize_t(g->members));
+    TUPLE_PUT(out, k, s);
+    s = NULL;
+    TUPLE_PUT(out, k, r);
+    r = NULL;
+    TUPLE_PUT(out, k, g->has_start ? PyLong_FromUnsignedLongLong(g->start) : Py_NewRef(Py_None));
+    TUPLE_PUT(out, k, g->has_ratio ? PyFloat_FromDouble(g->ratio) : Py_NewRef(Py_None));
+    TUPLE_PUT(out, k, d);
+    return out;
+error:
+    Py_XDECREF(s);
+    Py_XDECREF(r);
+    Py_XDECREF(d);
+    Py_DECREF(out);
+    return NULL;
+}
+
+PyObject *ps_group_columns(PyObject *module, PyObject *args)
+{
+    PyObject *records, *groups, *limits, *summed_t, *counted_t, *out = NULL, **dicts = NULL;
+    Py_ssize_t ngroups, start, fds, summed[PS_MAX_SUMMED], counted[PS_MAX_COUNTED], n, i, *readable = NULL;
+    unsigned __int128 *sums = NULL;
+    ps_group *g = NULL;
+    int nsummed, ncounted;
+
+    if (!PyArg_ParseTuple(args, "O!O!nO!nnOO!:group_columns", &PyList_Type, &records, &PyList_Type, &groups,
+                          &ngroups, &PyTuple_Type, &summed_t, &start, &fds, &limits, &PyTuple_Type, &counted_t))
+        return NULL;
+    n = PyList_GET_SIZE(records);
+    if (PyList_GET_SIZE(groups) != n || !PyList_Check(limits) || PyList_GET_SIZE(limits) != n || ngroups < 0) {
+        PyErr_SetString(PyExc_ValueError, "records, groups and limits differ in length");
+        return NULL;
+    }
+    if ((nsummed = columns_of(summed_t, summed, PS_MAX_SUMMED, "summed")) < 0 ||
+        (ncounted = columns_of(counted_t, counted, PS_MAX_COUNTED, "counted")) < 0)
+        return NULL;
+    g = calloc(ngroups ? (size_t)ngroups : 1, sizeof(*g));
+    sums = calloc(ngroups * nsummed + 1, sizeof(*sums));
+    readable = calloc(ngroups * nsummed + 1, sizeof(*readable));
+    dicts = calloc(ngroups * ncounted + 1, sizeof(*dicts));
+    if (g == NULL || sums == NULL || readable == NULL || dicts == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (i = 0; i < n; i++) {
+        PyObject *gi = PyList_GET_ITEM(groups, i);
+        Py_ssize_t k;
+        if (gi == Py_None)
+            continue;
+        k = PyLong_AsSsize_t(gi);
+        if (k < 0 || k >= ngroups) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_ValueError, "group index %zd is not below %zd", k, ngroups);
+            goto done;
+        }
+        if (add_record(PyList_GET_ITEM(records, i), PyList_GET_ITEM(limits, i), &g[k], sums + k * nsummed,
+                       readable + k * nsummed, summed, nsummed, start, fds, dicts + k * ncounted, counted,
+                       ncounted) < 0)
+            goto done;
+    }
+    if ((out = PyList_New(ngroups)) == NULL)
+        goto done;
+    for (i = 0; i < ngroups; i++) {
+        PyObject *item = g[i].members == 0 ? Py_NewRef(Py_None)
+                                           : group_result(&g[i], sums + i * nsummed, readable + i * nsummed, nsummed,
+                                                          dicts + i * ncounted, ncounted);
+        if (item == NULL) {
+            Py_CLEAR(out);
+            goto done;
+        }
+        PyList_SET_ITEM(out, i, item);
+    }
+done:
+    if (dicts != NULL)
+        for (i = 0; i < ngroups * ncounted; i++)
+            Py_XDECREF(dicts[i]);
+    free(dicts);
+    free(readable);
+    free(sums);
+    free(g);
+    return out;
+}
