@@ -140,9 +140,13 @@ typedef struct {
 
 /* A thread as last read, given again while it has not run since: the same run time and
  * timeslice count in task/TID/schedstat mean the same stat, status, io and wchan (a
- * thread that does not run changes none of them). */
+ * thread that does not run changes none of them). A thread seen running at its last
+ * probe is read without one for the next PS_BUSY_SKIPS reads (it likely runs again; the
+ * probe is a fifth file); then slices is 0, which no probe matches. */
+#define PS_BUSY_SKIPS 2
 typedef struct ps_thread_memo {
     int tid;
+    int skips;              /* reads left without a probe */
     uint64_t run_ns, slices;
     uint32_t has;
     uint64_t num[T_COUNT];

@@ -106,13 +106,13 @@ static void walk_close_fd(int *fd)
 
 /* Open PID/name for reading. Never blocks (a FIFO in a fixture tree), and outside a real
  * procfs only a regular file is read. fd, or -1 with errno. */
-static int walk_open(ps_walker *w, const char *path)
+static int walk_open_at(ps_walker *w, int dirfd, const char *path)
 {
     struct stat st;
     int fd;
 
     do
-        fd = openat(w->rootfd, path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+        fd = openat(dirfd, path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     while (fd < 0 && errno == EINTR);
     if (fd >= 0 && !w->is_procfs && (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))) {
         close(fd);
@@ -185,6 +185,27 @@ static ssize_t walk_read_fd(ps_walker *w, int fd, int *full)
             w->buf_cap *= 2;
         }
     }
+}
+
+static int walk_open(ps_walker *w, const char *path)
+{
+    return walk_open_at(w, w->rootfd, path);
+}
+
+/* Read path (under dirfd) whole, opened for this read only. Bytes read, or -1 with *err. */
+static ssize_t walk_read_at(ps_walker *w, int dirfd, const char *path, int *err)
+{
+    ssize_t n;
+    int fd = walk_open_at(w, dirfd, path), full;
+
+    if (fd < 0) {
+        *err = errno;
+        return -1;
+    }
+    n = walk_read_fd(w, fd, &full);
+    *err = n < 0 ? errno : full ? PS_MALFORMED : 0;
+    close(fd);
+    return n < 0 || full ? -1 : n;
 }
 
 /* Read PID/name whole through the kept fd of slot (slot >= 0, e != NULL) when there is
@@ -921,7 +942,7 @@ static int walk_nofile(ps_walker *w, ps_fact *f)
 
 /* One thread: task/TID/stat must parse (else the thread is skipped), status, io and wchan
  * may be unreadable (None). 0, or -1 on ENOMEM. */
-static int walk_thread(ps_walker *w, int pid, int tid)
+static int walk_thread(ps_walker *w, int taskfd, int tid)
 {
     char name[64];
     uint64_t x[PS_ST_NKEYS];
@@ -932,8 +953,8 @@ static int walk_thread(ps_walker *w, int pid, int tid)
     ssize_t n;
     int err = 0, k;
 
-    snprintf(name, sizeof(name), "task/%d/stat", tid);
-    n = walk_read(w, NULL, -1, pid, name, 0, &err);
+    snprintf(name, sizeof(name), "%d/stat", tid);
+    n = walk_read_at(w, taskfd, name, &err);
     if (n < 0)
         return err == ENOMEM ? -1 : 0;
     if (parse_stat(w->buf, (size_t)n, &st) < 0)
@@ -954,8 +975,8 @@ static int walk_thread(ps_walker *w, int pid, int tid)
     t->num[T_MINFLT] = st.minflt;
     t->num[T_MAJFLT] = st.majflt;
     t->has = 1u << T_UTIME | 1u << T_STIME | 1u << T_MINFLT | 1u << T_MAJFLT;
-    snprintf(name, sizeof(name), "task/%d/status", tid);
-    n = walk_read(w, NULL, -1, pid, name, 0, &err);
+    snprintf(name, sizeof(name), "%d/status", tid);
+    n = walk_read_at(w, taskfd, name, &err);
     if (n >= 0 && parse_keyed(w->buf, (size_t)n, ps_status_keys, PS_ST_NKEYS, x, &found) == 0) {
         for (k = PS_ST_CTXV; k <= PS_ST_CTXNV; k++)
             if (found & (1u << k)) {
@@ -965,8 +986,8 @@ static int walk_thread(ps_walker *w, int pid, int tid)
     } else if (n < 0 && err == ENOMEM) {
         return -1;
     }
-    snprintf(name, sizeof(name), "task/%d/io", tid);
-    n = walk_read(w, NULL, -1, pid, name, 0, &err);
+    snprintf(name, sizeof(name), "%d/io", tid);
+    n = walk_read_at(w, taskfd, name, &err);
     if (n >= 0 && parse_keyed(w->buf, (size_t)n, ps_io_keys, PS_IO_NKEYS, x, &found) == 0) {
         for (k = 0; k < PS_IO_NKEYS; k++)
             if (found & (1u << k)) {
@@ -977,8 +998,8 @@ static int walk_thread(ps_walker *w, int pid, int tid)
         return -1;
     }
     if (w->wchan) {
-        snprintf(name, sizeof(name), "task/%d/wchan", tid);
-        n = walk_read(w, NULL, -1, pid, name, 0, &err);
+        snprintf(name, sizeof(name), "%d/wchan", tid);
+        n = walk_read_at(w, taskfd, name, &err);
         if (n >= 0 && walk_arena_put(w, w->buf, (size_t)n, &t->wchan) < 0)
             return -1;
         if (n < 0 && err == ENOMEM)
@@ -990,14 +1011,14 @@ static int walk_thread(ps_walker *w, int pid, int tid)
 
 /* The thread's run time and timeslice count (task/TID/schedstat); 0, or -1 when they
  * cannot be had (no file, or a kernel without sched_info: all zeros). */
-static int walk_schedstat(ps_walker *w, int pid, int tid, uint64_t *run_ns, uint64_t *slices)
+static int walk_schedstat(ps_walker *w, int taskfd, int tid, uint64_t *run_ns, uint64_t *slices)
 {
     char name[64];
     ssize_t n;
     int err = 0;
 
-    snprintf(name, sizeof(name), "task/%d/schedstat", tid);
-    n = walk_read(w, NULL, -1, pid, name, 0, &err);
+    snprintf(name, sizeof(name), "%d/schedstat", tid);
+    n = walk_read_at(w, taskfd, name, &err);
     if (n < 0 || parse_schedstat(w->buf, (size_t)n, run_ns, slices) < 0 || *slices == 0)
         return -1;
     return 0;
@@ -1055,7 +1076,8 @@ static int walk_thread_memo(const ps_walker *w, const ps_thread *t, uint64_t run
  * tid; fewer than two read is none. Nothing is counted as an error (a thread may exit
  * at any time). A thread of a known process that has not run since the last read (its
  * schedstat unchanged) is given again from memory instead of read: most threads of a
- * server sleep, and each costs four files. 0, or -1 on ENOMEM. */
+ * server sleep, and each costs four files; one that ran is read without that probe for
+ * the next PS_BUSY_SKIPS reads. 0, or -1 on ENOMEM. */
 static int walk_threads(ps_walker *w, ps_fact *f)
 {
     char path[48];
@@ -1072,37 +1094,53 @@ static int walk_threads(ps_walker *w, ps_fact *f)
     while (fd < 0 && errno == EINTR);
     if (fd < 0)
         return 0;
-    w->npids = 0; /* the tids, in w->pids (the walk's, free after it; walk_thread leaves it) */
+    /* the tids, in w->pids (the walk's, free after it; walk_thread leaves it); their files
+     * are opened under this task dir fd (TID/stat: fewer path components to look up) */
+    w->npids = 0;
     rc = walk_each_entry(w, fd, walk_add_pid, NULL, &err);
-    close(fd);
-    if (rc < 0)
+    if (rc < 0) {
+        close(fd);
         return err == ENOMEM ? -1 : 0;
+    }
     if (w->npids > 1)
         qsort(w->pids, w->npids, sizeof(*w->pids), walk_cmp_int);
     if (e != NULL && (e->start != f->start || !w->is_procfs))
         e = NULL; /* another process' memory; or a fake tree, whose files change at will */
-    if (e != NULL && (memo = calloc(w->npids ? w->npids : 1, sizeof(*memo))) == NULL)
+    if (e != NULL && (memo = calloc(w->npids ? w->npids : 1, sizeof(*memo))) == NULL) {
+        close(fd);
         return -1;
+    }
     for (i = 0; i < w->npids; i++) {
         int tid = w->pids[i];
         uint64_t run_ns = 0, slices = 0;
-        int timed = e != NULL && walk_schedstat(w, f->pid, tid, &run_ns, &slices) == 0;
         size_t before = w->nthreads;
+        const ps_thread_memo *m = NULL;
+        int timed = 0, skips = 0;
 
-        while (timed && old < e->nmemo && e->memo[old].tid < tid)
+        while (e != NULL && old < e->nmemo && e->memo[old].tid < tid)
             old++;
-        if (timed && old < e->nmemo && e->memo[old].tid == tid && e->memo[old].run_ns == run_ns &&
-            e->memo[old].slices == slices)
-            rc = walk_thread_again(w, &e->memo[old]);
-        else
-            rc = walk_thread(w, f->pid, tid);
-        if (rc == 0 && timed && w->nthreads > before)
-            rc = walk_thread_memo(w, &w->threads[before], run_ns, slices, &memo[nmemo++]);
+        if (e != NULL && old < e->nmemo && e->memo[old].tid == tid)
+            m = &e->memo[old];
+        if (e != NULL && (m == NULL || m->skips == 0))
+            timed = walk_schedstat(w, fd, tid, &run_ns, &slices) == 0;
+        if (timed && m != NULL && m->run_ns == run_ns && m->slices == slices) {
+            rc = walk_thread_again(w, m);
+        } else {
+            rc = walk_thread(w, fd, tid);
+            if (m != NULL) /* it ran since its last probe: no probe the next few reads */
+                skips = timed ? (m->slices != 0 ? PS_BUSY_SKIPS : 0) : m->skips > 0 ? m->skips - 1 : 0;
+        }
+        if (rc == 0 && e != NULL && w->nthreads > before) {
+            rc = walk_thread_memo(w, &w->threads[before], timed ? run_ns : 0, timed ? slices : 0, &memo[nmemo]);
+            memo[nmemo++].skips = skips;
+        }
         if (rc < 0) {
             walk_memo_free(memo, nmemo);
+            close(fd);
             return -1;
         }
     }
+    close(fd);
     if (e != NULL) {
         walk_memo_free(e->memo, e->nmemo);
         e->memo = memo;
