@@ -288,7 +288,7 @@ class _Update:
 
         records, identities = step.records, step.identities
         if step.started or again:
-            self.assign(identities, records)
+            self.assign(set(step.started).union(again), identities, records)
 
         position = None
         for identity in step.started:
@@ -440,18 +440,20 @@ class _Update:
 
     # -- assignment ------------------------------------------------------------------
 
-    def assign(self, identities, records) -> None:
+    def assign(self, unassigned, identities, records) -> None:
+        """Name the identities without a group (in pid order: an ancestor walk may name
+        some on the way)."""
         group_of = self.group_of
         procs = self.step.procs
         by_pid = None  # pid -> (identity, record), built only if an ancestry walk needs it
-        for identity, rec in zip(identities, records):
+        for identity in sorted(unassigned):
             if identity in group_of:
                 continue
             if self.match(identity, procs[identity]) is not _NO_MATCH:
                 continue
             if by_pid is None:
-                by_pid = {i[0]: (i, r) for i, r in zip(identities, records)}
-            self.inherit(identity, rec, by_pid)
+                by_pid = dict(zip(map(itemgetter(0), identities), zip(identities, records)))
+            self.inherit(identity, by_pid[identity[0]][1], by_pid)
 
     def match(self, identity, p):
         """Name the identity by its own first matching matcher, or return _NO_MATCH."""

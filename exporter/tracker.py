@@ -22,8 +22,9 @@ it current. A scrape that fails half-way leaves the tracker as it was.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from itertools import compress, count, repeat
-from operator import contains, itemgetter, sub
+from operator import add, contains, itemgetter, mod, not_, sub
 from typing import NamedTuple, Optional
 
 from exporter.reader import F, PF_KTHREAD, THREAD_FIELDS, WANT_ALL, WANT_CMDLINE, WANT_NOFILE, WANT_THREADS, reason
@@ -175,8 +176,11 @@ class Tracker:
         # a counter readable before and not now keeps its last value
         readable = []
         check = list(compress(count(), map(contains, map(_carried, records), repeat(None))))
-        if self._holes:  # identities whose last record had a hole: filled now?
-            check = sorted(set(check).union(i for i, identity in enumerate(identities) if identity in self._holes))
+        if self._holes:  # identities whose last record had a hole: filled now? (records are sorted by pid)
+            pids = list(map(_first, identities))
+            at = (bisect_left(pids, identity[0]) for identity in self._holes)
+            check = sorted(set(check).union(i for i, identity in zip(at, self._holes)
+                                            if i < len(identities) and identities[i] == identity))
         for i in check:
             rec, identity = records[i], identities[i]
             before = old_last.get(identity)
@@ -219,8 +223,9 @@ class Tracker:
         want.update((identity, WANT_ALL) for identity in execed)
         refreshed = [identity for identity in refresh if identity in last and identity not in want]
         want.update((identity, WANT_ALL) for identity in refreshed)
-        for identity in identities:
-            if (identity[0] + gen) % LIMITS_EVERY == 0 and identity not in want:
+        due = map(mod, map(add, map(_first, identities), repeat(gen)), repeat(LIMITS_EVERY))
+        for identity in compress(identities, map(not_, due)):  # (pid + gen) % LIMITS_EVERY == 0
+            if identity not in want:
                 want[identity] = WANT_NOFILE
         # threads, as process-exporter reads them: each step, for processes with two or more
         for identity in compress(identities, map(contains, repeat(range(2, 1 << 62)), map(_nthreads, records))):
