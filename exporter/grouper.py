@@ -313,8 +313,12 @@ class _Update:
 
         keys = sorted(self.base)
         index = dict(zip(keys, range(len(keys))))
-        columns = group_columns(records, list(map(index.get, map(group_of.__getitem__, identities))), len(keys),
-                                _SUMMED_AT, _START, _OPEN_FDS, step.limits, (_STATE, _WCHAN))
+        args = (records, list(map(index.get, map(group_of.__getitem__, identities))), len(keys), _SUMMED_AT, _START,
+                _OPEN_FDS, step.limits, (_STATE, _WCHAN))
+        try:
+            columns = group_columns(*args)
+        except OverflowError:  # a value beyond 64 bits (a sum of thread counters): Python's ints
+            columns = group_columns_py(*args)
         members = dict(zip(keys, columns))  # key -> its columns, None without members
         for identity in step.thread_states:  # the multi-threaded members, whose threads count too
             key = group_of.get(identity)

@@ -176,7 +176,8 @@ class Tracker:
         # a counter readable before and not now keeps its last value
         readable = []
         check = list(compress(count(), map(contains, map(_carried, records), repeat(None))))
-        if self._holes:  # identities whose last record had a hole: filled now? (records are sorted by pid)
+        if self._holes:  # identities whose last record had a hole: filled now? (records are sorted
+            # by pid, one per pid: the reader's contract, and the carried ones were sorted in above)
             pids = list(map(_first, identities))
             at = (bisect_left(pids, identity[0]) for identity in self._holes)
             check = sorted(set(check).union(i for i, identity in zip(at, self._holes)

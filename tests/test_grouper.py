@@ -34,6 +34,19 @@ def sums(request, monkeypatch):
     return request.param
 
 
+def test_counters_beyond_64_bits_are_summed_exactly(sums):
+    """Context switches summed over a process' threads may pass 2**64 (no C integer holds
+    them): the group's total is Python's exact sum, with the C sums as with their twin."""
+    r = FakeReader()
+    exp = exporter(BY_COMM, r)
+    r.put(rec(10, "a", ctxv=2**64 + 5, rss=4096))
+    r.put(rec(11, "a", ctxv=7, rss=4096))
+    assert groups(exp)["a"].ctx_voluntary == 0  # there at the first scrape: counted from then
+    r.put(rec(10, "a", ctxv=2**64 + 9, rss=4096))
+    g = groups(exp)["a"]
+    assert g.ctx_voluntary == 4 and g.rss_bytes == 8192 and g.num_procs == 2
+
+
 # -- the tracker ---------------------------------------------------------------------------
 
 

@@ -1274,6 +1274,27 @@ def test_live_threads_serialize(sleepers):
 KEPT_FILE = re.compile(r"/proc/(\d+)/(stat|status|io|wchan|schedstat)(?: \(deleted\))?")
 
 
+def test_live_idle_process_is_read_whole_every_16th_read(tmp_path):
+    """Given from memory at most 15 reads in a row: every 16th (staggered by pid) reads a
+    sleeping process' status whole all the same (the kernel's per-CPU swap counters may
+    move before stat's rss). Over 33 reads (strace): its status is opened at the first and
+    at exactly 2 of the next 32, not at each."""
+    child = subprocess.Popen(["sleep", "600"])
+    try:
+        settle([child.pid])
+        code = ("import sys; sys.path.insert(0, sys.argv[1]); from exporter.reader import Reader; "
+                "r = Reader('/proc', 'native', None, 'off'); [r.read() for _ in range(33)]")
+        trace = tmp_path / "trace"
+        out = subprocess.run(["strace", "-f", "-qq", "-e", "trace=openat", "-o", str(trace), sys.executable, "-c", code,
+                              os.path.dirname(os.path.dirname(os.path.abspath(__file__)))],
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr
+        status = re.compile(rf'openat\(\d+, "{child.pid}/status"')
+        assert sum(bool(status.search(line)) for line in trace.read_text().splitlines()) == 3
+    finally:
+        _stop([child])
+
+
 def _fd_targets() -> list:
     targets = []
     for fd in os.listdir("/proc/self/fd"):

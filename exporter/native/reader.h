@@ -80,7 +80,11 @@ struct ps_thread_memo;
 
 /* What status, io and wchan gave a single-threaded process at its last full read, given
  * again while the process has not run since (walk_process): the same run time and
- * timeslice count in PID/schedstat, the same state (not R) and rss in stat. */
+ * timeslice count in PID/schedstat, the same state (not R) and rss in stat. Read whole
+ * every PS_IDLE_EVERY walks all the same (staggered by pid): the kernel's swap and rss
+ * counters are per-CPU, and a few pages swapped out of a sleeping process may move VmSwap
+ * before the rss that stat shows. */
+#define PS_IDLE_EVERY 16
 #define PS_IDLE_FIELDS 7 /* the status and io fields: F_UID, F_SWAP, F_CTXV, F_CTXNV, F_READ, F_WRITE, F_EUID */
 typedef struct {
     int valid;
@@ -140,13 +144,14 @@ typedef struct {
 
 /* A thread as last read, given again while it has not run since: the same run time and
  * timeslice count in task/TID/schedstat mean the same stat, status, io and wchan (a
- * thread that does not run changes none of them). A thread seen running at its last
- * probe is read without one for the next PS_BUSY_SKIPS reads (it likely runs again; the
- * probe is a fifth file); then slices is 0, which no probe matches. */
+ * thread that does not run changes none of them). A thread seen running at its last two
+ * probes is read without one for the next PS_BUSY_SKIPS reads (it likely runs again; the
+ * probe is a fifth file), its last probe kept to compare the next one with. */
 #define PS_BUSY_SKIPS 2
 typedef struct ps_thread_memo {
     int tid;
     int skips;              /* reads left without a probe */
+    int runs;               /* consecutive probes that found it had run (at most 2) */
     uint64_t run_ns, slices;
     uint32_t has;
     uint64_t num[T_COUNT];

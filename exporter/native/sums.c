@@ -211,8 +211,16 @@ PyObject *ps_group_columns(PyObject *module, PyObject *args)
         goto done;
     }
     for (i = 0; i < n; i++) {
-        PyObject *gi = PyList_GET_ITEM(groups, i);
+        PyObject *gi, *rec, *limit;
         Py_ssize_t k;
+        int rc;
+        /* what add_record calls (division, truth, hashing) could run code that changes
+         * the lists: their lengths are checked again and the items held */
+        if (PyList_GET_SIZE(records) != n || PyList_GET_SIZE(groups) != n || PyList_GET_SIZE(limits) != n) {
+            PyErr_SetString(PyExc_RuntimeError, "records, groups or limits changed during group_columns");
+            goto done;
+        }
+        gi = PyList_GET_ITEM(groups, i);
         if (gi == Py_None)
             continue;
         k = PyLong_AsSsize_t(gi);
@@ -221,9 +229,13 @@ PyObject *ps_group_columns(PyObject *module, PyObject *args)
                 PyErr_Format(PyExc_ValueError, "group index %zd is not below %zd", k, ngroups);
             goto done;
         }
-        if (add_record(PyList_GET_ITEM(records, i), PyList_GET_ITEM(limits, i), &g[k], sums + k * nsummed,
-                       readable + k * nsummed, summed, nsummed, start, fds, dicts + k * ncounted, counted,
-                       ncounted) < 0)
+        rec = Py_NewRef(PyList_GET_ITEM(records, i));
+        limit = Py_NewRef(PyList_GET_ITEM(limits, i));
+        rc = add_record(rec, limit, &g[k], sums + k * nsummed, readable + k * nsummed, summed, nsummed, start, fds,
+                        dicts + k * ncounted, counted, ncounted);
+        Py_DECREF(rec);
+        Py_DECREF(limit);
+        if (rc < 0)
             goto done;
     }
     if ((out = PyList_New(ngroups)) == NULL)

@@ -565,14 +565,15 @@ static int walk_idle_probe(ps_walker *w, ps_entry *e, const ps_stat *st, uint64_
 /* Has the process of record r not run since its status, io and wchan were remembered?
  * A process that does not run changes none of them, but its state changes when it is
  * woken (then it is R, and its wchan "0") and its rss when its pages are reclaimed (and
- * so perhaps its swap): those are checked in stat, read each time. */
+ * so perhaps its swap): those are checked in stat, read each time. Every PS_IDLE_EVERY
+ * walks it is read whole anyway (see reader.h). */
 static int walk_idle_same(const ps_walker *w, const ps_entry *e, const ps_record *r, const ps_stat *st,
                           uint64_t run_ns, uint64_t slices)
 {
     char state = r->state.len ? w->arena[r->state.at] : '\0';
 
     return e->idle.valid && e->idle.run_ns == run_ns && e->idle.slices == slices && state == e->idle.state &&
-           state != 'R' && st->has_rss && st->rss == e->idle.rss;
+           state != 'R' && st->has_rss && st->rss == e->idle.rss && ((unsigned)r->pid + w->gen) % PS_IDLE_EVERY != 0;
 }
 
 /* Give the remembered status, io and wchan to r, with the errors their reads had; their
@@ -748,9 +749,11 @@ static int walk_process(ps_walker *w, int pid)
         rc = walk_idle_again(w, e, r);
     } else {
         /* their files are kept for a process seen running (or one whose running cannot
-         * be seen: several threads); one seen for the first time is likely idle */
+         * be seen: several threads); one seen for the first time is likely idle, and one
+         * read whole for another reason (its rss moved, or its turn came) did not run */
         int first_error = w->npending;
-        rc = walk_status_io_wchan(w, e, r, !timed || e->idle.valid);
+        int ran = e->idle.valid && (e->idle.run_ns != run_ns || e->idle.slices != slices);
+        rc = walk_status_io_wchan(w, e, r, !timed || ran);
         if (timed && rc == 0)
             walk_idle_remember(w, e, r, &st, run_ns, slices, first_error);
         else
@@ -1076,8 +1079,8 @@ static int walk_thread_memo(const ps_walker *w, const ps_thread *t, uint64_t run
  * tid; fewer than two read is none. Nothing is counted as an error (a thread may exit
  * at any time). A thread of a known process that has not run since the last read (its
  * schedstat unchanged) is given again from memory instead of read: most threads of a
- * server sleep, and each costs four files; one that ran is read without that probe for
- * the next PS_BUSY_SKIPS reads. 0, or -1 on ENOMEM. */
+ * server sleep, and each costs four files; one that ran at its last two probes is read
+ * without that probe for the next PS_BUSY_SKIPS reads. 0, or -1 on ENOMEM. */
 static int walk_threads(ps_walker *w, ps_fact *f)
 {
     char path[48];
@@ -1115,7 +1118,7 @@ static int walk_threads(ps_walker *w, ps_fact *f)
         uint64_t run_ns = 0, slices = 0;
         size_t before = w->nthreads;
         const ps_thread_memo *m = NULL;
-        int timed = 0, skips = 0;
+        int timed = 0, skips = 0, runs = 0;
 
         while (e != NULL && old < e->nmemo && e->memo[old].tid < tid)
             old++;
@@ -1127,12 +1130,22 @@ static int walk_threads(ps_walker *w, ps_fact *f)
             rc = walk_thread_again(w, m);
         } else {
             rc = walk_thread(w, fd, tid);
-            if (m != NULL) /* it ran since its last probe: no probe the next few reads */
-                skips = timed ? (m->slices != 0 ? PS_BUSY_SKIPS : 0) : m->skips > 0 ? m->skips - 1 : 0;
+            if (m != NULL && timed && m->slices != 0) /* it ran since its last probe */
+                runs = m->runs < 2 ? m->runs + 1 : 2;
+            if (m != NULL && !timed) { /* read without a probe: the last one stays the baseline
+                                        * (values read since are what it shows if it did not run) */
+                run_ns = m->run_ns;
+                slices = m->slices;
+                runs = m->runs;
+                skips = m->skips > 0 ? m->skips - 1 : 0;
+            } else if (runs == 2) {
+                skips = PS_BUSY_SKIPS;
+            }
         }
         if (rc == 0 && e != NULL && w->nthreads > before) {
-            rc = walk_thread_memo(w, &w->threads[before], timed ? run_ns : 0, timed ? slices : 0, &memo[nmemo]);
-            memo[nmemo++].skips = skips;
+            rc = walk_thread_memo(w, &w->threads[before], run_ns, slices, &memo[nmemo]);
+            memo[nmemo].skips = skips;
+            memo[nmemo++].runs = runs;
         }
         if (rc < 0) {
             walk_memo_free(memo, nmemo);
