@@ -104,9 +104,9 @@ static void walk_close_fd(int *fd)
     }
 }
 
-/* Open PID/name for reading. Never blocks (a FIFO in a fixture tree), and outside a real
- * procfs only a regular file is read. fd, or -1 with errno. */
-static int walk_open_at(ps_walker *w, int dirfd, const char *path)
+/* Open path (under dirfd: the root, or a task dir) for reading. Never blocks (a FIFO in a
+ * fixture tree), and outside a real procfs only a regular file is read. fd, or -1 with errno. */
+static int walk_open(ps_walker *w, int dirfd, const char *path)
 {
     struct stat st;
     int fd;
@@ -187,35 +187,12 @@ static ssize_t walk_read_fd(ps_walker *w, int fd, int *full)
     }
 }
 
-static int walk_open(ps_walker *w, const char *path)
+/* Read path (under dirfd) whole, through the kept fd of slot (slot >= 0, e != NULL) when
+ * there is one. A failing kept fd (the process exited, the pid may be reused) is closed
+ * and the file opened afresh. Bytes read, or -1 with *err (ENOMEM is fatal). A file that
+ * filled PS_FILE_MAX is malformed unless cut is set (cmdline, cut as process-exporter does). */
+static ssize_t walk_read_in(ps_walker *w, int dirfd, const char *path, ps_entry *e, int slot, int cut, int *err)
 {
-    return walk_open_at(w, w->rootfd, path);
-}
-
-/* Read path (under dirfd) whole, opened for this read only. Bytes read, or -1 with *err. */
-static ssize_t walk_read_at(ps_walker *w, int dirfd, const char *path, int *err)
-{
-    ssize_t n;
-    int fd = walk_open_at(w, dirfd, path), full;
-
-    if (fd < 0) {
-        *err = errno;
-        return -1;
-    }
-    n = walk_read_fd(w, fd, &full);
-    *err = n < 0 ? errno : full ? PS_MALFORMED : 0;
-    close(fd);
-    return n < 0 || full ? -1 : n;
-}
-
-/* Read PID/name whole through the kept fd of slot (slot >= 0, e != NULL) when there is
- * one. A failing kept fd (the process exited, the pid may be reused) is closed and the
- * file opened afresh. Bytes read, or -1 with *err (ENOMEM is fatal). A file that filled
- * PS_FILE_MAX is malformed unless cut is set (cmdline, cut as process-exporter does). */
-static ssize_t walk_read(ps_walker *w, ps_entry *e, int slot, int pid, const char *name,
-                         int cut, int *err)
-{
-    char path[48];
     ssize_t n;
     int fd, full;
 
@@ -229,8 +206,7 @@ static ssize_t walk_read(ps_walker *w, ps_entry *e, int slot, int pid, const cha
         }
         walk_close_fd(&e->fd[slot]);
     }
-    walk_path(path, pid, name);
-    fd = walk_open(w, path);
+    fd = walk_open(w, dirfd, path);
     if (fd < 0) {
         *err = errno;
         return -1;
@@ -251,6 +227,15 @@ done:
         return -1;
     }
     return n;
+}
+
+/* PID/name of the procfs root, as walk_read_in reads it. */
+static ssize_t walk_read(ps_walker *w, ps_entry *e, int slot, int pid, const char *name, int cut, int *err)
+{
+    char path[48];
+
+    walk_path(path, pid, name);
+    return walk_read_in(w, w->rootfd, path, e, slot, cut, err);
 }
 
 /* Is the process gone? (PID/stat no longer exists) */
@@ -957,7 +942,7 @@ static int walk_thread(ps_walker *w, int taskfd, int tid)
     int err = 0, k;
 
     snprintf(name, sizeof(name), "%d/stat", tid);
-    n = walk_read_at(w, taskfd, name, &err);
+    n = walk_read_in(w, taskfd, name, NULL, -1, 0, &err);
     if (n < 0)
         return err == ENOMEM ? -1 : 0;
     if (parse_stat(w->buf, (size_t)n, &st) < 0)
@@ -979,7 +964,7 @@ static int walk_thread(ps_walker *w, int taskfd, int tid)
     t->num[T_MAJFLT] = st.majflt;
     t->has = 1u << T_UTIME | 1u << T_STIME | 1u << T_MINFLT | 1u << T_MAJFLT;
     snprintf(name, sizeof(name), "%d/status", tid);
-    n = walk_read_at(w, taskfd, name, &err);
+    n = walk_read_in(w, taskfd, name, NULL, -1, 0, &err);
     if (n >= 0 && parse_keyed(w->buf, (size_t)n, ps_status_keys, PS_ST_NKEYS, x, &found) == 0) {
         for (k = PS_ST_CTXV; k <= PS_ST_CTXNV; k++)
             if (found & (1u << k)) {
@@ -990,7 +975,7 @@ static int walk_thread(ps_walker *w, int taskfd, int tid)
         return -1;
     }
     snprintf(name, sizeof(name), "%d/io", tid);
-    n = walk_read_at(w, taskfd, name, &err);
+    n = walk_read_in(w, taskfd, name, NULL, -1, 0, &err);
     if (n >= 0 && parse_keyed(w->buf, (size_t)n, ps_io_keys, PS_IO_NKEYS, x, &found) == 0) {
         for (k = 0; k < PS_IO_NKEYS; k++)
             if (found & (1u << k)) {
@@ -1002,7 +987,7 @@ static int walk_thread(ps_walker *w, int taskfd, int tid)
     }
     if (w->wchan) {
         snprintf(name, sizeof(name), "%d/wchan", tid);
-        n = walk_read_at(w, taskfd, name, &err);
+        n = walk_read_in(w, taskfd, name, NULL, -1, 0, &err);
         if (n >= 0 && walk_arena_put(w, w->buf, (size_t)n, &t->wchan) < 0)
             return -1;
         if (n < 0 && err == ENOMEM)
@@ -1021,7 +1006,7 @@ static int walk_schedstat(ps_walker *w, int taskfd, int tid, uint64_t *run_ns, u
     int err = 0;
 
     snprintf(name, sizeof(name), "%d/schedstat", tid);
-    n = walk_read_at(w, taskfd, name, &err);
+    n = walk_read_in(w, taskfd, name, NULL, -1, 0, &err);
     if (n < 0 || parse_schedstat(w->buf, (size_t)n, run_ns, slices) < 0 || *slices == 0)
         return -1;
     return 0;
