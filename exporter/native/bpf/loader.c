@@ -703,6 +703,20 @@ static psb_proc *psb_find(psb *b, int pid)
     return NULL;
 }
 
+/* Exchange the current and the old processes (arrays, capacities and counts). */
+static void psb_swap_sets(psb *b)
+{
+    psb_proc *t = b->old;
+    size_t c = b->cap_old, n = b->nold;
+
+    b->old = b->cur;
+    b->cap_old = b->cap_cur;
+    b->nold = b->ncur;
+    b->cur = t;
+    b->cap_cur = c;
+    b->ncur = n;
+}
+
 /* Sums of the threads, kept beside a process while its records are gathered. */
 typedef struct {
     uint64_t u, s, rt, minflt, majflt, rb, wb;
@@ -718,16 +732,8 @@ int psb_collect(psb *b, int *err)
     b->malformed = 0;
     b->nreleased = 0;
     /* the last read's processes become the old ones (their objects, prev state) */
-    {
-        psb_proc *t = b->old;
-        size_t c = b->cap_old;
-        b->old = b->cur;
-        b->cap_old = b->cap_cur;
-        b->nold = b->ncur;
-        b->cur = t;
-        b->cap_cur = c;
-        b->ncur = 0;
-    }
+    psb_swap_sets(b);
+    b->ncur = 0;
     nold = b->nold;
     if (psb_read_iter(b, err) < 0)
         goto fail_keep;
@@ -913,15 +919,7 @@ int psb_collect(psb *b, int *err)
 fail_keep:
     /* keep the old processes (their state and objects) as the current ones */
     free(sums);
-    {
-        psb_proc *t = b->cur;
-        size_t c = b->cap_cur;
-        b->cur = b->old;
-        b->cap_cur = b->cap_old;
-        b->ncur = b->nold;
-        b->old = t;
-        b->cap_old = c;
-        b->nold = 0;
-    }
+    psb_swap_sets(b);
+    b->nold = 0;
     return -1;
 }
