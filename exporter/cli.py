@@ -343,9 +343,10 @@ FLAGS = (
         parse_keep_open,
         "Keep /proc files open between scrapes for this many processes: stat and schedstat of a "
         "process that sleeps (its status, io and wchan are given from memory while it does not run), "
-        "status, io and wchan too of one seen running. Each kept file pins about 4.4 KiB of kernel "
-        "memory. 'auto' (the first 2000 processes: about 17 MiB while they sleep), 'all' (fastest), "
-        "'off', or a number. Capped by the open-files limit.",
+        "status, io and wchan too of one seen running; and for as many threads that run between scrapes "
+        "their task/TID files. Each kept file pins about 4.4 KiB of kernel memory. 'auto' (the first 2000 "
+        "processes: about 17 MiB while they sleep; 3000 running threads), 'all' (fastest), 'off', or a "
+        "number. Capped by the open-files limit.",
         metavar="{auto,all,off,N}",
     ),
     _Flag(

@@ -215,6 +215,9 @@ class PythonReader:
     def kept(self) -> int:
         return 0
 
+    def kept_threads(self) -> int:
+        return 0
+
     # -- files --------------------------------------------------------------------------
 
     def _read(self, pid: int, name: str, cut: bool = False) -> bytes:

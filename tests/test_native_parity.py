@@ -1180,6 +1180,158 @@ def test_live_threads_remembered_while_idle_and_read_again_once_run():
         _stop([child])
 
 
+THREAD_FILE = re.compile(r"/proc/(\d+)/task/(\d+)/(stat|status|io|wchan|schedstat)(?: \(deleted\))?")
+
+
+def thread_fds(pid) -> dict:
+    """Our fds on /proc/PID/task/TID/{stat,status,io,wchan,schedstat}: {tid: count}."""
+    tids: dict = {}
+    for target in _fd_targets():
+        m = THREAD_FILE.fullmatch(target)
+        if m and int(m.group(1)) == pid:
+            tids[int(m.group(2))] = tids.get(int(m.group(2)), 0) + 1
+    return tids
+
+
+def _threads_asleep(pid, timeout=20) -> None:
+    """Wait until every thread of pid sleeps (S) and has not run for 50 ms (the same
+    schedstat): a thread waiting a moment for the GIL sleeps too, then runs on."""
+    def sample() -> list:
+        out = []
+        for tid in sorted(os.listdir(f"/proc/{pid}/task")):
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
+                out.append((tid, state, f.read()))
+        return out
+
+    deadline = time.monotonic() + timeout
+    before = None
+    while True:
+        now = sample()
+        if now == before and all(state == b"S" for _, state, _ in now):
+            return
+        assert time.monotonic() < deadline, "the threads did not go back to sleep"
+        before = now
+        time.sleep(0.05)
+
+
+THREADED_QUIT = THREADED.replace("    while True:\n        go.wait(); go.clear()\n",
+                                 "    while True:\n        go.wait(); go.clear()\n        if quit: return\n")
+THREADED_QUIT = THREADED_QUIT.replace("go = threading.Event()\n", "go = threading.Event()\nquit = False\n")
+THREADED_QUIT = THREADED_QUIT.replace("for line in sys.stdin:\n    go.set()\n",
+                                      "for line in sys.stdin:\n    quit = line == 'quit\\n'\n    go.set()\n")
+
+
+def test_live_running_thread_keeps_its_files_and_reads_the_same(nofile_raised):
+    """A thread read again because it ran keeps its task/TID files open (within the
+    threads' budget): the reads through them give what the twin reads afresh; the threads
+    that sleep keep none; once the thread exits, its files are closed. (The main thread
+    runs too: it reads the commands.)"""
+    assert "if quit: return" in THREADED_QUIT and "quit = line" in THREADED_QUIT
+    child = subprocess.Popen([sys.executable, "-c", THREADED_QUIT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert child.stdout.readline() == "ready\n"
+        nat, py = Reader("/proc", "native", None, "all"), Reader("/proc", "python", None, "off")
+        off = Reader("/proc", "native", None, "off")
+        start = next(r[F["start_ticks"]] for r in nat.read().records if r[0] == child.pid)
+        off.read()
+        req = [(child.pid, start, WANT_THREADS)]
+
+        def run_worker():
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            assert child.stdout.readline() == "done\n"
+            _threads_asleep(child.pid)
+
+        nat.read_facts(req)
+        for i in range(4):  # the worker runs between reads; the sleepers do not
+            run_worker()
+            (a,), _ = nat.read_facts(req)
+            (b,), _ = py.read_facts(req)
+            (c,), _ = off.read_facts(req)
+            native = {t[0]: t for t in a.threads}
+            assert native == {t[0]: t for t in b.threads} == {t[0]: t for t in c.threads}
+            worker = next(tid for tid, t in native.items() if t[1] == "worker")
+            kept = thread_fds(child.pid)
+            # read again (they ran): stat, status, io and wchan kept, and schedstat once probed
+            assert sorted(kept) == [child.pid, worker] and all(4 <= n <= 5 for n in kept.values()), kept
+            assert nat.kept_threads() == 2 and off.kept_threads() == 0
+        child.stdin.write("quit\n")
+        child.stdin.flush()
+        for _ in range(100):
+            if len(os.listdir(f"/proc/{child.pid}/task")) == 9:
+                break
+            time.sleep(0.05)
+        (a,), _ = nat.read_facts(req)
+        assert len(a.threads) == 9 and worker not in {t[0] for t in a.threads}
+        assert list(thread_fds(child.pid)) == [child.pid] and nat.kept_threads() == 1
+        nat.close()
+        off.close()
+    finally:
+        child.stdin.close()
+        _stop([child])
+
+
+def test_live_thread_files_stay_within_the_open_files_limit():
+    """Kept fds stay below RLIMIT_NOFILE's soft limit less 512 (FD_RESERVE): with room for
+    3, two running threads keep 3 of their files and open the others each read, with the
+    same values as a reader that keeps none."""
+    code = r"""
+import os, re, resource, sys
+from exporter.reader import F, FD_RESERVE, Reader, WANT_THREADS
+pid = int(sys.argv[1])
+pattern = re.compile(sys.argv[2])
+def fds():
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            n += bool(pattern.fullmatch(os.readlink(f"/proc/self/fd/{fd}")))
+        except OSError:
+            pass
+    return n
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (FD_RESERVE + 3, hard))
+nat, off = Reader("/proc", "native", None, "all"), Reader("/proc", "native", None, "off")
+start = next(r[F["start_ticks"]] for r in nat.read().records if r[0] == pid)
+off.read()
+req = [(pid, start, WANT_THREADS)]
+for i in range(4):
+    sys.stdout.write("go\n"); sys.stdout.flush()
+    assert sys.stdin.readline() == "ran\n"
+    (a,), _ = nat.read_facts(req)
+    (b,), _ = off.read_facts(req)
+    assert a.threads == b.threads and len(a.threads) == 10
+    assert nat.kept() == 0 and nat.kept_threads() == (2 if i else 0), (nat.kept(), nat.kept_threads())
+    assert fds() == (3 if i else 0), fds()
+print("ok", flush=True)
+"""
+    child = subprocess.Popen([sys.executable, "-c", THREADED], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "ready\n"
+        pattern = r"/proc/\d+/(task/\d+/)?(stat|status|io|wchan|schedstat)(?: \(deleted\))?"
+        reader = subprocess.Popen([sys.executable, "-c", code, str(child.pid), pattern], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+        try:
+            for _ in range(4):
+                line = reader.stdout.readline()
+                assert line == "go\n", (line, reader.wait(timeout=30))
+                child.stdin.write("go\n")
+                child.stdin.flush()
+                assert child.stdout.readline() == "done\n"
+                _threads_asleep(child.pid)
+                reader.stdin.write("ran\n")
+                reader.stdin.flush()
+            assert reader.stdout.readline() == "ok\n", reader.wait(timeout=30)
+        finally:
+            reader.kill()
+            reader.wait()
+    finally:
+        child.stdin.close()
+        _stop([child])
+
+
 ONE_THREAD = r"""
 import sys
 print("ready", flush=True)

@@ -371,25 +371,38 @@ static PyObject *Reader_kept(ReaderObject *self, PyObject *unused)
     return PyLong_FromSize_t(kept);
 }
 
+PyDoc_STRVAR(Reader_kept_threads_doc, "kept_threads() -> number of threads whose files are kept open now");
+
+static PyObject *Reader_kept_threads(ReaderObject *self, PyObject *unused)
+{
+    size_t kept;
+
+    (void)unused;
+    reader_lock(self);
+    kept = self->w.nkept_threads;
+    PyThread_release_lock(self->lock);
+    return PyLong_FromSize_t(kept);
+}
+
 static PyObject *Reader_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"procfs", "page_size", "keep_open", "wchan", "smaps_max_rss", NULL};
+    static char *kwlist[] = {"procfs", "page_size", "keep_open", "wchan", "smaps_max_rss", "keep_threads", NULL};
     PyObject *procfs, *path = NULL, *smaps_max_rss = Py_None;
     unsigned long long page_size, smaps_max = 0;
-    Py_ssize_t keep_open;
+    Py_ssize_t keep_open, keep_threads = 0;
     int wchan = 1;
     ReaderObject *self = NULL;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OKn|pO:Reader", kwlist, &procfs, &page_size,
-                                     &keep_open, &wchan, &smaps_max_rss))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OKn|pOn:Reader", kwlist, &procfs, &page_size,
+                                     &keep_open, &wchan, &smaps_max_rss, &keep_threads))
         return NULL;
     if (smaps_max_rss != Py_None) {
         smaps_max = PyLong_AsUnsignedLongLong(smaps_max_rss);
         if (smaps_max == (unsigned long long)-1 && PyErr_Occurred())
             return NULL;
     }
-    if (page_size == 0 || keep_open < 0) {
-        PyErr_SetString(PyExc_ValueError, "page_size must be > 0 and keep_open >= 0");
+    if (page_size == 0 || keep_open < 0 || keep_threads < 0) {
+        PyErr_SetString(PyExc_ValueError, "page_size must be > 0, keep_open and keep_threads >= 0");
         return NULL;
     }
     if (!PyUnicode_FSConverter(procfs, &path))
@@ -401,7 +414,7 @@ static PyObject *Reader_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         PyErr_NoMemory();
         goto error;
     }
-    if (walk_init(&self->w, PyBytes_AS_STRING(path), page_size, (size_t)keep_open, wchan,
+    if (walk_init(&self->w, PyBytes_AS_STRING(path), page_size, (size_t)keep_open, (size_t)keep_threads, wchan,
                   smaps_max_rss != Py_None, smaps_max) < 0) {
         PyErr_NoMemory();
         goto error;
@@ -450,15 +463,18 @@ static PyMethodDef Reader_methods[] = {
     {"read_facts", (PyCFunction)Reader_read_facts, METH_O, Reader_read_facts_doc},
     {"close", (PyCFunction)Reader_close, METH_NOARGS, Reader_close_doc},
     {"kept", (PyCFunction)Reader_kept, METH_NOARGS, Reader_kept_doc},
+    {"kept_threads", (PyCFunction)Reader_kept_threads, METH_NOARGS, Reader_kept_threads_doc},
     {NULL, NULL, 0, NULL},
 };
 
 PyDoc_STRVAR(Reader_doc,
-"Reader(procfs, page_size, keep_open, wchan=True, smaps_max_rss=None)\n\n"
+"Reader(procfs, page_size, keep_open, wchan=True, smaps_max_rss=None, keep_threads=0)\n\n"
 "Reads every process under a procfs root. Keeps /proc/PID/{stat,schedstat} open between\n"
 "reads for at most keep_open processes (a real procfs only), and {status,io,wchan} of\n"
 "those seen running: a single-threaded process that did not run since the last read has\n"
-"its status, io and wchan given from memory. With wchan false,\n"
+"its status, io and wchan given from memory. read_facts keeps task/TID/{stat,status,io,\n"
+"wchan} open for at most keep_threads threads found running again. Kept fds stay within\n"
+"RLIMIT_NOFILE's soft limit less 512. With wchan false,\n"
 "no wchan file is read (the field is None). With smaps_max_rss (bytes), smaps_rollup is\n"
 "read for processes whose rss is at most that.");
 

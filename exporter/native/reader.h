@@ -26,6 +26,8 @@
 #define PS_MALFORMED (-1)    /* a reason beside the errnos: the file does not parse */
 #define PS_PROC_SUPER_MAGIC 0x9fa0
 #define PS_KEPT_FDS 5        /* per process: stat, status, io, wchan, schedstat */
+#define PS_THREAD_FDS 5      /* per thread: task/TID/{stat,status,io,wchan,schedstat} */
+#define PS_FD_RESERVE 512    /* descriptors never kept: left to the rest of procsnap (reader.py FD_RESERVE) */
 
 /* ---- parse.c ------------------------------------------------------------------- */
 
@@ -146,7 +148,8 @@ typedef struct {
  * timeslice count in task/TID/schedstat mean the same stat, status, io and wchan (a
  * thread that does not run changes none of them). A thread seen running at its last two
  * probes is read without one for the next PS_BUSY_SKIPS reads (it likely runs again; the
- * probe is a fifth file), its last probe kept to compare the next one with. */
+ * probe is a fifth file), its last probe kept to compare the next one with. A thread read
+ * again (it ran) keeps its files open while the threads' budget and the fd budget allow. */
 #define PS_BUSY_SKIPS 2
 typedef struct ps_thread_memo {
     int tid;
@@ -158,6 +161,8 @@ typedef struct ps_thread_memo {
     char *text;             /* comm, state and wchan back to back */
     size_t comm_len, state_len, wchan_len;
     int has_wchan;
+    int keeps;              /* counts against the threads' keep-open budget */
+    int fd[PS_THREAD_FDS];  /* kept stat, status, io, wchan, schedstat; -1 when not open */
 } ps_thread_memo;
 
 typedef struct {
@@ -184,13 +189,16 @@ typedef struct {
     int own_procfs;       /* our own pid namespace: prlimit works */
     uint64_t page_size;
     size_t keep_open;     /* processes whose files this reader may keep open */
+    size_t keep_threads;  /* threads (seen running) whose files it may keep open */
+    size_t fd_budget;     /* kept fds at most: RLIMIT_NOFILE's soft limit - PS_FD_RESERVE */
+    size_t kept_fds;      /* kept fds now (processes' and threads') */
     int wchan;            /* read PID/wchan and task/TID/wchan (else the field is None) */
     int smaps;            /* read PID/smaps_rollup of processes up to smaps_max_rss */
     uint64_t smaps_max_rss;
     unsigned gen;
     /* the cache */
     ps_entry **buckets;
-    size_t nbuckets, nentries, nkept;
+    size_t nbuckets, nentries, nkept, nkept_threads;
     ps_entry *evicted;    /* unlinked by the walk; freed by the caller with the GIL */
     /* per-call output */
     ps_record *records;
@@ -217,8 +225,8 @@ typedef struct {
 /* walk_init: zero + allocate scratch; 0 or -1 (errno set). wchan: read the wchan files;
  * smaps: read smaps_rollup (proportional memory) of processes whose rss is at most
  * smaps_max_rss bytes (the read walks every page table of the process). */
-int walk_init(ps_walker *w, const char *procfs, uint64_t page_size, size_t keep_open, int wchan,
-              int smaps, uint64_t smaps_max_rss);
+int walk_init(ps_walker *w, const char *procfs, uint64_t page_size, size_t keep_open, size_t keep_threads,
+              int wchan, int smaps, uint64_t smaps_max_rss);
 /* walk_collect: one walk, GIL released. 0 ok; -1 with *err = errno (root unreadable,
  * or ENOMEM). */
 int walk_collect(ps_walker *w, int *err);

@@ -187,24 +187,36 @@ static ssize_t walk_read_fd(ps_walker *w, int fd, int *full)
     }
 }
 
-/* Read path (under dirfd) whole, through the kept fd of slot (slot >= 0, e != NULL) when
- * there is one. A failing kept fd (the process exited, the pid may be reused) is closed
- * and the file opened afresh. Bytes read, or -1 with *err (ENOMEM is fatal). A file that
- * filled PS_FILE_MAX is malformed unless cut is set (cmdline, cut as process-exporter does). */
-static ssize_t walk_read_in(ps_walker *w, int dirfd, const char *path, ps_entry *e, int slot, int cut, int *err)
+/* Close a kept fd (a process' or a thread's). */
+static void walk_unkeep(ps_walker *w, int *fd)
+{
+    if (*fd >= 0) {
+        close(*fd);
+        *fd = -1;
+        w->kept_fds--;
+    }
+}
+
+/* Read path (under dirfd) whole, through the kept fd *kept when there is one (kept:
+ * NULL, or the slot of a process or thread that keeps its files), and keep a fresh fd
+ * there while the fd budget allows. A failing kept fd (the task exited, the pid may be
+ * reused) is closed and the file opened afresh. Bytes read, or -1 with *err (ENOMEM is
+ * fatal). A file that filled PS_FILE_MAX is malformed unless cut is set (cmdline, cut as
+ * process-exporter does). */
+static ssize_t walk_read_in(ps_walker *w, int dirfd, const char *path, int *kept, int cut, int *err)
 {
     ssize_t n;
     int fd, full;
 
-    if (slot >= 0 && e->fd[slot] >= 0) {
-        n = walk_read_fd(w, e->fd[slot], &full);
+    if (kept != NULL && *kept >= 0) {
+        n = walk_read_fd(w, *kept, &full);
         if (n >= 0)
             goto done;
         if (errno == ENOMEM) {
             *err = ENOMEM;
             return -1;
         }
-        walk_close_fd(&e->fd[slot]);
+        walk_unkeep(w, kept);
     }
     fd = walk_open(w, dirfd, path);
     if (fd < 0) {
@@ -217,10 +229,12 @@ static ssize_t walk_read_in(ps_walker *w, int dirfd, const char *path, ps_entry 
         close(fd);
         return -1;
     }
-    if (slot >= 0 && e->keeps)
-        e->fd[slot] = fd;
-    else
+    if (kept != NULL && w->kept_fds < w->fd_budget) {
+        *kept = fd;
+        w->kept_fds++;
+    } else {
         close(fd);
+    }
 done:
     if (full && !cut) {
         *err = PS_MALFORMED;
@@ -235,7 +249,7 @@ static ssize_t walk_read(ps_walker *w, ps_entry *e, int slot, int pid, const cha
     char path[48];
 
     walk_path(path, pid, name);
-    return walk_read_in(w, w->rootfd, path, e, slot, cut, err);
+    return walk_read_in(w, w->rootfd, path, slot >= 0 && e->keeps ? &e->fd[slot] : NULL, cut, err);
 }
 
 /* Is the process gone? (PID/stat no longer exists) */
@@ -393,18 +407,23 @@ static ps_entry *walk_cache_get(ps_walker *w, int pid)
     return e;
 }
 
-static void walk_entry_close(ps_walker *w, ps_entry *e)
+/* Close the kept files of threads memo[0..n) and give back their budget. */
+static void walk_memo_close(ps_walker *w, ps_thread_memo *memo, size_t n)
 {
-    int i;
+    size_t i;
+    int k;
 
-    for (i = 0; i < PS_KEPT_FDS; i++)
-        walk_close_fd(&e->fd[i]);
-    if (e->keeps) {
-        e->keeps = 0;
-        w->nkept--;
+    for (i = 0; i < n; i++) {
+        for (k = 0; k < PS_THREAD_FDS; k++)
+            walk_unkeep(w, &memo[i].fd[k]);
+        if (memo[i].keeps) {
+            memo[i].keeps = 0;
+            w->nkept_threads--;
+        }
     }
 }
 
+/* Free threads memo[0..n) (their files closed: walk_memo_close). */
 static void walk_memo_free(ps_thread_memo *memo, size_t n)
 {
     size_t i;
@@ -412,6 +431,19 @@ static void walk_memo_free(ps_thread_memo *memo, size_t n)
     for (i = 0; i < n; i++)
         free(memo[i].text);
     free(memo);
+}
+
+static void walk_entry_close(ps_walker *w, ps_entry *e)
+{
+    int i;
+
+    for (i = 0; i < PS_KEPT_FDS; i++)
+        walk_unkeep(w, &e->fd[i]);
+    if (e->keeps) {
+        e->keeps = 0;
+        w->nkept--;
+    }
+    walk_memo_close(w, e->memo, e->nmemo);
 }
 
 void walk_entry_free(ps_entry *e)
@@ -540,7 +572,7 @@ static int walk_idle_probe(ps_walker *w, ps_entry *e, const ps_stat *st, uint64_
     int err = 0;
 
     if (!w->is_procfs || st->num_threads != 1) {
-        walk_close_fd(&e->fd[K_SCHED]);
+        walk_unkeep(w, &e->fd[K_SCHED]);
         return 0;
     }
     n = walk_read(w, e, K_SCHED, e->pid, "schedstat", 0, &err);
@@ -574,9 +606,9 @@ static int walk_idle_again(ps_walker *w, ps_entry *e, ps_record *r)
         walk_count(w, e->idle.errs[i]);
     if (e->idle.wchan != NULL && walk_arena_put(w, e->idle.wchan, e->idle.wchan_len, &r->wchan) < 0)
         return -1;
-    walk_close_fd(&e->fd[K_STATUS]);
-    walk_close_fd(&e->fd[K_IO]);
-    walk_close_fd(&e->fd[K_WCHAN]);
+    walk_unkeep(w, &e->fd[K_STATUS]);
+    walk_unkeep(w, &e->fd[K_IO]);
+    walk_unkeep(w, &e->fd[K_WCHAN]);
     return 0;
 }
 
@@ -624,9 +656,9 @@ static int walk_status_io_wchan(ps_walker *w, ps_entry *e, ps_record *r, int kee
     int err = 0, rc, pid = r->pid;
 
     if (!keep) {
-        walk_close_fd(&e->fd[K_STATUS]);
-        walk_close_fd(&e->fd[K_IO]);
-        walk_close_fd(&e->fd[K_WCHAN]);
+        walk_unkeep(w, &e->fd[K_STATUS]);
+        walk_unkeep(w, &e->fd[K_IO]);
+        walk_unkeep(w, &e->fd[K_WCHAN]);
     }
     rc = walk_keyed(w, e, r, keep ? K_STATUS : -1, "status", ps_status_keys, PS_ST_NKEYS, F_UID);
     if (rc == 0 && (r->has & (1u << F_UID))) { /* w->buf still holds status */
@@ -683,15 +715,22 @@ static int walk_process(ps_walker *w, int pid)
         return walk_unreadable(w, pid, PS_MALFORMED);
     }
     if (e->start != st.starttime) { /* pid reuse: files of another process */
-        walk_close_fd(&e->fd[K_STATUS]);
-        walk_close_fd(&e->fd[K_IO]);
-        walk_close_fd(&e->fd[K_WCHAN]);
-        walk_close_fd(&e->fd[K_SCHED]);
-        walk_memo_free(e->memo, e->nmemo); /* threads of another process */
+        walk_unkeep(w, &e->fd[K_STATUS]);
+        walk_unkeep(w, &e->fd[K_IO]);
+        walk_unkeep(w, &e->fd[K_WCHAN]);
+        walk_unkeep(w, &e->fd[K_SCHED]);
+        walk_memo_close(w, e->memo, e->nmemo); /* threads of another process */
+        walk_memo_free(e->memo, e->nmemo);
         e->memo = NULL;
         e->nmemo = 0;
         e->idle.valid = 0;
         e->start = st.starttime;
+    }
+    if (e->nmemo && st.num_threads < 2) { /* its other threads exited: their kept files go */
+        walk_memo_close(w, e->memo, e->nmemo);
+        walk_memo_free(e->memo, e->nmemo);
+        e->memo = NULL;
+        e->nmemo = 0;
     }
 
     if (walk_grow((void **)&w->records, w->nrecords, &w->cap_records, 1024, sizeof(*w->records)) < 0)
@@ -841,12 +880,25 @@ void walk_reset_output(ps_walker *w)
     memset(w->errors, 0, sizeof(w->errors));
 }
 
+/* How many fds may be kept: RLIMIT_NOFILE's soft limit (raised since, perhaps) less
+ * PS_FD_RESERVE; fds kept beyond a lowered limit are closed as they fail or go idle. */
+static void walk_fd_budget(ps_walker *w)
+{
+    struct rlimit lim;
+    rlim_t soft = 1u << 20;
+
+    if (getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY)
+        soft = lim.rlim_cur;
+    w->fd_budget = soft > PS_FD_RESERVE ? (size_t)(soft - PS_FD_RESERVE) : 0;
+}
+
 int walk_collect(ps_walker *w, int *err)
 {
     size_t i;
     int rc = 0;
 
     walk_reset_output(w);
+    walk_fd_budget(w);
     if (++w->gen == 0)
         w->gen = 1;
     if (walk_root(w, err) < 0) {
@@ -929,8 +981,9 @@ static int walk_nofile(ps_walker *w, ps_fact *f)
 }
 
 /* One thread: task/TID/stat must parse (else the thread is skipped), status, io and wchan
- * may be unreadable (None). 0, or -1 on ENOMEM. */
-static int walk_thread(ps_walker *w, int taskfd, int tid)
+ * may be unreadable (None); read through the kept fds of fds[PS_THREAD_FDS] (NULL: none
+ * kept). 0, or -1 on ENOMEM. */
+static int walk_thread(ps_walker *w, int taskfd, int tid, int *fds)
 {
     char name[64];
     uint64_t x[PS_ST_NKEYS];
@@ -942,7 +995,7 @@ static int walk_thread(ps_walker *w, int taskfd, int tid)
     int err = 0, k;
 
     snprintf(name, sizeof(name), "%d/stat", tid);
-    n = walk_read_in(w, taskfd, name, NULL, -1, 0, &err);
+    n = walk_read_in(w, taskfd, name, fds != NULL ? &fds[0] : NULL, 0, &err);
     if (n < 0)
         return err == ENOMEM ? -1 : 0;
     if (parse_stat(w->buf, (size_t)n, &st) < 0)
@@ -964,7 +1017,7 @@ static int walk_thread(ps_walker *w, int taskfd, int tid)
     t->num[T_MAJFLT] = st.majflt;
     t->has = 1u << T_UTIME | 1u << T_STIME | 1u << T_MINFLT | 1u << T_MAJFLT;
     snprintf(name, sizeof(name), "%d/status", tid);
-    n = walk_read_in(w, taskfd, name, NULL, -1, 0, &err);
+    n = walk_read_in(w, taskfd, name, fds != NULL ? &fds[1] : NULL, 0, &err);
     if (n >= 0 && parse_keyed(w->buf, (size_t)n, ps_status_keys, PS_ST_NKEYS, x, &found) == 0) {
         for (k = PS_ST_CTXV; k <= PS_ST_CTXNV; k++)
             if (found & (1u << k)) {
@@ -975,7 +1028,7 @@ static int walk_thread(ps_walker *w, int taskfd, int tid)
         return -1;
     }
     snprintf(name, sizeof(name), "%d/io", tid);
-    n = walk_read_in(w, taskfd, name, NULL, -1, 0, &err);
+    n = walk_read_in(w, taskfd, name, fds != NULL ? &fds[2] : NULL, 0, &err);
     if (n >= 0 && parse_keyed(w->buf, (size_t)n, ps_io_keys, PS_IO_NKEYS, x, &found) == 0) {
         for (k = 0; k < PS_IO_NKEYS; k++)
             if (found & (1u << k)) {
@@ -987,7 +1040,7 @@ static int walk_thread(ps_walker *w, int taskfd, int tid)
     }
     if (w->wchan) {
         snprintf(name, sizeof(name), "%d/wchan", tid);
-        n = walk_read_in(w, taskfd, name, NULL, -1, 0, &err);
+        n = walk_read_in(w, taskfd, name, fds != NULL ? &fds[3] : NULL, 0, &err);
         if (n >= 0 && walk_arena_put(w, w->buf, (size_t)n, &t->wchan) < 0)
             return -1;
         if (n < 0 && err == ENOMEM)
@@ -999,14 +1052,14 @@ static int walk_thread(ps_walker *w, int taskfd, int tid)
 
 /* The thread's run time and timeslice count (task/TID/schedstat); 0, or -1 when they
  * cannot be had (no file, or a kernel without sched_info: all zeros). */
-static int walk_schedstat(ps_walker *w, int taskfd, int tid, uint64_t *run_ns, uint64_t *slices)
+static int walk_schedstat(ps_walker *w, int taskfd, int tid, int *kept, uint64_t *run_ns, uint64_t *slices)
 {
     char name[64];
     ssize_t n;
     int err = 0;
 
     snprintf(name, sizeof(name), "%d/schedstat", tid);
-    n = walk_read_in(w, taskfd, name, NULL, -1, 0, &err);
+    n = walk_read_in(w, taskfd, name, kept, 0, &err);
     if (n < 0 || parse_schedstat(w->buf, (size_t)n, run_ns, slices) < 0 || *slices == 0)
         return -1;
     return 0;
@@ -1060,12 +1113,28 @@ static int walk_thread_memo(const ps_walker *w, const ps_thread *t, uint64_t run
     return 0;
 }
 
+/* Close the kept fds[PS_THREAD_FDS] of a thread and give back its budget (*keeps). */
+static void walk_thread_unkeep(ps_walker *w, int *fds, int *keeps)
+{
+    int k;
+
+    for (k = 0; k < PS_THREAD_FDS; k++)
+        walk_unkeep(w, &fds[k]);
+    if (*keeps) {
+        *keeps = 0;
+        w->nkept_threads--;
+    }
+}
+
 /* The threads of a process, as process-exporter reads them: each of task/, sorted by
  * tid; fewer than two read is none. Nothing is counted as an error (a thread may exit
  * at any time). A thread of a known process that has not run since the last read (its
  * schedstat unchanged) is given again from memory instead of read: most threads of a
  * server sleep, and each costs four files; one that ran at its last two probes is read
- * without that probe for the next PS_BUSY_SKIPS reads. 0, or -1 on ENOMEM. */
+ * without that probe for the next PS_BUSY_SKIPS reads. A thread read again (it ran)
+ * keeps its files (the four and its schedstat) open within the threads' budget, until it
+ * is found idle or gone.
+ * 0, or -1 on ENOMEM. */
 static int walk_threads(ps_walker *w, ps_fact *f)
 {
     char path[48];
@@ -1102,19 +1171,29 @@ static int walk_threads(ps_walker *w, ps_fact *f)
         int tid = w->pids[i];
         uint64_t run_ns = 0, slices = 0;
         size_t before = w->nthreads;
-        const ps_thread_memo *m = NULL;
-        int timed = 0, skips = 0, runs = 0;
+        ps_thread_memo *m = NULL;
+        int timed = 0, skips = 0, runs = 0, keeps = 0, fds[PS_THREAD_FDS] = {-1, -1, -1, -1, -1};
 
         while (e != NULL && old < e->nmemo && e->memo[old].tid < tid)
             old++;
-        if (e != NULL && old < e->nmemo && e->memo[old].tid == tid)
+        if (e != NULL && old < e->nmemo && e->memo[old].tid == tid) {
             m = &e->memo[old];
+            memcpy(fds, m->fd, sizeof(fds)); /* its kept files move to the new memo */
+            keeps = m->keeps;
+            memset(m->fd, -1, sizeof(m->fd));
+            m->keeps = 0;
+        }
         if (e != NULL && (m == NULL || m->skips == 0))
-            timed = walk_schedstat(w, fd, tid, &run_ns, &slices) == 0;
+            timed = walk_schedstat(w, fd, tid, keeps ? &fds[PS_THREAD_FDS - 1] : NULL, &run_ns, &slices) == 0;
         if (timed && m != NULL && m->run_ns == run_ns && m->slices == slices) {
+            walk_thread_unkeep(w, fds, &keeps); /* idle: its files go back to the budget */
             rc = walk_thread_again(w, m);
         } else {
-            rc = walk_thread(w, fd, tid);
+            if (m != NULL && !keeps && w->nkept_threads < w->keep_threads) { /* it ran: keep */
+                keeps = 1;
+                w->nkept_threads++;
+            }
+            rc = walk_thread(w, fd, tid, keeps ? fds : NULL);
             if (m != NULL && timed && m->slices != 0) /* it ran since its last probe */
                 runs = m->runs < 2 ? m->runs + 1 : 2;
             if (m != NULL && !timed) { /* read without a probe: the last one stays the baseline
@@ -1130,9 +1209,17 @@ static int walk_threads(ps_walker *w, ps_fact *f)
         if (rc == 0 && e != NULL && w->nthreads > before) {
             rc = walk_thread_memo(w, &w->threads[before], run_ns, slices, &memo[nmemo]);
             memo[nmemo].skips = skips;
-            memo[nmemo++].runs = runs;
+            memo[nmemo].runs = runs;
+            memo[nmemo].keeps = keeps;
+            memcpy(memo[nmemo].fd, fds, sizeof(fds));
+            if (rc == 0) {
+                nmemo++;
+                continue;
+            }
         }
+        walk_thread_unkeep(w, fds, &keeps); /* not remembered (gone, or no memory) */
         if (rc < 0) {
+            walk_memo_close(w, memo, nmemo);
             walk_memo_free(memo, nmemo);
             close(fd);
             return -1;
@@ -1140,6 +1227,7 @@ static int walk_threads(ps_walker *w, ps_fact *f)
     }
     close(fd);
     if (e != NULL) {
+        walk_memo_close(w, e->memo, e->nmemo); /* threads that exited */
         walk_memo_free(e->memo, e->nmemo);
         e->memo = memo;
         e->nmemo = nmemo;
@@ -1219,6 +1307,7 @@ int walk_facts(ps_walker *w, ps_fact *facts, size_t n, int *err)
     int rc = 0;
 
     walk_reset_output(w);
+    walk_fd_budget(w);
     if (walk_open_root(w, err) < 0) { /* the root went away: every process with it */
         for (i = 0; i < n; i++) {
             facts[i].cmdline.at = facts[i].exe.at = facts[i].cgroup.at = PS_NONE;
@@ -1246,8 +1335,8 @@ void walk_close_all(ps_walker *w)
     walk_close_fd(&w->rootfd);
 }
 
-int walk_init(ps_walker *w, const char *procfs, uint64_t page_size, size_t keep_open, int wchan,
-              int smaps, uint64_t smaps_max_rss)
+int walk_init(ps_walker *w, const char *procfs, uint64_t page_size, size_t keep_open, size_t keep_threads,
+              int wchan, int smaps, uint64_t smaps_max_rss)
 {
     struct statfs sfs;
     struct stat st;
@@ -1258,6 +1347,7 @@ int walk_init(ps_walker *w, const char *procfs, uint64_t page_size, size_t keep_
     w->rootfd = -1;
     w->page_size = page_size;
     w->keep_open = keep_open;
+    w->keep_threads = keep_threads;
     w->wchan = wchan;
     w->smaps = smaps;
     w->smaps_max_rss = smaps_max_rss;

@@ -311,7 +311,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     split((const char *)data + 2, size - 2, sec, len);
     write_tree(flags, absent, sec, len);
 
-    if (walk_init(&w, root, 4096, 64, flags & 1, (flags >> 1) & 1, (flags & 4) ? 0 : UINT64_MAX) < 0)
+    if (walk_init(&w, root, 4096, 64, 64, flags & 1, (flags >> 1) & 1, (flags & 4) ? 0 : UINT64_MAX) < 0)
         die("walk_init");
     CHECK(!w.is_procfs && !w.own_procfs);
     CHECK(walk_collect(&w, &err) == 0);
