@@ -23,7 +23,7 @@ it current. A scrape that fails half-way leaves the tracker as it was.
 from __future__ import annotations
 
 from bisect import bisect_left
-from itertools import compress, count, repeat
+from itertools import compress, repeat
 from operator import add, contains, itemgetter, mod, not_, sub
 from typing import NamedTuple, Optional
 
@@ -39,8 +39,8 @@ _pids = itemgetter(PID)
 _first = itemgetter(0)
 _starts = itemgetter(START)
 # a record's key: what tells a new process, an exec, or children reaped since the last read
-_keys = itemgetter(PID, START, COMM, MARK, *(F[n] for n in ("cutime_ticks", "cstime_ticks", "cminor_faults",
-                                                            "cmajor_faults")))
+KEY = (PID, START, COMM, MARK, *(F[n] for n in ("cutime_ticks", "cstime_ticks", "cminor_faults", "cmajor_faults")))
+_keys = itemgetter(*KEY)
 _children = itemgetter(*(F[n] for n in ("cutime_ticks", "cstime_ticks", "cminor_faults", "cmajor_faults")))
 _carried = itemgetter(*CARRIED)
 _nthreads = itemgetter(F["num_threads"])
@@ -52,6 +52,32 @@ _NO_GROWTH = (0,) * 8
 _t_names = itemgetter(THREAD_FIELDS.index("comm"))
 _t_states = itemgetter(THREAD_FIELDS.index("state"))
 _t_wchans = itemgetter(THREAD_FIELDS.index("wchan"))
+
+
+def changed_records_py(records, previous, key, nones) -> tuple:
+    """(changed, gone, holes): indices of the records without a previous record of the same
+    (pid, start) (``key[0]``, ``key[1]``) or whose ``key`` columns differ from it; of the
+    previous records without a record of the same (pid, start); of the records with None in
+    a ``nones`` column. The twin of the C ``exporter._reader.changed_records``, which also
+    wants both lists sorted by pid, one record per pid."""
+    identity, keyed = itemgetter(key[0], key[1]), itemgetter(*key)
+    before = {identity(p): (j, keyed(p)) for j, p in enumerate(previous)}
+    changed, seen = [], set()
+    for i, rec in enumerate(records):
+        old = before.get(identity(rec))
+        if old is None or old[1] != keyed(rec):
+            changed.append(i)
+        if old is not None:
+            seen.add(old[0])
+    gone = [j for j in range(len(previous)) if j not in seen]
+    holes = [i for i, rec in enumerate(records) if any(rec[c] is None for c in nones)]
+    return changed, gone, holes
+
+
+try:
+    from exporter._reader import changed_records  # type: ignore[attr-defined]
+except ImportError:  # the extension is not built
+    changed_records = changed_records_py
 
 
 class Proc:
@@ -100,7 +126,6 @@ class Step(NamedTuple):
     records: list  # this read's records, plus the last one of each unreadable identity
     identities: list  # (pid, start_ticks) of each record
     limits: list  # fd limit of each record's identity (UNLIMITED: unlimited; None: unknown)
-    keys: set  # (pid, start_ticks, comm, mark, the four children fields) of the records
     holes: set  # identities whose record lacks a carried counter (never read yet)
     procs: dict  # identity -> Proc
     last: dict  # identity -> record
@@ -137,7 +162,7 @@ class Tracker:
         self.last: dict = {}
         self.nofile: dict = {}
         self.threads: dict = {}  # identity -> {tid: counters} of the last step
-        self._keys: set = set()  # (pid, start, comm, mark) of the last step's records
+        self._records: list = []  # the last step's records, sorted by pid
         self._holes: set = set()  # identities whose last record lacks a carried counter
         self._by_pid: dict = {}
         self._unreadable_pids: frozenset = frozenset()
@@ -173,9 +198,15 @@ class Tracker:
             records = [records[i] for i in order]
             identities = [identities[i] for i in order]
 
+        # which records differ from the last step's in their key; which of those are gone;
+        # which lack a carried counter
+        try:
+            changed, gone, check = changed_records(records, self._records, KEY, CARRIED)
+        except ValueError:  # not sorted, one per pid (a reader breaking its contract): the twin copes
+            changed, gone, check = changed_records_py(records, self._records, KEY, CARRIED)
+
         # a counter readable before and not now keeps its last value
         readable = []
-        check = list(compress(count(), map(contains, map(_carried, records), repeat(None))))
         if self._holes:  # identities whose last record had a hole: filled now? (records are sorted
             # by pid, one per pid: the reader's contract, and the carried ones were sorted in above)
             pids = list(map(_first, identities))
@@ -199,9 +230,8 @@ class Tracker:
         holes = {identities[i] for i in check if None in _carried(records[i])}  # for the next step
 
         # started, exec'd, reaped children: only identities whose key changed
-        keys = set(map(_keys, records))
         started, execed, remarked, reaped = [], [], [], []
-        for key in keys - self._keys:
+        for key in map(_keys, map(records.__getitem__, changed)):
             identity = key[:2]
             proc = old_procs.get(identity)
             if proc is None:
@@ -215,7 +245,7 @@ class Tracker:
             if before is not None and _children(before) != key[4:]:
                 reaped.append((identity, tuple(a - b for a, b in zip(key[4:], _children(before)))))
         last = dict(zip(identities, records))
-        exited = [(identity, old_last[identity]) for identity in old_last.keys() - last.keys()]
+        exited = [((rec[PID], rec[START]), rec) for rec in map(self._records.__getitem__, gone)]
 
         # facts: everything for started and exec'd identities, the fd limit when due
         self._gen += 1
@@ -290,10 +320,9 @@ class Tracker:
         if dropped:  # read but not its facts: if it is there next time, its past is unseen
             unreadable_pids = unreadable_pids | {pid for pid, _ in dropped}
         if dropped:
-            keys = set(map(_keys, records))
             last = dict(zip(identities, records))
         return Step(
-            records, identities, list(map(nofile.get, identities)), keys, holes, procs, last,
+            records, identities, list(map(nofile.get, identities)), holes, procs, last,
             nofile, started, from_now,
             execed, [identity for identity in refreshed if identity in procs], exited, readable, old_last,
             threads, thread_states, thread_wchans, thread_deltas, reaped,
@@ -322,7 +351,7 @@ class Tracker:
         self.procs = step.procs
         self.last = step.last
         self.nofile = step.nofile
-        self._keys = step.keys
+        self._records = step.records
         self.threads = step.threads
         self._holes = step.holes
         self._by_pid = dict(zip(map(_first, step.identities), step.identities))

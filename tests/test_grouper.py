@@ -9,6 +9,7 @@ import random
 import pytest
 
 import exporter.grouper as grouper_module
+import exporter.tracker as tracker_module
 from exporter.config import load_config, parse_config
 from exporter.reader import F, WANT_NOFILE
 from procs import BOOT, HZ, FakeReader, exporter, groups, rec, thread
@@ -23,14 +24,16 @@ def cpu(g):
 
 @pytest.fixture(autouse=True, params=["c", "python"])
 def sums(request, monkeypatch):
-    """Every sequence here runs with the group sums in C (exporter._reader.group_columns)
-    and with their Python twin."""
+    """Every sequence here runs with the group sums and the tracker's diff in C
+    (exporter._reader.group_columns, changed_records) and with their Python twins."""
     if request.param == "c":
         from exporter import _reader  # make test builds it: a failure here, not a skip
 
         monkeypatch.setattr(grouper_module, "group_columns", _reader.group_columns)
+        monkeypatch.setattr(tracker_module, "changed_records", _reader.changed_records)
     else:
         monkeypatch.setattr(grouper_module, "group_columns", grouper_module.group_columns_py)
+        monkeypatch.setattr(tracker_module, "changed_records", tracker_module.changed_records_py)
     return request.param
 
 

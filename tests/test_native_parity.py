@@ -27,6 +27,7 @@ import pytest
 from conftest import needs_native
 from helpers import settle
 import exporter.grouper as grouper_module
+import exporter.tracker as tracker_module
 from exporter.procfs import FILE_MAX, PythonReader
 from exporter.reader import (
     F,
@@ -1634,3 +1635,63 @@ def test_group_columns_refuses_what_is_not_records(bad):
 
     with pytest.raises((ValueError, OverflowError)):
         _reader.group_columns(*bad)
+
+
+# -- the tracker's diff in C (its sequences run with both: tests/test_grouper.py) ----------
+
+
+def test_the_tracker_diffs_in_c_when_built():
+    from exporter import _reader
+
+    assert tracker_module.changed_records is _reader.changed_records
+
+
+def _reading(rnd, pids, previous=None) -> list:
+    """Random records (pid, start, comm, mark, counter) sorted by pid; with previous, many
+    are the same tuple or equal to it, some another start (pid reuse) or another key."""
+    before = {r[0]: r for r in previous or ()}
+    out = []
+    for pid in sorted(rnd.sample(pids, rnd.randrange(0, len(pids) + 1))):
+        old, roll = before.get(pid), rnd.random()
+        if old is not None and roll < 0.4:
+            out.append(old)  # the same object
+        elif old is not None and roll < 0.6:
+            out.append(tuple(list(old)))  # equal, another object
+        elif old is not None and roll < 0.7:
+            out.append((pid, old[1] + 1) + old[2:])  # pid reused
+        else:
+            out.append((pid, rnd.choice([5, 6]), rnd.choice(["a", "b"]), rnd.choice([0, 2**64 - 1]),
+                        rnd.choice([None, 0, 3])))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_changed_records_c_equals_python(seed):
+    """Random readings one after the other: what C finds changed, gone and with holes is
+    the twin's, which compares every key by value."""
+    from exporter import _reader
+
+    rnd = random.Random(seed)
+    pids = rnd.sample(range(1, 60), rnd.randrange(1, 40))
+    previous: list = []
+    for _ in range(6):
+        records = _reading(rnd, pids, previous)
+        for key in ((0, 1, 2, 3), (0, 1)):
+            got = _reader.changed_records(records, previous, key, (4,))
+            assert got == tracker_module.changed_records_py(records, previous, key, (4,))
+            assert list(got[2]) == [i for i, r in enumerate(records) if r[4] is None]
+        previous = records
+
+
+@pytest.mark.parametrize("records, previous", [
+    ([(2, 1), (1, 1)], []),  # not sorted
+    ([(1, 1), (1, 1)], []),  # two records of one pid
+    ([], [(3, 1), (2, 1)]),  # the previous ones not sorted
+    ([("1", 1)], []),  # a pid that is no int
+    ([(1,)], [(1, 1)]),  # no start column
+])
+def test_changed_records_refuses_what_is_not_a_reading(records, previous):
+    from exporter import _reader
+
+    with pytest.raises((ValueError, TypeError)):
+        _reader.changed_records(records, previous, (0, 1), ())

@@ -524,8 +524,20 @@ PyDoc_STRVAR(group_columns_doc,
 "greatest fds / limits[i] (None or 0 limits skipped), a {value: count} dict per counted\n"
 "column). exporter.grouper.group_columns is its twin.");
 
+PyObject *ps_changed_records(PyObject *module, PyObject *args); /* sums.c */
+
+PyDoc_STRVAR(changed_records_doc,
+"changed_records(records, previous, key, nones) -> (changed, gone, holes)\n\n"
+"Two readings, each sorted by pid with one record per pid; key: the pid column, the start\n"
+"column, then the columns compared. changed: indices of the records without a previous\n"
+"record of the same (pid, start), or whose key columns differ from it; gone: indices of\n"
+"the previous records without a record of the same (pid, start); holes: indices of the\n"
+"records with None in a nones column. ValueError when a list is not sorted.\n"
+"exporter.tracker.changed_records_py is its twin.");
+
 static PyMethodDef module_methods[] = {
     {"group_columns", ps_group_columns, METH_VARARGS, group_columns_doc},
+    {"changed_records", ps_changed_records, METH_VARARGS, changed_records_doc},
     {NULL, NULL, 0, NULL},
 };
 

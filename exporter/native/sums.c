@@ -1,7 +1,10 @@
 /* exporter._reader.group_columns: the grouper's per-group column sums, in one pass over
  * the records (exporter/grouper.py's group_columns is its twin and the oracle the tests
  * hold it against). It adds up; what a sum means (baselines, counters that never go
- * down, absent values) stays the grouper's. Runs with the GIL: it reads Python tuples.
+ * down, absent values) stays the grouper's. changed_records: which records of a reading
+ * differ from the last one's in the columns the tracker watches (its twin:
+ * exporter/tracker.py's changed_records_py); what a change means stays the tracker's.
+ * Both run with the GIL: they read Python tuples.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -258,5 +261,147 @@ done:
     free(readable);
     free(sums);
     free(g);
+    return out;
+}
+
+/* ---- changed_records: the tracker's diff of two readings ---------------------------- */
+
+#define PS_MAX_KEY 16
+
+/* Column c of rec as the pid (a C long), or -1 with an error set. */
+static long pid_of(PyObject *rec, Py_ssize_t c)
+{
+    PyObject *v = column(rec, c);
+    long pid;
+
+    if (v == NULL)
+        return -1;
+    pid = PyLong_AsLong(v);
+    if (pid < 0 && !PyErr_Occurred())
+        PyErr_SetString(PyExc_ValueError, "a negative pid");
+    return pid;
+}
+
+/* Do records a and b differ in any of columns cols[0..n)? 1, 0, or -1 (error set). */
+static int differ(PyObject *a, PyObject *b, const Py_ssize_t *cols, int n)
+{
+    PyObject *x, *y;
+    int k, eq;
+
+    for (k = 0; k < n; k++) {
+        if ((x = column(a, cols[k])) == NULL || (y = column(b, cols[k])) == NULL)
+            return -1;
+        if (x == y)
+            continue;
+        if ((eq = PyObject_RichCompareBool(x, y, Py_EQ)) < 0)
+            return -1;
+        if (!eq)
+            return 1;
+    }
+    return 0;
+}
+
+static int append_index(PyObject *list, Py_ssize_t i)
+{
+    PyObject *v = PyLong_FromSsize_t(i);
+    int rc;
+
+    if (v == NULL)
+        return -1;
+    rc = PyList_Append(list, v);
+    Py_DECREF(v);
+    return rc;
+}
+
+PyObject *ps_changed_records(PyObject *module, PyObject *args)
+{
+    PyObject *records, *previous, *key, *nones, *changed = NULL, *gone = NULL, *holes = NULL, *out = NULL;
+    Py_ssize_t keys[PS_MAX_KEY], none_cols[PS_MAX_KEY], i = 0, j = 0, n, m;
+    long last_pid = -1, last_prev = -1;
+    int nkeys, nnones, rc;
+
+    (void)module;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!:changed_records", &PyList_Type, &records, &PyList_Type, &previous,
+                          &PyTuple_Type, &key, &PyTuple_Type, &nones))
+        return NULL;
+    if ((nkeys = columns_of(key, keys, PS_MAX_KEY, "key")) < 0 ||
+        (nnones = columns_of(nones, none_cols, PS_MAX_KEY, "checked")) < 0)
+        return NULL;
+    if (nkeys < 2) {
+        PyErr_SetString(PyExc_ValueError, "the key starts with the pid and start columns");
+        return NULL;
+    }
+    if ((changed = PyList_New(0)) == NULL || (gone = PyList_New(0)) == NULL || (holes = PyList_New(0)) == NULL)
+        goto done;
+    n = PyList_GET_SIZE(records);
+    m = PyList_GET_SIZE(previous);
+    for (i = 0; i < n; i++) {
+        PyObject *rec = PyList_GET_ITEM(records, i), *before = NULL, *v;
+        long pid = pid_of(rec, keys[0]), prev_pid = -1;
+        int k;
+
+        if (pid < 0)
+            goto done;
+        if (pid <= last_pid) {
+            PyErr_SetString(PyExc_ValueError, "records are not sorted by pid, one per pid");
+            goto done;
+        }
+        last_pid = pid;
+        while (j < m) { /* the previous records of lower pids are gone */
+            if ((prev_pid = pid_of(PyList_GET_ITEM(previous, j), keys[0])) < 0)
+                goto done;
+            if (prev_pid <= last_prev) {
+                PyErr_SetString(PyExc_ValueError, "previous records are not sorted by pid, one per pid");
+                goto done;
+            }
+            if (prev_pid >= pid)
+                break;
+            last_prev = prev_pid;
+            if (append_index(gone, j++) < 0)
+                goto done;
+        }
+        if (j < m && prev_pid == pid) {
+            before = PyList_GET_ITEM(previous, j);
+            last_prev = prev_pid;
+            j++;
+        }
+        if (before != rec) {
+            rc = before == NULL ? 1 : differ(rec, before, keys + 1, 1); /* another start: pid reused */
+            if (rc < 0)
+                goto done;
+            if (rc == 1 && before != NULL && append_index(gone, j - 1) < 0)
+                goto done;
+            if (rc == 0 && (rc = differ(rec, before, keys + 2, nkeys - 2)) < 0)
+                goto done;
+            if (rc == 1 && append_index(changed, i) < 0)
+                goto done;
+        }
+        for (k = 0; k < nnones; k++) {
+            if ((v = column(rec, none_cols[k])) == NULL)
+                goto done;
+            if (v == Py_None) {
+                if (append_index(holes, i) < 0)
+                    goto done;
+                break;
+            }
+        }
+    }
+    for (; j < m; j++) {
+        long prev_pid = pid_of(PyList_GET_ITEM(previous, j), keys[0]);
+        if (prev_pid < 0)
+            goto done;
+        if (prev_pid <= last_prev) {
+            PyErr_SetString(PyExc_ValueError, "previous records are not sorted by pid, one per pid");
+            goto done;
+        }
+        last_prev = prev_pid;
+        if (append_index(gone, j) < 0)
+            goto done;
+    }
+    out = PyTuple_Pack(3, changed, gone, holes);
+done:
+    Py_XDECREF(changed);
+    Py_XDECREF(gone);
+    Py_XDECREF(holes);
     return out;
 }
