@@ -564,11 +564,11 @@ class _Update:
         process-exporter keeps them: what grew this step plus the name's total of the last
         step (a name absent for a step starts again from 0)."""
         deltas = self.step.thread_deltas
-        grown: dict = {}  # thread name -> what each of its threads grew
+        now: dict = {}  # thread name -> (its threads, what they grew)
         for identity in threaded:
-            for thread_name, each in deltas[identity].items():
-                grown.setdefault(thread_name, []).extend(each)
-        now = {thread_name: (len(each), tuple(map(sum, zip(*each)))) for thread_name, each in grown.items()}
+            for thread_name, (count, grown) in deltas[identity].items():
+                seen = now.get(thread_name)
+                now[thread_name] = (seen[0] + count, tuple(map(add, seen[1], grown))) if seen else (count, grown)
         if not now:
             return ()
         before = self.g.thread_totals.get(key, {})

@@ -49,6 +49,17 @@ _CTXV, _CTXNV = F["ctx_voluntary"], F["ctx_nonvoluntary"]
 _thread_counts = itemgetter(3, 4, 5, 6, 7, 8, 9, 10)
 _t_ctxv, _t_ctxnv = itemgetter(4), itemgetter(5)  # the context switches among those counters
 _NO_GROWTH = (0,) * 8
+
+
+def _growth(now: list, old: list) -> tuple:
+    """What the counters of threads grew, summed: now[i] - old[i] over the threads with an
+    old value (None: first seen, grown by nothing)."""
+    if None in old:
+        now = list(compress(now, old))
+        old = list(filter(None, old))
+    if not old:
+        return _NO_GROWTH
+    return tuple(map(sub, map(sum, zip(*now)), map(sum, zip(*old))))
 _t_names = itemgetter(THREAD_FIELDS.index("comm"))
 _t_states = itemgetter(THREAD_FIELDS.index("state"))
 _t_wchans = itemgetter(THREAD_FIELDS.index("wchan"))
@@ -140,7 +151,7 @@ class Step(NamedTuple):
     threads: dict  # identity -> {tid: counters} of multi-threaded processes (read each step)
     thread_states: dict  # identity -> the state letters of its threads
     thread_wchans: dict  # identity -> the wchans of its threads (str or None each)
-    thread_deltas: dict  # identity -> {thread name: [counters grown since the last step, a tuple per thread]}
+    thread_deltas: dict  # identity -> {thread name: (its threads, the sum of what their counters grew since the last step)}
     # [(identity, growth of cutime, cstime, cminflt, cmajflt)] of identities read both times:
     # the children they reaped meanwhile (all their CPU and faults, seen or not)
     reaped: list
@@ -332,20 +343,30 @@ class Tracker:
 
     def _thread_step(self, identity, read, threads, states, wchans, deltas) -> None:
         """A multi-threaded process' threads: their counters (None read as 0, as
-        process-exporter does), states, wchans, and per thread name what each of its threads
-        grew since the last step (a thread seen for the first time has grown by nothing)."""
+        process-exporter does), states, wchans, and per thread name how many threads have
+        it and what their counters grew since the last step, summed (a thread seen for the
+        first time has grown by nothing)."""
         before = self.threads.get(identity, {})
         counts = list(map(_thread_counts, read))
         if any(map(contains, counts, repeat(None))):
             counts = [tuple(v or 0 for v in c) if None in c else c for c in counts]
         tids = list(map(_first, read))
-        named: dict = {}
-        for name, now, old in zip(map(_t_names, read), counts, map(before.get, tids)):
-            named.setdefault(name, []).append(tuple(map(sub, now, old)) if old else _NO_GROWTH)
+        olds = list(map(before.get, tids))
+        names = list(map(_t_names, read))
+        if len(set(names)) == 1:  # one name (a pool of workers): column sums, no loop per thread
+            parts = {names[0]: (counts, olds)}
+        else:
+            parts = {}
+            for name, now, old in zip(names, counts, olds):
+                part = parts.get(name)
+                if part is None:
+                    part = parts[name] = ([], [])
+                part[0].append(now)
+                part[1].append(old)
+        deltas[identity] = {name: (len(now), _growth(now, old)) for name, (now, old) in parts.items()}
         threads[identity] = dict(zip(tids, counts))
         states[identity] = tuple(map(_t_states, read))
         wchans[identity] = tuple(map(_t_wchans, read))
-        deltas[identity] = named
 
     def commit(self, step: Step) -> None:
         self.procs = step.procs

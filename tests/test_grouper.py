@@ -550,6 +550,23 @@ def test_threads_sum_context_switches_count_states_and_accumulate_per_thread_nam
     assert worker == (1, (0.0, 0.0, 0, 0, 0, 0, 0, 0))
 
 
+def test_threads_of_one_name_across_processes_sum_what_each_grew():
+    """Processes whose threads all have one name (a worker pool) are summed by column; a
+    thread seen for the first time counts, grown by nothing; the group adds its processes."""
+    r = FakeReader()
+    exp = exporter(DEFAULT, r)
+    pool = lambda pid, base, extra=(): [thread(pid + i, "pool", "S", utime=base + i, ctxv=base * i, read=4096 * i)
+                                        for i in range(3)] + list(extra)
+    r.put(rec(10, "srv", threads=3), threads=pool(10, 10))
+    r.put(rec(20, "srv", threads=3), threads=pool(20, 100))
+    assert dict((n, c) for n, c, _ in groups(exp)["srv"].threads) == {"pool": 6}
+    r.put(rec(10, "srv", threads=4), threads=pool(10, 12, [thread(13, "pool", "S", utime=500, ctxv=500)]))
+    r.put(rec(20, "srv", threads=3), threads=pool(20, 101))
+    (name, count, counters), = groups(exp)["srv"].threads
+    # pid 10: utime +2 each (6), ctxv 2 * (0 + 1 + 2) = 6; pid 20: utime +1 each (3), ctxv 0 + 1 + 2 = 3
+    assert (name, count) == ("pool", 7) and counters == ((6 + 3) / HZ, 0.0, 0, 0, 6 + 3, 0, 0, 0)
+
+
 def test_a_single_threaded_process_has_no_thread_families_and_its_own_states():
     r = FakeReader()
     r.put(rec(10, "one", state="R"), threads=[thread(10, "one", "R")])  # threads=1: not read
