@@ -1279,19 +1279,12 @@ def test_live_thread_files_stay_within_the_open_files_limit():
     """Kept fds stay below RLIMIT_NOFILE's soft limit less 512 (FD_RESERVE): with room for
     3, two running threads keep 3 of their files and open the others each read, with the
     same values as a reader that keeps none."""
-    code = r"""
-import os, re, resource, sys
+    code = COUNT_FDS + r"""
 from exporter.reader import F, FD_RESERVE, Reader, WANT_THREADS
 pid = int(sys.argv[1])
 pattern = re.compile(sys.argv[2])
 def fds():
-    n = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            n += bool(pattern.fullmatch(os.readlink(f"/proc/self/fd/{fd}")))
-        except OSError:
-            pass
-    return n
+    return count_fds(pattern)
 hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 resource.setrlimit(resource.RLIMIT_NOFILE, (FD_RESERVE + 3, hard))
 nat, off = Reader("/proc", "native", None, "all"), Reader("/proc", "native", None, "off")
@@ -1472,6 +1465,20 @@ def proc_fds(pids=None) -> int:
     return n
 
 
+# for the scripts the tests run in a process of their own (with a lowered RLIMIT_NOFILE)
+COUNT_FDS = r"""
+import os, re, resource, sys
+def count_fds(pattern):
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            n += bool(pattern.fullmatch(os.readlink(f"/proc/self/fd/{fd}")))
+        except OSError:
+            pass
+    return n
+"""
+
+
 def _live_pids() -> int:
     return sum(name.isdigit() for name in os.listdir("/proc"))
 
@@ -1504,18 +1511,11 @@ def test_keep_open_number_is_a_cap(n):
 
 def test_keep_open_auto_respects_the_budget():
     """With RLIMIT_NOFILE lowered to leave room for 4 processes, "auto" keeps 4 of 8."""
-    code = r"""
-import os, re, resource, sys
+    code = COUNT_FDS + r"""
 from exporter.reader import KEPT_PER_PROCESS, Reader, keep_open_budget
 KEPT_FILE = re.compile(sys.argv[1])
 def proc_fds():
-    n = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            n += bool(KEPT_FILE.fullmatch(os.readlink(f"/proc/self/fd/{fd}")))
-        except OSError:
-            pass
-    return n
+    return count_fds(KEPT_FILE)
 hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 resource.setrlimit(resource.RLIMIT_NOFILE, (512 + KEPT_PER_PROCESS * 4, hard))
 assert keep_open_budget("auto") == 4 and keep_open_budget("100") == 4, keep_open_budget("auto")
