@@ -72,15 +72,19 @@ def changed_records_py(records, previous, key, nones) -> tuple:
     a ``nones`` column. The twin of the C ``exporter._reader.changed_records``, which also
     wants both lists sorted by pid, one record per pid."""
     identity, keyed = itemgetter(key[0], key[1]), itemgetter(*key)
-    before = {identity(p): (j, keyed(p)) for j, p in enumerate(previous)}
+    before = {identity(p): keyed(p) for p in previous}  # of an identity twice: its last
     changed, seen = [], set()
     for i, rec in enumerate(records):
-        old = before.get(identity(rec))
-        if old is None or old[1] != keyed(rec):
+        this = identity(rec)
+        if this not in seen and before.get(this) != keyed(rec):
             changed.append(i)
-        if old is not None:
-            seen.add(old[0])
-    gone = [j for j in range(len(previous)) if j not in seen]
+        seen.add(this)
+    gone, told = [], set()  # an identity gone is told once
+    for j, p in enumerate(previous):
+        this = identity(p)
+        if this not in seen and this not in told:
+            gone.append(j)
+            told.add(this)
     holes = [i for i, rec in enumerate(records) if any(rec[c] is None for c in nones)]
     return changed, gone, holes
 
@@ -209,8 +213,8 @@ class Tracker:
             records = [records[i] for i in order]
             identities = [identities[i] for i in order]
 
-        # which records differ from the last step's in their key; which of those are gone;
-        # which lack a carried counter
+        # which records differ from the last step's in their key (or are new), which of the
+        # last step's are gone, which lack a carried counter
         try:
             changed, gone, check = changed_records(records, self._records, KEY, CARRIED)
         except ValueError:  # not sorted, one per pid (a reader breaking its contract): the twin copes

@@ -473,7 +473,8 @@ PyDoc_STRVAR(Reader_doc,
 "reads for at most keep_open processes (a real procfs only), and {status,io,wchan} of\n"
 "those seen running: a single-threaded process that did not run since the last read has\n"
 "its status, io and wchan given from memory. read_facts keeps task/TID/{stat,status,io,\n"
-"wchan} open for at most keep_threads threads found running again. Kept fds stay within\n"
+"wchan,schedstat} open for at most keep_threads threads found running again. Kept fds\n"
+"stay within\n"
 "RLIMIT_NOFILE's soft limit less 512. With wchan false,\n"
 "no wchan file is read (the field is None). With smaps_max_rss (bytes), smaps_rollup is\n"
 "read for processes whose rss is at most that.");

@@ -316,7 +316,8 @@ static int append_index(PyObject *list, Py_ssize_t i)
 PyObject *ps_changed_records(PyObject *module, PyObject *args)
 {
     PyObject *records, *previous, *key, *nones, *changed = NULL, *gone = NULL, *holes = NULL, *out = NULL;
-    Py_ssize_t keys[PS_MAX_KEY], none_cols[PS_MAX_KEY], i = 0, j = 0, n, m;
+    PyObject *held_rec = NULL, *held_before = NULL;
+    Py_ssize_t keys[PS_MAX_KEY], none_cols[PS_MAX_KEY], i = 0, j = 0;
     long last_pid = -1, last_prev = -1;
     int nkeys, nnones, rc;
 
@@ -333,21 +334,22 @@ PyObject *ps_changed_records(PyObject *module, PyObject *args)
     }
     if ((changed = PyList_New(0)) == NULL || (gone = PyList_New(0)) == NULL || (holes = PyList_New(0)) == NULL)
         goto done;
-    n = PyList_GET_SIZE(records);
-    m = PyList_GET_SIZE(previous);
-    for (i = 0; i < n; i++) {
+    for (i = 0; i < PyList_GET_SIZE(records); i++) {
         PyObject *rec = PyList_GET_ITEM(records, i), *before = NULL, *v;
-        long pid = pid_of(rec, keys[0]), prev_pid = -1;
+        long pid, prev_pid = -1;
         int k;
 
-        if (pid < 0)
+        /* held: reading and comparing may run Python code, which may change the lists */
+        Py_INCREF(rec);
+        Py_XSETREF(held_rec, rec);
+        if ((pid = pid_of(rec, keys[0])) < 0)
             goto done;
         if (pid <= last_pid) {
             PyErr_SetString(PyExc_ValueError, "records are not sorted by pid, one per pid");
             goto done;
         }
         last_pid = pid;
-        while (j < m) { /* the previous records of lower pids are gone */
+        while (j < PyList_GET_SIZE(previous)) { /* the previous records of lower pids are gone */
             if ((prev_pid = pid_of(PyList_GET_ITEM(previous, j), keys[0])) < 0)
                 goto done;
             if (prev_pid <= last_prev) {
@@ -360,16 +362,16 @@ PyObject *ps_changed_records(PyObject *module, PyObject *args)
             if (append_index(gone, j++) < 0)
                 goto done;
         }
-        if (j < m && prev_pid == pid) {
+        if (j < PyList_GET_SIZE(previous) && prev_pid == pid) {
             before = PyList_GET_ITEM(previous, j);
             last_prev = prev_pid;
             j++;
         }
+        Py_XINCREF(before);
+        Py_XSETREF(held_before, before);
         if (before != rec) {
             rc = before == NULL ? 1 : differ(rec, before, keys + 1, 1); /* another start: pid reused */
-            if (rc < 0)
-                goto done;
-            if (rc == 1 && before != NULL && append_index(gone, j - 1) < 0)
+            if (rc < 0 || (rc == 1 && before != NULL && append_index(gone, j - 1) < 0))
                 goto done;
             if (rc == 0 && (rc = differ(rec, before, keys + 2, nkeys - 2)) < 0)
                 goto done;
@@ -386,7 +388,7 @@ PyObject *ps_changed_records(PyObject *module, PyObject *args)
             }
         }
     }
-    for (; j < m; j++) {
+    for (; j < PyList_GET_SIZE(previous); j++) {
         long prev_pid = pid_of(PyList_GET_ITEM(previous, j), keys[0]);
         if (prev_pid < 0)
             goto done;
@@ -400,6 +402,8 @@ PyObject *ps_changed_records(PyObject *module, PyObject *args)
     }
     out = PyTuple_Pack(3, changed, gone, holes);
 done:
+    Py_XDECREF(held_rec);
+    Py_XDECREF(held_before);
     Py_XDECREF(changed);
     Py_XDECREF(gone);
     Py_XDECREF(holes);

@@ -881,7 +881,7 @@ void walk_reset_output(ps_walker *w)
 }
 
 /* How many fds may be kept: RLIMIT_NOFILE's soft limit (raised since, perhaps) less
- * PS_FD_RESERVE; fds kept beyond a lowered limit are closed as they fail or go idle. */
+ * PS_FD_RESERVE. Lowering the limit later keeps no more files, closes none. */
 static void walk_fd_budget(ps_walker *w)
 {
     struct rlimit lim;
@@ -1189,7 +1189,8 @@ static int walk_threads(ps_walker *w, ps_fact *f)
             walk_thread_unkeep(w, fds, &keeps); /* idle: its files go back to the budget */
             rc = walk_thread_again(w, m);
         } else {
-            if (m != NULL && !keeps && w->nkept_threads < w->keep_threads) { /* it ran: keep */
+            if (timed && m != NULL && !keeps && w->nkept_threads < w->keep_threads &&
+                w->kept_fds < w->fd_budget) { /* its probe found it ran, and there is room: keep */
                 keeps = 1;
                 w->nkept_threads++;
             }
