@@ -1347,7 +1347,7 @@ def test_live_process_remembered_while_idle_and_read_again_once_run(nofile_raise
                              text=True)
     try:
         assert child.stdout.readline() == "ready\n"
-        settle([child.pid])
+        _threads_asleep(child.pid)  # asleep and not running for a while: not just passing through S
         nat, py = Reader("/proc", "native", None, "all"), Reader("/proc", "python", None, "off")
         compared = STABLE + ("euid", "swap_bytes", "wchan")
 
@@ -1368,7 +1368,7 @@ def test_live_process_remembered_while_idle_and_read_again_once_run(nofile_raise
             child.stdin.write("go\n")
             child.stdin.flush()
             assert child.stdout.readline() == "done\n"
-            settle([child.pid])
+            _threads_asleep(child.pid)
             ran = both()  # it ran: read again, and its files kept
             assert ran["ctx_voluntary"] > idle["ctx_voluntary"]
             assert kept() == ["io", "schedstat", "stat", "status", "wchan"]
