@@ -49,6 +49,9 @@ _CTXV, _CTXNV = F["ctx_voluntary"], F["ctx_nonvoluntary"]
 _thread_counts = itemgetter(3, 4, 5, 6, 7, 8, 9, 10)
 _t_ctxv, _t_ctxnv = itemgetter(4), itemgetter(5)  # the context switches among those counters
 _NO_GROWTH = (0,) * 8
+_t_names = itemgetter(THREAD_FIELDS.index("comm"))
+_t_states = itemgetter(THREAD_FIELDS.index("state"))
+_t_wchans = itemgetter(THREAD_FIELDS.index("wchan"))
 
 
 def _growth(now: list, old: list) -> tuple:
@@ -60,9 +63,6 @@ def _growth(now: list, old: list) -> tuple:
     if not old:
         return _NO_GROWTH
     return tuple(map(sub, map(sum, zip(*now)), map(sum, zip(*old))))
-_t_names = itemgetter(THREAD_FIELDS.index("comm"))
-_t_states = itemgetter(THREAD_FIELDS.index("state"))
-_t_wchans = itemgetter(THREAD_FIELDS.index("wchan"))
 
 
 def changed_records_py(records, previous, key, nones) -> tuple:

@@ -358,30 +358,31 @@ static PyObject *Reader_close(ReaderObject *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+/* *count read under the reader's lock, as an int. */
+static PyObject *reader_count(ReaderObject *self, const size_t *count)
+{
+    size_t n;
+
+    reader_lock(self);
+    n = *count;
+    PyThread_release_lock(self->lock);
+    return PyLong_FromSize_t(n);
+}
+
 PyDoc_STRVAR(Reader_kept_doc, "kept() -> number of processes whose files are kept open now");
 
 static PyObject *Reader_kept(ReaderObject *self, PyObject *unused)
 {
-    size_t kept;
-
     (void)unused;
-    reader_lock(self);
-    kept = self->w.nkept;
-    PyThread_release_lock(self->lock);
-    return PyLong_FromSize_t(kept);
+    return reader_count(self, &self->w.nkept);
 }
 
 PyDoc_STRVAR(Reader_kept_threads_doc, "kept_threads() -> number of threads whose files are kept open now");
 
 static PyObject *Reader_kept_threads(ReaderObject *self, PyObject *unused)
 {
-    size_t kept;
-
     (void)unused;
-    reader_lock(self);
-    kept = self->w.nkept_threads;
-    PyThread_release_lock(self->lock);
-    return PyLong_FromSize_t(kept);
+    return reader_count(self, &self->w.nkept_threads);
 }
 
 static PyObject *Reader_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
@@ -474,10 +475,9 @@ PyDoc_STRVAR(Reader_doc,
 "those seen running: a single-threaded process that did not run since the last read has\n"
 "its status, io and wchan given from memory. read_facts keeps task/TID/{stat,status,io,\n"
 "wchan,schedstat} open for at most keep_threads threads found running again. Kept fds\n"
-"stay within\n"
-"RLIMIT_NOFILE's soft limit less 512. With wchan false,\n"
-"no wchan file is read (the field is None). With smaps_max_rss (bytes), smaps_rollup is\n"
-"read for processes whose rss is at most that.");
+"stay within RLIMIT_NOFILE's soft limit less 512. With wchan false, no wchan file is\n"
+"read (the field is None). With smaps_max_rss (bytes), smaps_rollup is read for\n"
+"processes whose rss is at most that.");
 
 static PyType_Slot Reader_slots[] = {
     {Py_tp_new, Reader_new},
@@ -545,7 +545,8 @@ static PyMethodDef module_methods[] = {
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,
     .m_name = "exporter._reader",
-    .m_doc = "The C reader of procsnap: one batched, GIL-free walk of a procfs root; the grouper's column sums.",
+    .m_doc = "The C reader of procsnap: one batched, GIL-free walk of a procfs root; the tracker's diff and the "
+             "grouper's column sums.",
     .m_size = 0,
     .m_methods = module_methods,
     .m_slots = module_slots,

@@ -9,6 +9,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <limits.h>
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -268,8 +269,9 @@ done:
 
 #define PS_MAX_KEY 16
 
-/* Column c of rec as the pid (a C long), or -1 with an error set. */
-static long pid_of(PyObject *rec, Py_ssize_t c)
+/* Column c of rec as the pid (a C long) of a list sorted by pid, one record per pid: it
+ * must be above the one before, after. The pid, or -1 with an error set. */
+static long pid_after(PyObject *rec, Py_ssize_t c, long after, const char *which)
 {
     PyObject *v = column(rec, c);
     long pid;
@@ -279,6 +281,10 @@ static long pid_of(PyObject *rec, Py_ssize_t c)
     pid = PyLong_AsLong(v);
     if (pid < 0 && !PyErr_Occurred())
         PyErr_SetString(PyExc_ValueError, "a negative pid");
+    if (pid >= 0 && pid <= after) {
+        PyErr_Format(PyExc_ValueError, "%s are not sorted by pid, one per pid", which);
+        pid = -1;
+    }
     return pid;
 }
 
@@ -313,6 +319,25 @@ static int append_index(PyObject *list, Py_ssize_t i)
     return rc;
 }
 
+/* Append to gone the indices of previous[*j..] whose pid is below `below` (all of them when
+ * below < 0): no record has their pid now. Leaves *j at the first one not below, and *last
+ * at the pid before it. That one's pid, LONG_MAX past the end, or -1 (error set). */
+static long skip_gone(PyObject *previous, Py_ssize_t *j, Py_ssize_t col, long below, long *last, PyObject *gone)
+{
+    while (*j < PyList_GET_SIZE(previous)) {
+        long pid = pid_after(PyList_GET_ITEM(previous, *j), col, *last, "previous records");
+
+        if (pid < 0)
+            return -1;
+        if (below >= 0 && pid >= below)
+            return pid;
+        *last = pid;
+        if (append_index(gone, (*j)++) < 0)
+            return -1;
+    }
+    return LONG_MAX;
+}
+
 PyObject *ps_changed_records(PyObject *module, PyObject *args)
 {
     PyObject *records, *previous, *key, *nones, *changed = NULL, *gone = NULL, *holes = NULL, *out = NULL;
@@ -336,33 +361,18 @@ PyObject *ps_changed_records(PyObject *module, PyObject *args)
         goto done;
     for (i = 0; i < PyList_GET_SIZE(records); i++) {
         PyObject *rec = PyList_GET_ITEM(records, i), *before = NULL, *v;
-        long pid, prev_pid = -1;
+        long pid, prev_pid;
         int k;
 
         /* held: reading and comparing may run Python code, which may change the lists */
         Py_INCREF(rec);
         Py_XSETREF(held_rec, rec);
-        if ((pid = pid_of(rec, keys[0])) < 0)
+        if ((pid = pid_after(rec, keys[0], last_pid, "records")) < 0)
             goto done;
-        if (pid <= last_pid) {
-            PyErr_SetString(PyExc_ValueError, "records are not sorted by pid, one per pid");
-            goto done;
-        }
         last_pid = pid;
-        while (j < PyList_GET_SIZE(previous)) { /* the previous records of lower pids are gone */
-            if ((prev_pid = pid_of(PyList_GET_ITEM(previous, j), keys[0])) < 0)
-                goto done;
-            if (prev_pid <= last_prev) {
-                PyErr_SetString(PyExc_ValueError, "previous records are not sorted by pid, one per pid");
-                goto done;
-            }
-            if (prev_pid >= pid)
-                break;
-            last_prev = prev_pid;
-            if (append_index(gone, j++) < 0)
-                goto done;
-        }
-        if (j < PyList_GET_SIZE(previous) && prev_pid == pid) {
+        if ((prev_pid = skip_gone(previous, &j, keys[0], pid, &last_prev, gone)) < 0)
+            goto done;
+        if (prev_pid == pid) {
             before = PyList_GET_ITEM(previous, j);
             last_prev = prev_pid;
             j++;
@@ -388,18 +398,8 @@ PyObject *ps_changed_records(PyObject *module, PyObject *args)
             }
         }
     }
-    for (; j < PyList_GET_SIZE(previous); j++) {
-        long prev_pid = pid_of(PyList_GET_ITEM(previous, j), keys[0]);
-        if (prev_pid < 0)
-            goto done;
-        if (prev_pid <= last_prev) {
-            PyErr_SetString(PyExc_ValueError, "previous records are not sorted by pid, one per pid");
-            goto done;
-        }
-        last_prev = prev_pid;
-        if (append_index(gone, j) < 0)
-            goto done;
-    }
+    if (skip_gone(previous, &j, keys[0], -1, &last_prev, gone) < 0)
+        goto done;
     out = PyTuple_Pack(3, changed, gone, holes);
 done:
     Py_XDECREF(held_rec);

@@ -407,20 +407,26 @@ static ps_entry *walk_cache_get(ps_walker *w, int pid)
     return e;
 }
 
+/* Close the kept fds[PS_THREAD_FDS] of a thread and give back its budget (*keeps). */
+static void walk_thread_unkeep(ps_walker *w, int *fds, int *keeps)
+{
+    int k;
+
+    for (k = 0; k < PS_THREAD_FDS; k++)
+        walk_unkeep(w, &fds[k]);
+    if (*keeps) {
+        *keeps = 0;
+        w->nkept_threads--;
+    }
+}
+
 /* Close the kept files of threads memo[0..n) and give back their budget. */
 static void walk_memo_close(ps_walker *w, ps_thread_memo *memo, size_t n)
 {
     size_t i;
-    int k;
 
-    for (i = 0; i < n; i++) {
-        for (k = 0; k < PS_THREAD_FDS; k++)
-            walk_unkeep(w, &memo[i].fd[k]);
-        if (memo[i].keeps) {
-            memo[i].keeps = 0;
-            w->nkept_threads--;
-        }
-    }
+    for (i = 0; i < n; i++)
+        walk_thread_unkeep(w, memo[i].fd, &memo[i].keeps);
 }
 
 /* Free threads memo[0..n) (their files closed: walk_memo_close). */
@@ -431,6 +437,23 @@ static void walk_memo_free(ps_thread_memo *memo, size_t n)
     for (i = 0; i < n; i++)
         free(memo[i].text);
     free(memo);
+}
+
+/* Forget the threads of e as last read, and close their kept files. */
+static void walk_forget_threads(ps_walker *w, ps_entry *e)
+{
+    walk_memo_close(w, e->memo, e->nmemo);
+    walk_memo_free(e->memo, e->nmemo);
+    e->memo = NULL;
+    e->nmemo = 0;
+}
+
+/* Close the kept status, io and wchan of e (stat and schedstat stay). */
+static void walk_unkeep_status_io_wchan(ps_walker *w, ps_entry *e)
+{
+    walk_unkeep(w, &e->fd[K_STATUS]);
+    walk_unkeep(w, &e->fd[K_IO]);
+    walk_unkeep(w, &e->fd[K_WCHAN]);
 }
 
 static void walk_entry_close(ps_walker *w, ps_entry *e)
@@ -606,9 +629,7 @@ static int walk_idle_again(ps_walker *w, ps_entry *e, ps_record *r)
         walk_count(w, e->idle.errs[i]);
     if (e->idle.wchan != NULL && walk_arena_put(w, e->idle.wchan, e->idle.wchan_len, &r->wchan) < 0)
         return -1;
-    walk_unkeep(w, &e->fd[K_STATUS]);
-    walk_unkeep(w, &e->fd[K_IO]);
-    walk_unkeep(w, &e->fd[K_WCHAN]);
+    walk_unkeep_status_io_wchan(w, e);
     return 0;
 }
 
@@ -655,11 +676,8 @@ static int walk_status_io_wchan(ps_walker *w, ps_entry *e, ps_record *r, int kee
     ssize_t n;
     int err = 0, rc, pid = r->pid;
 
-    if (!keep) {
-        walk_unkeep(w, &e->fd[K_STATUS]);
-        walk_unkeep(w, &e->fd[K_IO]);
-        walk_unkeep(w, &e->fd[K_WCHAN]);
-    }
+    if (!keep)
+        walk_unkeep_status_io_wchan(w, e);
     rc = walk_keyed(w, e, r, keep ? K_STATUS : -1, "status", ps_status_keys, PS_ST_NKEYS, F_UID);
     if (rc == 0 && (r->has & (1u << F_UID))) { /* w->buf still holds status */
         uint64_t euid;
@@ -715,23 +733,14 @@ static int walk_process(ps_walker *w, int pid)
         return walk_unreadable(w, pid, PS_MALFORMED);
     }
     if (e->start != st.starttime) { /* pid reuse: files of another process */
-        walk_unkeep(w, &e->fd[K_STATUS]);
-        walk_unkeep(w, &e->fd[K_IO]);
-        walk_unkeep(w, &e->fd[K_WCHAN]);
+        walk_unkeep_status_io_wchan(w, e);
         walk_unkeep(w, &e->fd[K_SCHED]);
-        walk_memo_close(w, e->memo, e->nmemo); /* threads of another process */
-        walk_memo_free(e->memo, e->nmemo);
-        e->memo = NULL;
-        e->nmemo = 0;
+        walk_forget_threads(w, e); /* threads of another process */
         e->idle.valid = 0;
         e->start = st.starttime;
     }
-    if (e->nmemo && st.num_threads < 2) { /* its other threads exited: their kept files go */
-        walk_memo_close(w, e->memo, e->nmemo);
-        walk_memo_free(e->memo, e->nmemo);
-        e->memo = NULL;
-        e->nmemo = 0;
-    }
+    if (e->nmemo && st.num_threads < 2) /* its other threads exited: their kept files go */
+        walk_forget_threads(w, e);
 
     if (walk_grow((void **)&w->records, w->nrecords, &w->cap_records, 1024, sizeof(*w->records)) < 0)
         return -1;
@@ -1111,19 +1120,6 @@ static int walk_thread_memo(const ps_walker *w, const ps_thread *t, uint64_t run
     m->wchan_len = wlen;
     m->has_wchan = t->wchan.at != PS_NONE;
     return 0;
-}
-
-/* Close the kept fds[PS_THREAD_FDS] of a thread and give back its budget (*keeps). */
-static void walk_thread_unkeep(ps_walker *w, int *fds, int *keeps)
-{
-    int k;
-
-    for (k = 0; k < PS_THREAD_FDS; k++)
-        walk_unkeep(w, &fds[k]);
-    if (*keeps) {
-        *keeps = 0;
-        w->nkept_threads--;
-    }
 }
 
 /* The threads of a process, as process-exporter reads them: each of task/, sorted by
