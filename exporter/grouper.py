@@ -44,6 +44,7 @@ from exporter.redact import redact
 
 log = logging.getLogger("procsnap")
 from exporter.reader import F
+from exporter.tracker import at_pid
 
 # process-exporter's state buckets, from the one-letter stat state.
 STATE_NAMES = ("Running", "Sleeping", "Waiting", "Zombie", "Other")
@@ -190,6 +191,7 @@ class Grouper:
         self.empty_since: dict = {}  # key -> timestamp of the first reading it was empty at
         self.thread_totals: dict = {}  # key -> {thread name: (count, counters)} of the last update
         self._reload = None  # a config to switch to at the next update
+        self._indices = None  # (identities, keys, each identity's index in keys) of the last update
 
     def reload(self, config) -> None:
         """Use a new config from the next update: every identity is matched again; group
@@ -243,6 +245,7 @@ class _Update:
         self.threaded: dict = {}  # key -> identities of its multi-threaded members
         self.scaled = False  # the reaped credits were scaled back to the machine's CPU
         self.folded = 0  # processes folded into "other" by this update
+        self.g_indices = None  # what the grouper keeps as its _indices
 
     def own_base(self, key) -> list:
         """The group's base list, copied before this update's first change to it."""
@@ -312,8 +315,7 @@ class _Update:
         credited = self.credit_reaped() if self.g.count_reaped and (step.reaped or step.started) else {}
 
         keys = sorted(self.base)
-        index = dict(zip(keys, range(len(keys))))
-        args = (records, list(map(index.get, map(group_of.__getitem__, identities))), len(keys), _SUMMED_AT, _START,
+        args = (records, self.indices(keys, again, reloading), len(keys), _SUMMED_AT, _START,
                 _OPEN_FDS, step.limits, (_STATE, _WCHAN))
         try:
             columns = group_columns(*args)
@@ -337,6 +339,26 @@ class _Update:
         if credited:
             self.check_machine_cpu(stats, credited, members)
         return stats
+
+    def indices(self, keys: list, again: list, reloading: bool) -> list:
+        """Each identity's group as an index in keys (None: not exported). Where the tracker
+        gave the last update's identities again (none started, none gone) and the keys
+        are the same, the last list stands but for the identities matched again."""
+        step, group_of = self.step, self.group_of
+        identities = step.identities
+        index = dict(zip(keys, range(len(keys))))
+        last = self.g._indices
+        if (last is not None and last[0] is identities and last[1] == keys and not reloading and not step.started
+                and len(again) <= len(identities) // 16):
+            groups = list(last[2])
+            for identity in again:
+                i = at_pid(identity[0], identities)
+                if i is not None and identities[i] == identity:
+                    groups[i] = index.get(group_of[identity])
+        else:
+            groups = list(map(index.get, map(group_of.__getitem__, identities)))
+        self.g_indices = (identities, keys, groups)
+        return groups
 
     # -- reaped children (process-exporter does not count them) -------------------------
 
@@ -435,6 +457,7 @@ class _Update:
         g.group_of, g.base, g.reported = self.group_of, self.base, self.reported
         g.per_process, g.empty_since = self.per_process, self.empty_since
         g.thread_totals = self.thread_totals_now
+        g._indices = self.g_indices
         g.reaped_scaled += self.scaled
         g.groups_folded += self.folded
         if self.folded and g._warned_full is not self.config:
@@ -449,15 +472,12 @@ class _Update:
         some on the way)."""
         group_of = self.group_of
         procs = self.step.procs
-        by_pid = None  # pid -> (identity, record), built only if an ancestry walk needs it
         for identity in sorted(unassigned):
             if identity in group_of:
                 continue
             if self.match(identity, procs[identity]) is not _NO_MATCH:
                 continue
-            if by_pid is None:
-                by_pid = dict(zip(map(itemgetter(0), identities), zip(identities, records)))
-            self.inherit(identity, by_pid[identity[0]][1], by_pid)
+            self.inherit(identity, records[at_pid(identity[0], identities)], identities, records)
 
     def match(self, identity, p):
         """Name the identity by its own first matching matcher, or return _NO_MATCH."""
@@ -483,7 +503,7 @@ class _Update:
             self.per_process[key] = matcher.template.per_process and key[0] != OTHER
         return key
 
-    def inherit(self, identity, rec, by_pid: dict) -> None:
+    def inherit(self, identity, rec, identities, records) -> None:
         """An identity no matcher names: with children on, it takes the group of its
         nearest named ancestor (deciding unassigned ancestors on the way), else None."""
         group_of, procs = self.group_of, self.step.procs
@@ -491,9 +511,12 @@ class _Update:
         key = None
         seen = {identity[0]}
         pid = rec[_PPID]
-        while self.g.children and pid in by_pid and pid not in seen and len(chain) < _MAX_ANCESTRY:
+        while self.g.children and pid not in seen and len(chain) < _MAX_ANCESTRY:
+            i = at_pid(pid, identities)  # a bisection: these walks are few, a dict of every pid costs more
+            if i is None:
+                break
             seen.add(pid)
-            ancestor, a = by_pid[pid]
+            ancestor, a = identities[i], records[i]
             if ancestor in group_of:
                 key = group_of[ancestor]
                 break

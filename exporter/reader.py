@@ -102,6 +102,7 @@ class Reading(NamedTuple):
     timestamp: float  # epoch seconds when the walk started
     duration_seconds: float
     cpu_ticks: Optional[int] = None  # the machine's non-idle CPU ticks (/proc/stat) after the walk
+    nofile: Optional[list] = None  # per record, its fd limit as Fact.nofile, where the walk reads it (bpf)
 
 
 class Fact(NamedTuple):
@@ -162,9 +163,9 @@ def bpf_unavailable(procfs: str = "/proc") -> Optional[str]:
 
 
 class _BpfBackend:
-    """read() from the BPF task iterator; read_facts() (cmdline, exe, cgroup, limits,
-    threads: once per identity, as the tracker asks) from a /proc reader that keeps no
-    files open."""
+    """read() from the BPF task iterator (the records, and each one's fd limit);
+    read_facts() (cmdline, exe, cgroup, threads: once per identity, as the tracker asks)
+    from a /proc reader that keeps no files open."""
 
     def __init__(self, procfs, page_size, wchan, smaps_max_rss, reject=False):
         self._args = (procfs, page_size, wchan, smaps_max_rss, reject)
@@ -307,11 +308,11 @@ class Reader:
         started = time.time()
         t0 = time.perf_counter()
         try:
-            records, unreadable, errors = self._impl.read()
+            records, unreadable, errors, *nofile = self._impl.read()
         except OSError as e:
             raise OSError(e.errno, f"cannot list {self.procfs}: {e.strerror or e}") from None
         return Reading(records, unreadable, _named(errors), started, time.perf_counter() - t0,
-                       machine_cpu_ticks(self.procfs) if self.machine_cpu else None)
+                       machine_cpu_ticks(self.procfs) if self.machine_cpu else None, nofile[0] if nofile else None)
 
     def read_facts(self, requests) -> tuple:
         """[(pid, start_ticks, want)] -> ([Fact] in that order, {reason: count})."""

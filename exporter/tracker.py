@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from itertools import compress, repeat
-from operator import add, contains, itemgetter, mod, not_, sub
+from operator import add, contains, is_not, itemgetter, mod, not_, sub
 from typing import NamedTuple, Optional
 
 from exporter.reader import F, PF_KTHREAD, THREAD_FIELDS, WANT_ALL, WANT_CMDLINE, WANT_NOFILE, WANT_THREADS, reason
@@ -63,6 +63,12 @@ def _growth(now: list, old: list) -> tuple:
     if not old:
         return _NO_GROWTH
     return tuple(map(sub, map(sum, zip(*now)), map(sum, zip(*old))))
+
+
+def at_pid(pid: int, identities: list) -> Optional[int]:
+    """The index of pid's identity in pid-sorted identities, or None."""
+    i = bisect_left(identities, (pid,))
+    return i if i < len(identities) and identities[i][0] == pid else None
 
 
 def changed_records_py(records, previous, key, nones) -> tuple:
@@ -179,7 +185,8 @@ class Tracker:
         self.threads: dict = {}  # identity -> {tid: counters} of the last step
         self._records: list = []  # the last step's records, sorted by pid
         self._holes: set = set()  # identities whose last record lacks a carried counter
-        self._by_pid: dict = {}
+        self._identities: list = []  # the last step's identities, in the order of its records
+        self._limits: list = []  # and their fd limits
         self._unreadable_pids: frozenset = frozenset()
         self._gen = 0  # reads so far (staggers the fd-limit re-reads)
         self._cpu_ticks: Optional[int] = None  # the machine's non-idle CPU ticks at the last step
@@ -192,18 +199,25 @@ class Tracker:
         """The next state after ``reading``; ``refresh``: known identities whose static
         facts are to be read again (process-exporter's -recheck)."""
         records = reading.records
-        identities = list(zip(map(_pids, records), map(_starts, records)))
-        old_procs, old_last = self.procs, self.last
+        limits = reading.nofile  # fd limits read with the records (bpf): none are asked as facts
+        old_procs, old_last, old_records = self.procs, self.last, self._records
         errors = dict(reading.errors)
         first = not self._committed
 
         # unreadable is not exited: carry the last record of a known identity
         unreadable_pids = frozenset(pid for pid, _ in reading.unreadable)
         carried = False
+        identities = None
+        nofile = dict(self.nofile)
+        if reading.unreadable:
+            identities = list(zip(map(_pids, records), map(_starts, records)))
+            if limits is not None:
+                nofile.update(zip(identities, limits))
         for pid, err in reading.unreadable:
             key = reason(err)
             errors[key] = errors.get(key, 0) + 1
-            identity = self._by_pid.get(pid)
+            found = at_pid(pid, self._identities)
+            identity = None if found is None else self._identities[found]
             if identity is not None and identity in old_last:
                 records.append(old_last[identity])
                 identities.append(identity)
@@ -215,10 +229,19 @@ class Tracker:
 
         # which records differ from the last step's in their key (or are new), which of the
         # last step's are gone, which lack a carried counter
+        in_order = True
         try:
-            changed, gone, check = changed_records(records, self._records, KEY, CARRIED)
+            changed, gone, check = changed_records(records, old_records, KEY, CARRIED)
         except ValueError:  # not sorted, one per pid (a reader breaking its contract): the twin copes
-            changed, gone, check = changed_records_py(records, self._records, KEY, CARRIED)
+            changed, gone, check = changed_records_py(records, old_records, KEY, CARRIED)
+            in_order = False
+        # the same identities in the same order as the last step's (none started, none gone):
+        # what is keyed by identity is then updated where a record changed, not built anew
+        same = in_order and identities is None and not gone and len(records) == len(old_records) and self._committed
+        if identities is None:
+            identities = self._identities if same else list(zip(map(_pids, records), map(_starts, records)))
+            if limits is not None and not (same and limits == self._limits):
+                nofile.update(zip(identities, limits))
 
         # a counter readable before and not now keeps its last value
         readable = []
@@ -259,20 +282,28 @@ class Tracker:
             before = old_last.get(identity)
             if before is not None and _children(before) != key[4:]:
                 reaped.append((identity, tuple(a - b for a, b in zip(key[4:], _children(before)))))
-        last = dict(zip(identities, records))
+        moved = list(compress(range(len(records)), map(is_not, records, old_records))) if same else None
+        if moved is not None and len(moved) < len(records) // 4:
+            last = dict(old_last)
+            for i in moved:
+                last[identities[i]] = records[i]
+        else:
+            last = dict(zip(identities, records))
         exited = [((rec[PID], rec[START]), rec) for rec in map(self._records.__getitem__, gone)]
 
         # facts: everything for started and exec'd identities, the fd limit when due
         self._gen += 1
         gen = self._gen
-        want = {identity: WANT_ALL for identity in started}
-        want.update((identity, WANT_ALL) for identity in execed)
+        everything = WANT_ALL if limits is None else WANT_ALL & ~WANT_NOFILE
+        want = {identity: everything for identity in started}
+        want.update((identity, everything) for identity in execed)
         refreshed = [identity for identity in refresh if identity in last and identity not in want]
-        want.update((identity, WANT_ALL) for identity in refreshed)
-        due = map(mod, map(add, map(_first, identities), repeat(gen)), repeat(LIMITS_EVERY))
-        for identity in compress(identities, map(not_, due)):  # (pid + gen) % LIMITS_EVERY == 0
-            if identity not in want:
-                want[identity] = WANT_NOFILE
+        want.update((identity, everything) for identity in refreshed)
+        if limits is None:
+            due = map(mod, map(add, map(_first, identities), repeat(gen)), repeat(LIMITS_EVERY))
+            for identity in compress(identities, map(not_, due)):  # (pid + gen) % LIMITS_EVERY == 0
+                if identity not in want:
+                    want[identity] = WANT_NOFILE
         # threads, as process-exporter reads them: each step, for processes with two or more
         for identity in compress(identities, map(contains, repeat(range(2, 1 << 62)), map(_nthreads, records))):
             want[identity] = want.get(identity, 0) | WANT_THREADS
@@ -282,13 +313,11 @@ class Tracker:
             errors[key] = errors.get(key, 0) + n
 
         procs = dict(old_procs)
-        nofile = dict(self.nofile)
         for identity, _ in exited:
             del procs[identity]
             nofile.pop(identity, None)
         for identity, mark in remarked:
             procs[identity] = procs[identity].with_mark(mark)
-        position = dict(zip(identities, range(len(identities)))) if (started or execed or refreshed) else None
         dropped = set()
         threads, thread_states, thread_wchans, thread_deltas = {}, {}, {}, {}
         for (pid, start, bits), fact in zip(requests, facts):
@@ -300,19 +329,17 @@ class Tracker:
             if fact.threads is not None:
                 self._thread_step(identity, fact.threads, threads, thread_states, thread_wchans, thread_deltas)
             if bits & WANT_CMDLINE:
-                record = records[position[identity]]
+                record = records[at_pid(pid, identities)]
                 uid = record[F["uid"]]
                 euid = record[F["euid"]]
                 names = self.facts.usernames
                 procs[identity] = Proc(record, fact, self.start_time_seconds(start),
                                        None if uid is None else names[uid], None if euid is None else names[euid])
-            if fact.nofile is not None or bits & WANT_CMDLINE:
+            if bits & WANT_NOFILE and (fact.nofile is not None or bits & WANT_CMDLINE):
                 nofile[identity] = fact.nofile  # UNLIMITED stays: the fd ratio is then about 0
         if threads:  # context switches summed over the threads, as process-exporter does
-            if position is None:
-                position = dict(zip(identities, range(len(identities))))
             for identity, counts in threads.items():
-                i = position[identity]
+                i = at_pid(identity[0], identities)
                 rec = list(records[i])
                 rec[_CTXV] = sum(map(_t_ctxv, counts.values()))
                 rec[_CTXNV] = sum(map(_t_ctxnv, counts.values()))
@@ -336,8 +363,9 @@ class Tracker:
             unreadable_pids = unreadable_pids | {pid for pid, _ in dropped}
         if dropped:
             last = dict(zip(identities, records))
+        aligned = limits is not None and not carried and not dropped
         return Step(
-            records, identities, list(map(nofile.get, identities)), holes, procs, last,
+            records, identities, limits if aligned else list(map(nofile.get, identities)), holes, procs, last,
             nofile, started, from_now,
             execed, [identity for identity in refreshed if identity in procs], exited, readable, old_last,
             threads, thread_states, thread_wchans, thread_deltas, reaped,
@@ -379,7 +407,8 @@ class Tracker:
         self._records = step.records
         self.threads = step.threads
         self._holes = step.holes
-        self._by_pid = dict(zip(map(_first, step.identities), step.identities))
+        self._identities = step.identities
+        self._limits = step.limits
         self._unreadable_pids = step.unreadable_pids
         self._cpu_ticks = step.cpu_ticks
         self._committed = True

@@ -85,6 +85,29 @@ def proc_state(pid):
         return None
 
 
+def asleep(pid, timeout=20) -> None:
+    """Wait until every thread of pid sleeps (S) and has not run for 50 ms (the same
+    schedstat): a thread waiting a moment for the GIL sleeps too, then runs on."""
+    def sample() -> list:
+        out = []
+        for tid in sorted(os.listdir(f"/proc/{pid}/task")):
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
+                out.append((tid, state, f.read()))
+        return out
+
+    deadline = time.monotonic() + timeout
+    before = None
+    while True:
+        now = sample()
+        if now == before and all(state == b"S" for _, state, _ in now):
+            return
+        assert time.monotonic() < deadline, "the threads did not go back to sleep"
+        before = now
+        time.sleep(0.05)
+
+
 def settle(pids, state=b"S", timeout=20):
     """Wait (at most timeout seconds in all) until each pid is in this state."""
     deadline = time.monotonic() + timeout

@@ -53,6 +53,7 @@ def proc(pid, comm, **fields) -> Process:
 
 class FakeReader:
     backend = "fake"
+    walk_limits = False  # True: each reading gives the fd limits with its records, as the bpf reader does
 
     def __init__(self):
         self.records = {}  # pid -> record
@@ -87,7 +88,8 @@ class FakeReader:
     def read(self):
         self.now += 15.0
         records = [self.records[pid] for pid in sorted(self.records)]
-        return Reading(records, sorted(self.unreadable.items()), {}, self.now, 0.0, self.cpu_ticks)
+        limits = [self.facts[(r[0], r[5])][3] for r in records] if self.walk_limits else None
+        return Reading(records, sorted(self.unreadable.items()), {}, self.now, 0.0, self.cpu_ticks, limits)
 
     def read_facts(self, requests):
         out = []

@@ -37,6 +37,14 @@ def sums(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture(autouse=True, params=["facts", "walk"])
+def limits(request, monkeypatch):
+    """Every sequence here runs with the fd limits read as facts (the /proc readers) and
+    given with each reading's records (the bpf reader)."""
+    monkeypatch.setattr(FakeReader, "walk_limits", request.param == "walk")
+    return request.param
+
+
 def test_counters_beyond_64_bits_are_summed_exactly(sums):
     """Context switches summed over a process' threads may pass 2**64 (no C integer holds
     them): the group's total is Python's exact sum, with the C sums as with their twin."""
@@ -98,7 +106,9 @@ def test_exec_keeping_the_comm_is_seen_from_the_mm_addresses():
     assert r.facts_read(7) == 2
 
 
-def test_static_facts_are_read_once_per_identity_and_the_limit_every_16th_read():
+def test_static_facts_are_read_once_per_identity_and_the_limit_every_16th_read(limits):
+    """Where the reading gives the limits (bpf), none is asked as a fact, and a changed
+    limit is seen at the next reading."""
     r = FakeReader()
     tracker = exporter(DEFAULT, r).tracker
     for pid in range(100, 132):
@@ -106,9 +116,15 @@ def test_static_facts_are_read_once_per_identity_and_the_limit_every_16th_read()
     for _ in range(33):  # the first read asks everything; 32 more ask each limit twice
         tracker.commit(tracker.step(r.read()))
     assert all(r.facts_read(pid) == 1 for pid in range(100, 132))
-    limit_reads = [pid for pid, want in r.asked if want == WANT_NOFILE]
-    assert sorted(limit_reads) == sorted(list(range(100, 132)) * 2)
+    limit_reads = [pid for pid, want in r.asked if want & WANT_NOFILE]
+    if limits == "facts":
+        assert sorted(limit_reads) == sorted(list(range(100, 132)) * 3)
+    else:
+        assert limit_reads == []
     assert tracker.nofile[(100, 100)] == 64
+    r.facts[(100, 100)] = r.facts[(100, 100)][:3] + (4096,)  # prlimit, no exec
+    step = tracker.step(r.read())
+    assert step.limits[0] == step.nofile[(100, 100)] == (4096 if limits == "walk" else 64)
 
 
 def test_a_process_gone_before_its_facts_were_read_is_not_seen():

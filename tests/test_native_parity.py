@@ -25,7 +25,7 @@ import time
 import pytest
 
 from conftest import needs_native
-from helpers import settle
+from helpers import asleep, settle
 import exporter.grouper as grouper_module
 import exporter.tracker as tracker_module
 from exporter.procfs import FILE_MAX, PythonReader
@@ -1194,29 +1194,6 @@ def thread_fds(pid) -> dict:
     return tids
 
 
-def _threads_asleep(pid, timeout=20) -> None:
-    """Wait until every thread of pid sleeps (S) and has not run for 50 ms (the same
-    schedstat): a thread waiting a moment for the GIL sleeps too, then runs on."""
-    def sample() -> list:
-        out = []
-        for tid in sorted(os.listdir(f"/proc/{pid}/task")):
-            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
-                out.append((tid, state, f.read()))
-        return out
-
-    deadline = time.monotonic() + timeout
-    before = None
-    while True:
-        now = sample()
-        if now == before and all(state == b"S" for _, state, _ in now):
-            return
-        assert time.monotonic() < deadline, "the threads did not go back to sleep"
-        before = now
-        time.sleep(0.05)
-
-
 THREADED_QUIT = THREADED.replace("    while True:\n        go.wait(); go.clear()\n",
                                  "    while True:\n        go.wait(); go.clear()\n        if quit: return\n")
 THREADED_QUIT = THREADED_QUIT.replace("go = threading.Event()\n", "go = threading.Event()\nquit = False\n")
@@ -1244,7 +1221,7 @@ def test_live_running_thread_keeps_its_files_and_reads_the_same(nofile_raised):
             child.stdin.write("go\n")
             child.stdin.flush()
             assert child.stdout.readline() == "done\n"
-            _threads_asleep(child.pid)
+            asleep(child.pid)
 
         nat.read_facts(req)
         for i in range(4):  # the worker runs between reads; the sleepers do not
@@ -1314,7 +1291,7 @@ print("ok", flush=True)
                 child.stdin.write("go\n")
                 child.stdin.flush()
                 assert child.stdout.readline() == "done\n"
-                _threads_asleep(child.pid)
+                asleep(child.pid)
                 reader.stdin.write("ran\n")
                 reader.stdin.flush()
             assert reader.stdout.readline() == "ok\n", reader.wait(timeout=30)
@@ -1347,7 +1324,7 @@ def test_live_process_remembered_while_idle_and_read_again_once_run(nofile_raise
                              text=True)
     try:
         assert child.stdout.readline() == "ready\n"
-        _threads_asleep(child.pid)  # asleep and not running for a while: not just passing through S
+        asleep(child.pid)  # asleep and not running for a while: not just passing through S
         nat, py = Reader("/proc", "native", None, "all"), Reader("/proc", "python", None, "off")
         compared = STABLE + ("euid", "swap_bytes", "wchan")
 
@@ -1368,7 +1345,7 @@ def test_live_process_remembered_while_idle_and_read_again_once_run(nofile_raise
             child.stdin.write("go\n")
             child.stdin.flush()
             assert child.stdout.readline() == "done\n"
-            _threads_asleep(child.pid)
+            asleep(child.pid)
             ran = both()  # it ran: read again, and its files kept
             assert ran["ctx_voluntary"] > idle["ctx_voluntary"]
             assert kept() == ["io", "schedstat", "stat", "status", "wchan"]

@@ -76,16 +76,37 @@ static void bpf_release(psb *b)
         Py_XDECREF((PyObject *)gone[i]);
 }
 
+/* The int of a soft fd limit, or None; a process' limit is mostly one of a few values, so
+ * the last few objects are reused (cache: 4 slots, owned by the caller). */
+static PyObject *bpf_nofile(const psb_proc *p, PyObject **cache)
+{
+    PyObject *obj;
+    int i;
+
+    if (!p->has_nofile)
+        return Py_NewRef(Py_None);
+    for (i = 0; i < 4 && cache[i] != NULL; i++)
+        if (PyLong_AsUnsignedLongLong(cache[i]) == p->nofile)
+            return Py_NewRef(cache[i]);
+    if ((obj = PyLong_FromUnsignedLongLong(p->nofile)) == NULL)
+        return NULL;
+    i = i < 4 ? i : 3;
+    Py_XSETREF(cache[i], Py_NewRef(obj));
+    return obj;
+}
+
 PyDoc_STRVAR(BpfReader_read_doc,
-"read() -> (records, unreadable, errors)\n\n"
+"read() -> (records, unreadable, errors, nofile)\n\n"
 "One pass of the BPF task iterator with the GIL released: a tuple per process (layout:\n"
-"exporter.reader.FIELDS) sorted by pid; unreadable is always empty (the kernel's own\n"
-"structures have no permissions); errors: {errno: count} of the /proc files read as\n"
-"fallbacks (-1: malformed).");
+"exporter.reader.FIELDS) sorted by pid, the same object as at the last read while every\n"
+"field is the same; unreadable is always empty (the kernel's own structures have no\n"
+"permissions); errors: {errno: count} of the /proc files read as fallbacks (-1:\n"
+"malformed); nofile: each record's soft RLIMIT_NOFILE (2**64 - 1: unlimited) or None.");
 
 static PyObject *BpfReader_read(BpfReaderObject *self, PyObject *unused)
 {
-    PyObject *records = NULL, *unreadable = NULL, *errors = NULL, *result = NULL, *item;
+    PyObject *records = NULL, *unreadable = NULL, *errors = NULL, *nofile = NULL, *result = NULL, *item;
+    PyObject *limits[4] = {NULL, NULL, NULL, NULL};
     psb_proc *procs;
     size_t n, i;
     int rc, err = 0;
@@ -106,12 +127,21 @@ static PyObject *BpfReader_read(BpfReaderObject *self, PyObject *unused)
         goto done;
     }
     procs = psb_procs(self->b, &n);
-    if ((records = PyList_New((Py_ssize_t)n)) == NULL)
+    if ((records = PyList_New((Py_ssize_t)n)) == NULL || (nofile = PyList_New((Py_ssize_t)n)) == NULL)
         goto done;
     for (i = 0; i < n; i++) {
-        if ((item = bpf_record(&procs[i])) == NULL)
-            goto done;
+        psb_proc *p = &procs[i];
+        if (p->same) {
+            item = Py_NewRef((PyObject *)p->rec_obj);
+        } else {
+            if ((item = bpf_record(p)) == NULL)
+                goto done;
+            Py_XSETREF(*(PyObject **)&p->rec_obj, Py_NewRef(item));
+        }
         PyList_SET_ITEM(records, (Py_ssize_t)i, item);
+        if ((item = bpf_nofile(p, limits)) == NULL)
+            goto done;
+        PyList_SET_ITEM(nofile, (Py_ssize_t)i, item);
     }
     {
         uint32_t malformed;
@@ -120,9 +150,17 @@ static PyObject *BpfReader_read(BpfReaderObject *self, PyObject *unused)
         if ((unreadable = PyList_New(0)) == NULL || (errors = errors_dict(counts, malformed)) == NULL)
             goto done;
     }
-    result = PyTuple_Pack(3, records, unreadable, errors);
+    result = PyTuple_Pack(4, records, unreadable, errors, nofile);
 done:
+    if (result == NULL) { /* records left unbuilt do not stand for what was read */
+        procs = psb_procs(self->b, &n);
+        for (i = 0; i < n; i++)
+            Py_CLEAR(*(PyObject **)&procs[i].rec_obj);
+    }
     PyThread_release_lock(self->lock);
+    for (i = 0; i < 4; i++)
+        Py_XDECREF(limits[i]);
+    Py_XDECREF(nofile);
     Py_XDECREF(records);
     Py_XDECREF(unreadable);
     Py_XDECREF(errors);
@@ -140,6 +178,7 @@ static void bpf_close(BpfReaderObject *self)
     for (i = 0; i < n; i++) {
         Py_CLEAR(*(PyObject **)&procs[i].comm_obj);
         Py_CLEAR(*(PyObject **)&procs[i].wchan_obj);
+        Py_CLEAR(*(PyObject **)&procs[i].rec_obj);
     }
     psb_close(self->b);
     self->b = NULL;
@@ -168,6 +207,26 @@ static PyObject *BpfReader_describe(BpfReaderObject *self, PyObject *unused)
     return PyUnicode_FromString(psb_describe(self->b));
 }
 
+PyDoc_STRVAR(BpfReader_stacks_doc,
+"stacks() -> (walked, kept, lost)\n\n"
+"Kernel stacks of the last read: walked for a wchan; not walked because the process had\n"
+"not run since its last walk (its wchan kept); of those, the ones whose last walk was not\n"
+"kept here (a failed read between), their wchan read from /proc.");
+
+static PyObject *BpfReader_stacks(BpfReaderObject *self, PyObject *unused)
+{
+    uint32_t walked = 0, kept = 0, lost = 0;
+
+    (void)unused;
+    Py_BEGIN_ALLOW_THREADS
+    PyThread_acquire_lock(self->lock, WAIT_LOCK);
+    Py_END_ALLOW_THREADS
+    if (self->b != NULL)
+        psb_stacks(self->b, &walked, &kept, &lost);
+    PyThread_release_lock(self->lock);
+    return Py_BuildValue("(III)", walked, kept, lost);
+}
+
 static PyObject *BpfReader_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"procfs", "page_size", "wchan", "smaps_max_rss", "reject", NULL};
@@ -178,7 +237,7 @@ static PyObject *BpfReader_new(PyTypeObject *type, PyObject *args, PyObject *kwd
     BpfReaderObject *self = NULL;
     psb *b = NULL;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OK|pOp:Reader", kwlist, &procfs, &page_size, &wchan,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OK|pOi:Reader", kwlist, &procfs, &page_size, &wchan,
                                      &smaps_max_rss, &reject))
         return NULL;
     if (smaps_max_rss != Py_None) {
@@ -244,14 +303,16 @@ static PyMethodDef BpfReader_methods[] = {
     {"read", (PyCFunction)BpfReader_read, METH_NOARGS, BpfReader_read_doc},
     {"close", (PyCFunction)BpfReader_close, METH_NOARGS, BpfReader_close_doc},
     {"describe", (PyCFunction)BpfReader_describe, METH_NOARGS, BpfReader_describe_doc},
+    {"stacks", (PyCFunction)BpfReader_stacks, METH_NOARGS, BpfReader_stacks_doc},
     {NULL, NULL, 0, NULL},
 };
 
 PyDoc_STRVAR(BpfReader_doc,
-"Reader(procfs, page_size, wchan=True, smaps_max_rss=None, reject=False)\n\n"
+"Reader(procfs, page_size, wchan=True, smaps_max_rss=None, reject=0)\n\n"
 "Loads procsnap's BPF task iterator (needs CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN;\n"
 "Linux >= 5.8 with BTF). procfs: this pid namespace's /proc (fallback reads).\n"
-"reject: make the verifier refuse the program (tests of the fallback). Raises\n"
+"reject (tests): 1: the verifier refuses the program (the fallback to /proc); 2: only\n"
+"the program that keeps stacks in task storage (the load without it). Raises\n"
 "OSError(errno, reason) when it cannot load.");
 
 static PyType_Slot BpfReader_slots[] = {

@@ -46,7 +46,9 @@ struct psb {
     char *procfs;
     uint64_t page_size, ns_per_tick;
     int wchan, smaps;
+    int stack_memo; /* the program skips the walks of stacks that did not change */
     uint64_t smaps_max_rss;
+    uint32_t stacks_walked, stacks_kept, stacks_lost; /* of the last read (lost: kept by the program, unknown here) */
     /* raw bytes of the last read */
     char *buf;
     size_t buf_len, buf_cap;
@@ -138,6 +140,7 @@ static void psb_log_reason(char *msg, size_t msglen, const char *what, int err)
 
 static void psb_load_syms(psb *b);
 static int psb_load(psb *b, int wchan, int reject, char *msg, size_t msglen);
+static int psb_load_with(psb *b, int wchan, int reject, int seen, char *msg, size_t msglen);
 
 /* Set a const volatile global (u32 or u64) of the program before the load. 0 or -errno. */
 static int psb_set_rodata(struct bpf_object *obj, const char *name, uint64_t value)
@@ -210,7 +213,10 @@ int psb_open(psb **out, const char *procfs, uint64_t page_size, int wchan, int s
         goto fail;
     }
     snprintf(b->describe, sizeof(b->describe), "rss=approximate per-cpu counters (as stat)\nwchan=%s\n",
-             !wchan ? "off" : b->syms_state > 0 ? "kernel stacks + kallsyms" : "/proc/PID/wchan (kallsyms shows no addresses)");
+             !wchan                ? "off"
+             : b->syms_state <= 0  ? "/proc/PID/wchan (kallsyms shows no addresses)"
+             : b->stack_memo       ? "kernel stacks + kallsyms (a stack is walked again once its task ran)"
+                                   : "kernel stacks + kallsyms (every read: no task storage)");
     *out = b;
     return 0;
 fail:
@@ -218,12 +224,33 @@ fail:
     return -err;
 }
 
-/* Open, set up, load and attach the program (libbpf's messages kept in psb_log). 0 or an
+/* Open, set up, load and attach the program (libbpf's messages kept in psb_log). A kernel
+ * without task storage for iterators (< 5.11) gets the program without it: the map made a
+ * plain array (its fd is then valid) and the code that uses it dead (use_seen 0). 0 or an
  * errno, with msg set. */
 static int psb_load(psb *b, int wchan, int reject, char *msg, size_t msglen)
 {
+    char again[sizeof(b->describe)];
+    int err = psb_load_with(b, wchan, reject, 1, msg, msglen);
+
+    if (err != 0 && err != EPERM) { /* the first attempt's message is the one told */
+        bpf_link__destroy(b->link);
+        bpf_object__close(b->obj);
+        b->link = NULL;
+        b->obj = NULL;
+        if (psb_load_with(b, wchan, reject, 0, again, sizeof(again)) == 0) {
+            msg[0] = '\0';
+            return 0;
+        }
+    }
+    return err;
+}
+
+static int psb_load_with(psb *b, int wchan, int reject, int seen, char *msg, size_t msglen)
+{
     LIBBPF_OPTS(bpf_object_open_opts, opts, .object_name = "procsnap");
     struct bpf_program *prog;
+    struct bpf_map *map;
     int err;
 
     libbpf_set_print(psb_print);
@@ -235,16 +262,23 @@ static int psb_load(psb *b, int wchan, int reject, char *msg, size_t msglen)
         psb_log_reason(msg, msglen, "open of the BPF object", err);
         return err;
     }
-    if (wchan) /* the names, and the text get_wchan() skips; without addresses: /proc */
+    if (wchan && b->syms_state == 0) /* the names, and the text get_wchan() skips; without addresses: /proc */
         psb_load_syms(b);
     if ((err = -psb_set_rodata(b->obj, "want_stack", b->syms_state > 0)) != 0 ||
         (err = -psb_set_rodata(b->obj, "sched_lo", b->sched_start)) != 0 ||
         (err = -psb_set_rodata(b->obj, "sched_hi", b->sched_end)) != 0 ||
         (err = -psb_set_rodata(b->obj, "lock_lo", b->lock_start)) != 0 ||
         (err = -psb_set_rodata(b->obj, "lock_hi", b->lock_end)) != 0 ||
-        (err = -psb_set_rodata(b->obj, "reject", reject ? 1 : 0)) != 0) {
+        (err = -psb_set_rodata(b->obj, "reject", (uint64_t)reject)) != 0 ||
+        (err = -psb_set_rodata(b->obj, "use_seen", seen)) != 0) {
         snprintf(msg, msglen, "the BPF object lacks its settings: %s", strerror(err));
         return err;
+    }
+    if (!seen && ((map = bpf_object__find_map_by_name(b->obj, "seen")) == NULL ||
+                  bpf_map__set_type(map, BPF_MAP_TYPE_ARRAY) != 0 || bpf_map__set_map_flags(map, 0) != 0 ||
+                  bpf_map__set_max_entries(map, 1) != 0)) {
+        snprintf(msg, msglen, "the BPF object lacks its map of walked stacks");
+        return ENOENT;
     }
     if ((err = -bpf_object__load(b->obj)) != 0) {
         psb_log_reason(msg, msglen, "BPF load", err);
@@ -262,6 +296,7 @@ static int psb_load(psb *b, int wchan, int reject, char *msg, size_t msglen)
         psb_log_reason(msg, msglen, "attach of the task iterator", err);
         return err;
     }
+    b->stack_memo = seen;
     return 0;
 }
 
@@ -304,6 +339,13 @@ const uint32_t *psb_errors(psb *b, uint32_t *malformed)
 {
     *malformed = b->malformed;
     return b->errors;
+}
+
+void psb_stacks(psb *b, uint32_t *walked, uint32_t *kept, uint32_t *lost)
+{
+    *walked = b->stacks_walked;
+    *kept = b->stacks_kept;
+    *lost = b->stacks_lost;
 }
 
 const char *psb_describe(psb *b)
@@ -599,39 +641,61 @@ static const char *psb_symbol(psb *b, uint64_t addr)
     return b->names + b->syms[lo].name;
 }
 
+/* /proc/PID/wchan into p: a copy, freed at the next read (wchan_ip -1 marks it). */
+static void psb_wchan_from_proc(psb *b, psb_proc *p)
+{
+    int err = 0;
+    ssize_t n = psb_read_file(b, p->pid, "wchan", &err);
+    char *copy;
+
+    p->wchan = NULL;
+    if (n < 0) {
+        if (!psb_gone(err))
+            psb_count(b, err);
+        return;
+    }
+    if ((copy = malloc((size_t)n + 1)) == NULL)
+        return;
+    memcpy(copy, b->scratch, (size_t)n);
+    p->wchan = copy;
+    p->wchan_len = (size_t)n;
+    p->wchan_ip = (uint64_t)-1;
+}
+
 static void psb_wchan(psb *b, psb_proc *p, const struct ps_bpf_proc *r, const psb_proc *before)
 {
+    uint64_t switches = r->nvcsw + r->nivcsw + 1; /* as the program counts them */
     uint32_t i;
     uint64_t ip = 0;
-    char *copy;
 
     p->wchan = "0";
     p->wchan_len = 1;
     p->wchan_ip = 0;
+    p->wchan_switches = 0;
     if (b->syms_state == 0)
         psb_load_syms(b);
     if (b->syms_state < 0) { /* no addresses to name: ask /proc */
-        int err = 0;
-        ssize_t n = psb_read_file(b, p->pid, "wchan", &err);
-        if (n < 0) {
-            p->wchan = NULL;
-            if (!psb_gone(err))
-                psb_count(b, err);
-            return;
+        psb_wchan_from_proc(b, p);
+        return;
+    }
+    if (r->has & PS_BPF_STACK_SAME) { /* not walked: the wchan of the walk at these switches */
+        b->stacks_kept++;
+        if (before != NULL && before->wchan_switches == switches && before->wchan != NULL &&
+            before->wchan_ip != (uint64_t)-1) {
+            p->wchan = before->wchan;
+            p->wchan_len = before->wchan_len;
+            p->wchan_ip = before->wchan_ip;
+            p->wchan_switches = switches;
+        } else { /* that walk's result was not kept (a failed read between): /proc */
+            b->stacks_lost++;
+            psb_wchan_from_proc(b, p);
         }
-        /* a copy, freed at the next read (wchan_ip -1 marks it) */
-        if ((copy = malloc((size_t)n + 1)) == NULL) {
-            p->wchan = NULL;
-            return;
-        }
-        memcpy(copy, b->scratch, (size_t)n);
-        p->wchan = copy;
-        p->wchan_len = (size_t)n;
-        p->wchan_ip = (uint64_t)-1;
         return;
     }
     if (!(r->has & PS_BPF_HAS_STACK))
         return;
+    b->stacks_walked++;
+    p->wchan_switches = switches;
     for (i = 0; i < r->nstack && i < PS_BPF_STACK; i++) {
         uint64_t a = r->stack[i];
         if (a == 0)
@@ -717,6 +781,17 @@ static void psb_swap_sets(psb *b)
     b->ncur = n;
 }
 
+/* p shows what before showed, every field: the record built then stands. */
+static int psb_same(const psb_proc *p, const psb_proc *before)
+{
+    if (p->has != before->has || p->state != before->state || p->comm_len != before->comm_len ||
+        memcmp(p->num, before->num, sizeof(p->num)) != 0 || memcmp(p->comm, before->comm, p->comm_len) != 0)
+        return 0;
+    if (p->wchan == NULL || before->wchan == NULL)
+        return p->wchan == before->wchan;
+    return p->wchan_len == before->wchan_len && memcmp(p->wchan, before->wchan, p->wchan_len) == 0;
+}
+
 /* Sums of the threads, kept beside a process while its records are gathered. */
 typedef struct {
     uint64_t u, s, rt, minflt, majflt, rb, wb;
@@ -730,6 +805,7 @@ int psb_collect(psb *b, int *err)
 
     memset(b->errors, 0, sizeof(b->errors));
     b->malformed = 0;
+    b->stacks_walked = b->stacks_kept = b->stacks_lost = 0;
     b->nreleased = 0;
     /* the last read's processes become the old ones (their objects, prev state) */
     psb_swap_sets(b);
@@ -871,6 +947,8 @@ int psb_collect(psb *b, int *err)
         else
             psb_fds_from_proc(b, p);
         psb_set(p, F_TTY, r->tty_nr);
+        p->has_nofile = (r->has & PS_BPF_HAS_SIGNAL) != 0;
+        p->nofile = r->nofile;
         /* the exec evidence, mixed as parse_stat mixes stat's mm addresses */
         {
             uint64_t mark = 0;
@@ -891,10 +969,12 @@ int psb_collect(psb *b, int *err)
         p->wchan = NULL;
         if (b->wchan)
             psb_wchan(b, p, r, before);
-        if (before != NULL) { /* its strs go on with it */
+        if (before != NULL) { /* its objects go on with it */
+            p->same = before->rec_obj != NULL && psb_same(p, before);
             p->comm_obj = before->comm_obj;
             p->wchan_obj = before->wchan_obj;
-            before->comm_obj = before->wchan_obj = NULL;
+            p->rec_obj = before->rec_obj;
+            before->comm_obj = before->wchan_obj = before->rec_obj = NULL;
         }
     }
     free(sums);
@@ -904,15 +984,17 @@ int psb_collect(psb *b, int *err)
         if (o->wchan_ip == (uint64_t)-1)
             free((void *)o->wchan);
         o->wchan = NULL;
-        if (psb_grow((void **)&b->released, b->nreleased + 2, &b->cap_released, sizeof(void *)) < 0) {
+        if (psb_grow((void **)&b->released, b->nreleased + 3, &b->cap_released, sizeof(void *)) < 0) {
             *err = ENOMEM;
-            return -1; /* leaks two strs at worst; cannot happen in practice */
+            return -1; /* leaks three objects at worst; cannot happen in practice */
         }
         if (o->comm_obj != NULL)
             b->released[b->nreleased++] = o->comm_obj;
         if (o->wchan_obj != NULL)
             b->released[b->nreleased++] = o->wchan_obj;
-        o->comm_obj = o->wchan_obj = NULL;
+        if (o->rec_obj != NULL)
+            b->released[b->nreleased++] = o->rec_obj;
+        o->comm_obj = o->wchan_obj = o->rec_obj = NULL;
     }
     b->nold = 0;
     return 0;

@@ -28,6 +28,7 @@
 #define MM_ANONPAGES 1
 #define MM_SWAPENTS 2
 #define MM_SHMEMPAGES 3
+#define RLIMIT_NOFILE 7
 #define FD_WORDS 128 /* words of open_fds counted here (8192 slots) */
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
@@ -36,7 +37,8 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 const volatile __u32 want_stack = 0; /* read kernel stacks of sleeping leaders (wchan) */
 /* the scheduler's and the lock functions' text (kallsyms), which get_wchan() skips */
 const volatile __u64 sched_lo = 0, sched_hi = 0, lock_lo = 0, lock_hi = 0;
-const volatile __u32 reject = 0;     /* tests: make the verifier reject the program */
+const volatile __u32 reject = 0;     /* tests: 1 the verifier rejects the program, 2 with use_seen */
+const volatile __u32 use_seen = 1;   /* 0: the kernel has no task storage (< 5.11) */
 
 struct scratch {
     struct ps_bpf_proc proc;
@@ -50,6 +52,20 @@ struct {
     __type(key, __u32);
     __type(value, struct scratch);
 } scratch SEC(".maps");
+
+/* A leader's context switches (+1) when its stack was last walked, kept with the task
+ * (task local storage: freed with it). A task asleep now that has not switched since has
+ * the same stack: its walk is skipped and the loader keeps the wchan it found then. */
+struct stack_seen {
+    __u64 switches;
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __type(key, int);
+    __type(value, struct stack_seen);
+} seen SEC(".maps");
 
 /* The level of the reader's pid namespace: the iterator walks the pids of the namespace
  * of the process that reads it (procsnap), and /proc shows their numbers there. Found at
@@ -93,15 +109,8 @@ static __always_inline __u32 tgid_of(struct task_struct *t)
     return pid_at_level(BPF_CORE_READ(t, signal, pids[PIDTYPE_TGID]), level);
 }
 
-/* percpu_counter_read_positive(&mm->rss_stat[i]); the element's address from the running
- * kernel's sizes (its percpu_counter has more fields than task_types.h declares) */
-static __always_inline __u64 counter_positive(struct mm_struct *mm, int i)
+static __always_inline __u64 positive(__s64 v)
 {
-    __s64 v = 0;
-    void *at = (void *)&mm->rss_stat[0] + i * bpf_core_type_size(struct percpu_counter) +
-               bpf_core_field_offset(struct percpu_counter, count);
-
-    bpf_probe_read_kernel(&v, sizeof(v), at);
     return v > 0 ? (__u64)v : 0;
 }
 
@@ -115,10 +124,11 @@ static __always_inline void read_mm(struct ps_bpf_proc *r, struct mm_struct *mm)
                  (c[MM_SHMEMPAGES] > 0 ? c[MM_SHMEMPAGES] : 0);
         r->swapents = c[MM_SWAPENTS] > 0 ? c[MM_SWAPENTS] : 0;
     } else {
-        /* get_mm_rss(): percpu_counter_read_positive() of each, as stat shows it */
-        r->rss = counter_positive(mm, MM_FILEPAGES) + counter_positive(mm, MM_ANONPAGES) +
-                 counter_positive(mm, MM_SHMEMPAGES);
-        r->swapents = counter_positive(mm, MM_SWAPENTS);
+        /* get_mm_rss(): percpu_counter_read_positive() of each, as stat shows it (the
+         * elements' offsets are relocated with the running kernel's percpu_counter size) */
+        r->rss = positive(mm->rss_stat[MM_FILEPAGES].count) + positive(mm->rss_stat[MM_ANONPAGES].count) +
+                 positive(mm->rss_stat[MM_SHMEMPAGES].count);
+        r->swapents = positive(mm->rss_stat[MM_SWAPENTS].count);
     }
     r->start_code = mm->start_code;
     r->end_code = mm->end_code;
@@ -229,6 +239,33 @@ static __always_inline int emit_thread(struct seq_file *seq, struct task_struct 
     return 0;
 }
 
+/* get_wchan(): only of a task that is asleep and off the run queue. Its first return
+ * address outside the scheduler is usually the first of the stack (the unwinder starts
+ * past __schedule): two frames are asked for, all of them only when both are sched. */
+static __always_inline void read_stack(struct ps_bpf_proc *r, struct task_struct *task)
+{
+    __u64 switches = r->nvcsw + r->nivcsw + 1;
+    struct stack_seen *was = NULL;
+    long n;
+
+    if (use_seen) {
+        was = bpf_task_storage_get(&seen, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+        if (was != NULL && was->switches == switches) {
+            r->has |= PS_BPF_STACK_SAME;
+            return;
+        }
+    }
+    n = bpf_get_task_stack(task, r->stack, 2 * sizeof(r->stack[0]), 0);
+    if (n == 2 * sizeof(r->stack[0]) && in_sched(r->stack[0]) && in_sched(r->stack[1]))
+        n = bpf_get_task_stack(task, r->stack, sizeof(r->stack), 0);
+    if (was != NULL)
+        was->switches = n >= 0 ? switches : 0;
+    if (n >= 0) {
+        r->nstack = (__u32)n / sizeof(r->stack[0]);
+        r->has |= PS_BPF_HAS_STACK;
+    }
+}
+
 SEC("iter/task")
 int procsnap_task(struct bpf_iter__task *ctx)
 {
@@ -241,7 +278,7 @@ int procsnap_task(struct bpf_iter__task *ctx)
     struct scratch *s;
     __u32 zero = 0;
 
-    if (reject) { /* a read through a number: the verifier says no */
+    if (reject == 1 || (reject == 2 && use_seen)) { /* a read through a number: the verifier says no */
         volatile __u64 addr = reject;
         return *(volatile int *)addr;
     }
@@ -303,6 +340,7 @@ int procsnap_task(struct bpf_iter__task *ctx)
             r->write_bytes += sig->ioac.write_bytes;
         }
         read_tty(r, sig->tty);
+        r->nofile = sig->rlim[RLIMIT_NOFILE].rlim_cur;
         r->has |= PS_BPF_HAS_SIGNAL;
     }
     mm = task->mm;
@@ -313,15 +351,8 @@ int procsnap_task(struct bpf_iter__task *ctx)
     /* get_wchan(): only of a task that is asleep and off the run queue. Its first return
      * address outside the scheduler is usually the first of the stack (the unwinder starts
      * past __schedule): two frames are asked for, all of them only when both are sched. */
-    if (want_stack && r->state != 0 && r->state != TASK_WAKING && !task->on_rq) {
-        long n = bpf_get_task_stack(task, r->stack, 2 * sizeof(r->stack[0]), 0);
-        if (n == 2 * sizeof(r->stack[0]) && in_sched(r->stack[0]) && in_sched(r->stack[1]))
-            n = bpf_get_task_stack(task, r->stack, sizeof(r->stack), 0);
-        if (n >= 0) {
-            r->nstack = (__u32)n / sizeof(r->stack[0]);
-            r->has |= PS_BPF_HAS_STACK;
-        }
-    }
+    if (want_stack && r->state != 0 && r->state != TASK_WAKING && !task->on_rq)
+        read_stack(r, task);
     bpf_seq_write(seq, r, sizeof(*r));
     return 0;
 }

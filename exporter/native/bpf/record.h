@@ -19,6 +19,7 @@
 #define PS_BPF_HAS_STACK 16u  /* stack[0..nstack) read (the task was asleep) */
 #define PS_BPF_WQ_IDLE 32u    /* a workqueue worker: comm + "-" + wq_desc */
 #define PS_BPF_WQ_BUSY 64u    /* ... running a work item: comm + "+" + wq_desc */
+#define PS_BPF_STACK_SAME 128u /* asleep, not switched since its last walk: not walked */
 
 #define PS_BPF_COMM 64 /* proc_task_name()'s buffer */
 
@@ -35,6 +36,7 @@ struct ps_bpf_proc {
     __u32 has;        /* PS_BPF_HAS_* */
     __u32 nstack;
     __u64 open_fds;
+    __u64 nofile; /* signal->rlim[RLIMIT_NOFILE].rlim_cur (soft; ~0: unlimited) */
     __u64 start_boottime;                /* ns */
     __u64 utime, stime, sum_exec;        /* the leader's own, ns */
     __u64 sig_utime, sig_stime, sig_sum; /* of its exited threads, ns */

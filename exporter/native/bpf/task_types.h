@@ -32,7 +32,6 @@ struct pid {
 
 struct percpu_counter {
     __s64 count;
-    __s32 *counters;
 };
 
 struct mm_struct {
@@ -74,6 +73,11 @@ struct task_io_accounting {
     __u64 write_bytes;
 };
 
+struct rlimit {
+    unsigned long rlim_cur;
+    unsigned long rlim_max;
+};
+
 struct tty_driver {
     int major;
     int minor_start;
@@ -95,6 +99,7 @@ struct signal_struct {
     struct task_io_accounting ioac;
     struct tty_struct *tty;
     struct pid *pids[4];
+    struct rlimit rlim[16];
 };
 
 /* kernel/kthread.c's and kernel/workqueue.c's private structs, for the names /proc shows
