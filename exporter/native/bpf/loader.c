@@ -8,7 +8,8 @@
  * - the exec evidence (mark) from the same mm addresses parse_stat mixes.
  * - wchan: get_wchan()'s first return address outside the scheduler and lock text,
  *   named from /proc/kallsyms (read once); /proc/PID/wchan where kallsyms shows no
- *   addresses.
+ *   addresses. A stack the program did not walk again (its task has not run since) keeps
+ *   the wchan of the last walk.
  * - open fds past the table the program counts, and smaps_rollup (opt-in), from /proc.
  */
 #define _GNU_SOURCE

@@ -7,7 +7,9 @@
  *
  * What each field is, is what /proc computes it from (fs/proc/array.c, base.c, fd.c):
  * stat's whole-process sums (signal_struct plus every live thread), status's leader-only
- * context switches, io's sums, the fd directory's size (the popcount of open_fds).
+ * context switches, io's sums, the fd directory's size (the popcount of open_fds), and
+ * limits' soft "Max open files". A sleeping leader's kernel stack (wchan) is walked again
+ * only after it ran (task storage, Linux >= 5.11; without it, every read).
  * Field layout differences between kernels are CO-RE relocations (task_types.h); fields
  * that some kernels lack are read behind bpf_core_field_exists().
  *
@@ -348,9 +350,6 @@ int procsnap_task(struct bpf_iter__task *ctx)
         read_mm(r, mm);
     read_fds(r, task->files, s->fds);
 
-    /* get_wchan(): only of a task that is asleep and off the run queue. Its first return
-     * address outside the scheduler is usually the first of the stack (the unwinder starts
-     * past __schedule): two frames are asked for, all of them only when both are sched. */
     if (want_stack && r->state != 0 && r->state != TASK_WAKING && !task->on_rq)
         read_stack(r, task);
     bpf_seq_write(seq, r, sizeof(*r));
