@@ -13,11 +13,12 @@ A field the kernel would not let us read is ``None``, never 0; the reasons are c
 from __future__ import annotations
 
 import threading
+from operator import and_, eq, is_
 from typing import NamedTuple, Optional, Sequence
 
 from exporter.hostfacts import HostFacts
 from exporter.reader import UNLIMITED, F, Reader
-from exporter.tracker import Tracker
+from exporter.tracker import Tracker, at_pid
 
 
 class Process(NamedTuple):
@@ -81,18 +82,30 @@ def _tty(ttys, tty_nr: int):
         return None
 
 
-def processes(step, facts: HostFacts) -> list:
-    """The Process records of one tracker step."""
+def processes(step, facts: HostFacts, last=None) -> list:
+    """The Process records of one tracker step. ``last``: (step, processes) of the snapshot
+    before. Where the tracker gave its identities again (none started, none gone), a
+    process whose record object, fd limit and static facts are the same keeps its Process
+    (user and terminal names are memoized for good: they are the same too)."""
     hz = facts.clock_ticks
+    old = last is not None and last[0].identities is step.identities
+    if old:
+        before, made = last
+        kept = list(map(and_, map(is_, step.records, before.records), map(eq, step.limits, before.limits)))
+        for identity in step.execed + step.refreshed:  # their static facts were read again
+            kept[at_pid(identity[0], step.identities)] = False
     out = []
-    for identity, r in zip(step.identities, step.records):
+    for i, (identity, r, limit) in enumerate(zip(step.identities, step.records, step.limits)):
+        if old and kept[i]:
+            out.append(made[i])
+            continue
         proc = step.procs[identity]
         uid = r[_UID]
         out.append(Process(
             r[_PID], r[_PPID], r[_COMM], r[_STATE], proc.is_kernel_thread, r[_START],
             proc.start_time_seconds, r[_UTIME] / hz, r[_STIME] / hz, r[_MINFLT], r[_MAJFLT],
             r[_THREADS], r[_RSS], r[_VMS], r[_SWAP], r[_CTXV], r[_CTXNV], r[_READ], r[_WRITE],
-            r[_FDS], _max_fds(step.nofile.get(identity)), uid, None if uid is None else facts.usernames[uid],
+            r[_FDS], _max_fds(limit), uid, None if uid is None else facts.usernames[uid],
             _tty(facts.ttys, r[_TTY]), proc.cmdline, proc.exe, proc.cgroup,
         ))
     return out
@@ -108,14 +121,16 @@ class Snapshotter:
         self.tracker = Tracker(self.reader, self.facts)
         self.backend = backend
         self._lock = threading.Lock()
+        self._last = None  # (step, processes) of the last snapshot
 
     def snapshot(self) -> Snapshot:
         with self._lock:
             reading = self.reader.read()
             step = self.tracker.step(reading)
             self.tracker.commit(step)
-        return Snapshot(processes(step, self.facts), reading.timestamp, reading.duration_seconds,
-                        step.errors, self.backend)
+            made = processes(step, self.facts, self._last)
+            self._last = (step, made)
+        return Snapshot(made, reading.timestamp, reading.duration_seconds, step.errors, self.backend)
 
     def close(self) -> None:
         self.reader.close()

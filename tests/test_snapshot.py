@@ -1360,3 +1360,45 @@ def test_default_snapshot_function_reuses_its_snapshotter(backend):
             leftover = snapshot_module._default.pop(key, None)
         if leftover is not None:
             leftover.close()
+
+
+@pytest.mark.parametrize("walk_limits", [False, True], ids=["limits-as-facts", "limits-with-records"])
+def test_unchanged_processes_keep_their_process_objects(walk_limits):
+    """Where nothing of a process changed (the same record object, as the bpf reader gives
+    it, the same fd limit and static facts), the next snapshot gives the same Process;
+    every snapshot equals one built from scratch, whatever changed: a counter, an fd
+    limit, an exec, a start and an exit."""
+    from exporter.snapshots import Snapshotter, processes
+    from exporter.tracker import Tracker
+    from procs import FakeReader, rec
+
+    reader = FakeReader()
+    reader.walk_limits = walk_limits
+    facts = HostFacts(procfs="/nonexistent", clock_ticks=100, page_size=4096, boot_time=1e9, ttys={})
+    snapper = Snapshotter.__new__(Snapshotter)
+    snapper.facts, snapper.reader, snapper.backend = facts, reader, "fake"
+    snapper.tracker, snapper._lock, snapper._last = Tracker(reader, facts), threading.Lock(), None
+    for pid in (10, 11, 12, 13):
+        reader.put(rec(pid, "a", utime=pid), nofile=1024)
+
+    def snap():
+        made = snapper.snapshot().processes
+        assert made == processes(snapper._last[0], facts)  # from scratch
+        return {p.pid: p for p in made}
+
+    first = snap()
+    again = snap()
+    assert all(again[pid] is first[pid] for pid in first)
+    reader.put(rec(10, "a", utime=99))  # a counter moved
+    reader.facts[(11, 100)] = reader.facts[(11, 100)][:3] + (4096,)  # prlimit
+    reader.put(rec(12, "b", utime=12), cmdline=("b",))  # exec
+    third = snap()
+    assert third[10] is not again[10] and third[10].cpu_user_seconds == 0.99
+    assert (third[11] is again[11]) == (not walk_limits)  # as facts it is read every 16th step
+    assert third[11].max_fds == (4096 if walk_limits else 1024)
+    assert third[12] is not again[12] and third[12].comm == "b" and third[12].cmdline == ("b",)
+    assert third[13] is again[13]
+    reader.remove(13)
+    reader.put(rec(14, "c"))
+    fourth = snap()
+    assert sorted(fourth) == [10, 11, 12, 14]
