@@ -1038,6 +1038,8 @@ def evaluate(size: dict) -> tuple:
         "snapshot_native / floor_fresh": ratio(med("snapshot_native"), med("floor_fresh")),
         "snapshot_python / snapshot_native": ratio(med("snapshot_python"), med("snapshot_native")),
         "floor_fresh / floor_kept": ratio(med("floor_fresh"), med("floor_kept")),
+        "pe_grouped / procsnap_grouped_bpf": ratio(med("pe_grouped"), med("procsnap_grouped_bpf")),
+        "procsnap_grouped_bpf / floor_kept": ratio(med("procsnap_grouped_bpf"), med("floor_kept")),
         "CPU: apps_plugin per cycle / procsnap_grouped per scrape": ratio(cpu("apps_plugin"), cpu("procsnap_grouped")),
         "CPU: pe_grouped / procsnap_grouped, per scrape": ratio(cpu("pe_grouped"), cpu("procsnap_grouped")),
     }
@@ -1061,6 +1063,13 @@ def evaluate(size: dict) -> tuple:
                get(key, "syscalls_per_proc_per_scrape"), get("floor_fresh", "syscalls_per_proc_per_scrape"), "<=")
     # the fastest setting (--procfs.keep-open=all): near the C floor with the same files kept
     target("grouped, keep-open=all, within 1.5x of C floor kept", ratios["procsnap_grouped_all / floor_kept"], 1.5, "<=", "x")
+    # below the /proc floor (issue 14): the bpf backend, and the /proc one against its floor
+    target("grouped, keep-open=all, within 1.1x of C floor kept", ratios["procsnap_grouped_all / floor_kept"], 1.1,
+           "<=", "x")
+    target("bpf: grouped scrape <= 40 ms", med("procsnap_grouped_bpf"), 40, "<=", " ms")
+    target("bpf: grouped >= 40x faster than process-exporter grouped", ratios["pe_grouped / procsnap_grouped_bpf"],
+           40, ">=", "x")
+    target("bpf: snapshot() <= 20 ms", med("snapshot_bpf"), 20, "<=", " ms")
     target("procsnap_grouped_all: syscalls/process/scrape <= 5", get("procsnap_grouped_all", "syscalls_per_proc_per_scrape"),
            5, "<=")
     target("procsnap_grouped: CPU per scrape < apps.plugin's CPU per collection cycle", cpu("procsnap_grouped"),

@@ -85,9 +85,9 @@ def _tty(ttys, tty_nr: int):
 def processes(step, facts: HostFacts, last=None) -> list:
     """The Process records of one tracker step. ``last``: (step, processes) of the snapshot
     before. Where the tracker gave its identities again (none started, none gone), a
-    process whose record object, fd limit and static facts are the same keeps its Process
-    (user and terminal names are memoized for good: they are the same too)."""
-    hz = facts.clock_ticks
+    process whose record object, fd limit and static facts are the same keeps its Process,
+    unless its user or terminal name was not known then (a known one stays the same)."""
+    hz, names = facts.clock_ticks, facts.usernames
     old = last is not None and last[0].identities is step.identities
     if old:
         before, made = last
@@ -97,15 +97,17 @@ def processes(step, facts: HostFacts, last=None) -> list:
     out = []
     for i, (identity, r, limit) in enumerate(zip(step.identities, step.records, step.limits)):
         if old and kept[i]:
-            out.append(made[i])
-            continue
+            p = made[i]
+            if (p.uid is None or names.get(p.uid) == p.username) and (p.tty is not None or not r[_TTY]):
+                out.append(p)
+                continue
         proc = step.procs[identity]
         uid = r[_UID]
         out.append(Process(
             r[_PID], r[_PPID], r[_COMM], r[_STATE], proc.is_kernel_thread, r[_START],
             proc.start_time_seconds, r[_UTIME] / hz, r[_STIME] / hz, r[_MINFLT], r[_MAJFLT],
             r[_THREADS], r[_RSS], r[_VMS], r[_SWAP], r[_CTXV], r[_CTXNV], r[_READ], r[_WRITE],
-            r[_FDS], _max_fds(limit), uid, None if uid is None else facts.usernames[uid],
+            r[_FDS], _max_fds(limit), uid, None if uid is None else names[uid],
             _tty(facts.ttys, r[_TTY]), proc.cmdline, proc.exe, proc.cgroup,
         ))
     return out

@@ -1367,7 +1367,7 @@ def test_unchanged_processes_keep_their_process_objects(walk_limits):
     """Where nothing of a process changed (the same record object, as the bpf reader gives
     it, the same fd limit and static facts), the next snapshot gives the same Process;
     every snapshot equals one built from scratch, whatever changed: a counter, an fd
-    limit, an exec, a start and an exit."""
+    limit, an exec, a start and an exit, a user name known only now."""
     from exporter.snapshots import Snapshotter, processes
     from exporter.tracker import Tracker
     from procs import FakeReader, rec
@@ -1400,5 +1400,9 @@ def test_unchanged_processes_keep_their_process_objects(walk_limits):
     assert third[13] is again[13]
     reader.remove(13)
     reader.put(rec(14, "c"))
+    reader.put(rec(15, "d", uid=54321))  # a uid no user has (yet)
     fourth = snap()
-    assert sorted(fourth) == [10, 11, 12, 14]
+    assert sorted(fourth) == [10, 11, 12, 14, 15] and fourth[15].username == "54321"
+    facts.usernames[54321] = "late"  # the user is added: its name shows though nothing else moved
+    fifth = snap()
+    assert fifth[15].username == "late" and fifth[14] is fourth[14]
