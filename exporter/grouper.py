@@ -44,7 +44,7 @@ from exporter.redact import redact
 
 log = logging.getLogger("procsnap")
 from exporter.reader import F
-from exporter.tracker import at_pid
+from exporter.tracker import at_pid, index_of
 
 # process-exporter's state buckets, from the one-letter stat state.
 STATE_NAMES = ("Running", "Sleeping", "Waiting", "Zombie", "Other")
@@ -352,9 +352,7 @@ class _Update:
                 and len(again) <= len(identities) // 16):
             groups = list(last[2])
             for identity in again:
-                i = at_pid(identity[0], identities)
-                if i is not None and identities[i] == identity:
-                    groups[i] = index.get(group_of[identity])
+                groups[index_of(identity, identities)] = index.get(group_of[identity])
         else:
             groups = list(map(index.get, map(group_of.__getitem__, identities)))
         self.g_indices = (identities, keys, groups)
@@ -477,7 +475,7 @@ class _Update:
                 continue
             if self.match(identity, procs[identity]) is not _NO_MATCH:
                 continue
-            self.inherit(identity, records[at_pid(identity[0], identities)], identities, records)
+            self.inherit(identity, records[index_of(identity, identities)], identities, records)
 
     def match(self, identity, p):
         """Name the identity by its own first matching matcher, or return _NO_MATCH."""

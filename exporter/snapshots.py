@@ -13,12 +13,13 @@ A field the kernel would not let us read is ``None``, never 0; the reasons are c
 from __future__ import annotations
 
 import threading
-from operator import and_, eq, is_
+from itertools import chain, compress
+from operator import and_, eq, is_, not_
 from typing import NamedTuple, Optional, Sequence
 
 from exporter.hostfacts import HostFacts
 from exporter.reader import UNLIMITED, F, Reader
-from exporter.tracker import Tracker, at_pid
+from exporter.tracker import Tracker, index_of
 
 
 class Process(NamedTuple):
@@ -82,35 +83,40 @@ def _tty(ttys, tty_nr: int):
         return None
 
 
-def processes(step, facts: HostFacts, last=None) -> list:
-    """The Process records of one tracker step. ``last``: (step, processes) of the snapshot
-    before. Where the tracker gave its identities again (none started, none gone), a
-    process whose record object, fd limit and static facts are the same keeps its Process,
-    unless its user or terminal name was not known then (a known one stays the same)."""
-    hz, names = facts.clock_ticks, facts.usernames
-    old = last is not None and last[0].identities is step.identities
-    if old:
-        before, made = last
-        kept = list(map(and_, map(is_, step.records, before.records), map(eq, step.limits, before.limits)))
-        for identity in step.execed + step.refreshed:  # their static facts were read again
-            kept[at_pid(identity[0], step.identities)] = False
-    out = []
-    for i, (identity, r, limit) in enumerate(zip(step.identities, step.records, step.limits)):
-        if old and kept[i]:
-            p = made[i]
-            if (p.uid is None or names.get(p.uid) == p.username) and (p.tty is not None or not r[_TTY]):
-                out.append(p)
-                continue
+def processes(step, facts: HostFacts, last=None) -> tuple:
+    """The Process records of one tracker step, and the identities among them whose user or
+    terminal name is not known yet. ``last``: that pair of the snapshot before, with its
+    step. Where the tracker gave its identities again (none started, none gone), a process
+    whose record object, fd limit and static facts are the same keeps its Process, unless
+    a name of it was not known then (a known one stays the same)."""
+    hz, names, ttys = facts.clock_ticks, facts.usernames, facts.ttys
+    identities, records, limits = step.identities, step.records, step.limits
+    if last is not None and last[0].identities is identities:
+        before, made, unsure = last
+        out = list(made)
+        kept = list(map(and_, map(is_, records, before.records), map(eq, limits, before.limits)))
+        for identity in chain(step.execed, step.refreshed, unsure):  # facts read again, names unknown then
+            kept[index_of(identity, identities)] = False
+        redo = compress(range(len(records)), map(not_, kept))
+    else:
+        out = [None] * len(records)
+        redo = range(len(records))
+    unsure = []
+    for i in redo:
+        identity, r = identities[i], records[i]
         proc = step.procs[identity]
-        uid = r[_UID]
-        out.append(Process(
+        uid, tty_nr = r[_UID], r[_TTY]
+        user, tty = None if uid is None else names[uid], _tty(ttys, tty_nr)
+        if (uid is not None and uid not in names) or (tty_nr and tty is None):  # str(uid), None: for now
+            unsure.append(identity)
+        out[i] = Process(
             r[_PID], r[_PPID], r[_COMM], r[_STATE], proc.is_kernel_thread, r[_START],
             proc.start_time_seconds, r[_UTIME] / hz, r[_STIME] / hz, r[_MINFLT], r[_MAJFLT],
             r[_THREADS], r[_RSS], r[_VMS], r[_SWAP], r[_CTXV], r[_CTXNV], r[_READ], r[_WRITE],
-            r[_FDS], _max_fds(limit), uid, None if uid is None else names[uid],
-            _tty(facts.ttys, r[_TTY]), proc.cmdline, proc.exe, proc.cgroup,
-        ))
-    return out
+            r[_FDS], _max_fds(limits[i]), uid, user,
+            tty, proc.cmdline, proc.exe, proc.cgroup,
+        )
+    return out, unsure
 
 
 class Snapshotter:
@@ -123,15 +129,15 @@ class Snapshotter:
         self.tracker = Tracker(self.reader, self.facts)
         self.backend = backend
         self._lock = threading.Lock()
-        self._last = None  # (step, processes) of the last snapshot
+        self._last = None  # (step, processes, identities of unknown names) of the last snapshot
 
     def snapshot(self) -> Snapshot:
         with self._lock:
             reading = self.reader.read()
             step = self.tracker.step(reading)
             self.tracker.commit(step)
-            made = processes(step, self.facts, self._last)
-            self._last = (step, made)
+            made, unsure = processes(step, self.facts, self._last)
+            self._last = (step, made, unsure)
         return Snapshot(made, reading.timestamp, reading.duration_seconds, step.errors, self.backend)
 
     def close(self) -> None:

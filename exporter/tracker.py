@@ -3,7 +3,9 @@
 Identity is (pid, start_ticks). From one reading to the next the tracker tells which
 identities started, exec'd or exited, and keeps, per identity, the static facts it asked
 the reader for once (cmdline, exe, cgroup, user), its fd limit (re-read every
-``LIMITS_EVERY`` reads, staggered by pid) and its last record.
+``LIMITS_EVERY`` reads, staggered by pid, unless the reading gives it: bpf) and its last
+record. When no process started or exited since the last reading, what it keeps per
+identity is updated where a record changed, not built anew.
 
 * Exec is seen from evidence that changes on every exec: the comm, or the mm addresses in
   stat (the record's ``mark``: arg_start and friends, shown to who may ptrace the
@@ -66,9 +68,14 @@ def _growth(now: list, old: list) -> tuple:
 
 
 def at_pid(pid: int, identities: list) -> Optional[int]:
-    """The index of pid's identity in pid-sorted identities, or None."""
+    """The index of pid's (first) identity in sorted identities, or None."""
     i = bisect_left(identities, (pid,))
     return i if i < len(identities) and identities[i][0] == pid else None
+
+
+def index_of(identity: tuple, identities: list) -> int:
+    """The index of an identity that is in sorted identities."""
+    return bisect_left(identities, identity)
 
 
 def changed_records_py(records, previous, key, nones) -> tuple:
@@ -232,7 +239,13 @@ class Tracker:
         in_order = True
         try:
             changed, gone, check = changed_records(records, old_records, KEY, CARRIED)
-        except ValueError:  # not sorted, one per pid (a reader breaking its contract): the twin copes
+        except ValueError:  # not sorted, one per pid (a reader breaking its contract): sorted, the twin copes
+            order = sorted(range(len(records)), key=lambda i: (records[i][PID], records[i][START]))
+            records = [records[i] for i in order]
+            if identities is not None:
+                identities = [identities[i] for i in order]
+            if limits is not None and not carried:
+                limits = [limits[i] for i in order]
             changed, gone, check = changed_records_py(records, old_records, KEY, CARRIED)
             in_order = False
         # the same identities in the same order as the last step's (none started, none gone):
@@ -329,7 +342,7 @@ class Tracker:
             if fact.threads is not None:
                 self._thread_step(identity, fact.threads, threads, thread_states, thread_wchans, thread_deltas)
             if bits & WANT_CMDLINE:
-                record = records[at_pid(pid, identities)]
+                record = records[index_of(identity, identities)]
                 uid = record[F["uid"]]
                 euid = record[F["euid"]]
                 names = self.facts.usernames
@@ -339,7 +352,7 @@ class Tracker:
                 nofile[identity] = fact.nofile  # UNLIMITED stays: the fd ratio is then about 0
         if threads:  # context switches summed over the threads, as process-exporter does
             for identity, counts in threads.items():
-                i = at_pid(identity[0], identities)
+                i = index_of(identity, identities)
                 rec = list(records[i])
                 rec[_CTXV] = sum(map(_t_ctxv, counts.values()))
                 rec[_CTXNV] = sum(map(_t_ctxnv, counts.values()))

@@ -98,8 +98,8 @@ static PyObject *bpf_nofile(const psb_proc *p, PyObject **cache)
 PyDoc_STRVAR(BpfReader_read_doc,
 "read() -> (records, unreadable, errors, nofile)\n\n"
 "One pass of the BPF task iterator with the GIL released: a tuple per process (layout:\n"
-"exporter.reader.FIELDS) sorted by pid, the same object as at the last read while every\n"
-"field is the same; unreadable is always empty (the kernel's own structures have no\n"
+"exporter.reader.FIELDS) sorted by pid, the same object as at the last (complete) read\n"
+"while every field is the same; unreadable is always empty (the kernel's own structures have no\n"
 "permissions); errors: {errno: count} of the /proc files read as fallbacks (-1:\n"
 "malformed); nofile: each record's soft RLIMIT_NOFILE (2**64 - 1: unlimited) or None.");
 
@@ -112,14 +112,15 @@ static PyObject *BpfReader_read(BpfReaderObject *self, PyObject *unused)
     int rc, err = 0;
 
     (void)unused;
-    if (self->b == NULL) {
+    Py_BEGIN_ALLOW_THREADS
+    PyThread_acquire_lock(self->lock, WAIT_LOCK);
+    rc = self->b == NULL ? 1 : psb_collect(self->b, &err);
+    Py_END_ALLOW_THREADS
+    if (rc == 1) { /* closed (checked under the lock: close() takes it too) */
+        PyThread_release_lock(self->lock);
         PyErr_SetString(PyExc_ValueError, "the BPF reader is closed");
         return NULL;
     }
-    Py_BEGIN_ALLOW_THREADS
-    PyThread_acquire_lock(self->lock, WAIT_LOCK);
-    rc = psb_collect(self->b, &err);
-    Py_END_ALLOW_THREADS
     bpf_release(self->b);
     if (rc < 0) {
         errno = err;

@@ -71,6 +71,7 @@ struct psb {
     char *scratch; /* /proc files read as fallbacks */
     size_t scratch_cap;
     char describe[512];
+    char seen_failed[256]; /* why the load with task storage failed, where the one without it ran */
 };
 
 /* ---- libbpf's messages: kept, not printed --------------------------------------------- */
@@ -141,7 +142,7 @@ static void psb_log_reason(char *msg, size_t msglen, const char *what, int err)
 
 static void psb_load_syms(psb *b);
 static int psb_load(psb *b, int wchan, int reject, char *msg, size_t msglen);
-static int psb_load_with(psb *b, int wchan, int reject, int seen, char *msg, size_t msglen);
+static int psb_load_with(psb *b, int reject, int seen, char *msg, size_t msglen);
 
 /* Set a const volatile global (u32 or u64) of the program before the load. 0 or -errno. */
 static int psb_set_rodata(struct bpf_object *obj, const char *name, uint64_t value)
@@ -213,11 +214,13 @@ int psb_open(psb **out, const char *procfs, uint64_t page_size, int wchan, int s
         snprintf(msg, msglen, "cannot open %s: %s", procfs, strerror(err));
         goto fail;
     }
-    snprintf(b->describe, sizeof(b->describe), "rss=approximate per-cpu counters (as stat)\nwchan=%s\n",
+    snprintf(b->describe, sizeof(b->describe), "rss=approximate per-cpu counters (as stat)\nwchan=%s%.200s%s\n",
              !wchan                ? "off"
              : b->syms_state <= 0  ? "/proc/PID/wchan (kallsyms shows no addresses)"
              : b->stack_memo       ? "kernel stacks + kallsyms (a stack is walked again once its task ran)"
-                                   : "kernel stacks + kallsyms (every read: no task storage)");
+                                   : "kernel stacks + kallsyms (every read: no task storage: ",
+             wchan && b->syms_state > 0 && !b->stack_memo ? b->seen_failed : "",
+             wchan && b->syms_state > 0 && !b->stack_memo ? ")" : "");
     *out = b;
     return 0;
 fail:
@@ -225,29 +228,31 @@ fail:
     return -err;
 }
 
-/* Open, set up, load and attach the program (libbpf's messages kept in psb_log). A kernel
- * without task storage for iterators (< 5.11) gets the program without it: the map made a
- * plain array (its fd is then valid) and the code that uses it dead (use_seen 0). 0 or an
- * errno, with msg set. */
+/* Open, set up, load and attach the program (libbpf's messages kept in psb_log). Where
+ * stacks are walked, first with task storage; where that does not load (Linux < 5.12 has
+ * none for tracing programs), without it: the map made a plain array (its fd is then
+ * valid) and the code that uses it dead (use_seen 0); why is kept for describe. A second
+ * failure is the one told. 0 or an errno, with msg set. */
 static int psb_load(psb *b, int wchan, int reject, char *msg, size_t msglen)
 {
-    char again[sizeof(b->describe)];
-    int err = psb_load_with(b, wchan, reject, 1, msg, msglen);
+    int seen, err;
 
-    if (err != 0 && err != EPERM) { /* the first attempt's message is the one told */
+    if (wchan && b->syms_state == 0) /* the names, and the text get_wchan() skips; without addresses: /proc */
+        psb_load_syms(b);
+    seen = b->syms_state > 0;
+    err = psb_load_with(b, reject, seen, msg, msglen);
+    if (err != 0 && err != EPERM && seen) {
+        snprintf(b->seen_failed, sizeof(b->seen_failed), "%s", msg);
         bpf_link__destroy(b->link);
         bpf_object__close(b->obj);
         b->link = NULL;
         b->obj = NULL;
-        if (psb_load_with(b, wchan, reject, 0, again, sizeof(again)) == 0) {
-            msg[0] = '\0';
-            return 0;
-        }
+        err = psb_load_with(b, reject, 0, msg, msglen);
     }
     return err;
 }
 
-static int psb_load_with(psb *b, int wchan, int reject, int seen, char *msg, size_t msglen)
+static int psb_load_with(psb *b, int reject, int seen, char *msg, size_t msglen)
 {
     LIBBPF_OPTS(bpf_object_open_opts, opts, .object_name = "procsnap");
     struct bpf_program *prog;
@@ -263,8 +268,6 @@ static int psb_load_with(psb *b, int wchan, int reject, int seen, char *msg, siz
         psb_log_reason(msg, msglen, "open of the BPF object", err);
         return err;
     }
-    if (wchan && b->syms_state == 0) /* the names, and the text get_wchan() skips; without addresses: /proc */
-        psb_load_syms(b);
     if ((err = -psb_set_rodata(b->obj, "want_stack", b->syms_state > 0)) != 0 ||
         (err = -psb_set_rodata(b->obj, "sched_lo", b->sched_start)) != 0 ||
         (err = -psb_set_rodata(b->obj, "sched_hi", b->sched_end)) != 0 ||
@@ -663,7 +666,7 @@ static void psb_wchan_from_proc(psb *b, psb_proc *p)
     p->wchan_ip = (uint64_t)-1;
 }
 
-static void psb_wchan(psb *b, psb_proc *p, const struct ps_bpf_proc *r, const psb_proc *before)
+static void psb_wchan(psb *b, psb_proc *p, const struct ps_bpf_proc *r, psb_proc *before)
 {
     uint64_t switches = r->nvcsw + r->nivcsw + 1; /* as the program counts them */
     uint32_t i;
@@ -681,16 +684,18 @@ static void psb_wchan(psb *b, psb_proc *p, const struct ps_bpf_proc *r, const ps
     }
     if (r->has & PS_BPF_STACK_SAME) { /* not walked: the wchan of the walk at these switches */
         b->stacks_kept++;
-        if (before != NULL && before->wchan_switches == switches && before->wchan != NULL &&
-            before->wchan_ip != (uint64_t)-1) {
+        if (before != NULL && before->wchan_switches == switches && before->wchan != NULL) {
             p->wchan = before->wchan;
             p->wchan_len = before->wchan_len;
             p->wchan_ip = before->wchan_ip;
-            p->wchan_switches = switches;
-        } else { /* that walk's result was not kept (a failed read between): /proc */
+            if (before->wchan_ip == (uint64_t)-1) /* a text read from /proc: p owns it now */
+                before->wchan_ip = 0;
+        } else { /* that walk's record never reached us (a failed read between): /proc, once */
             b->stacks_lost++;
             psb_wchan_from_proc(b, p);
         }
+        if (p->wchan != NULL)
+            p->wchan_switches = switches;
         return;
     }
     if (!(r->has & PS_BPF_HAS_STACK))

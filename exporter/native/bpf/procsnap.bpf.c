@@ -9,7 +9,8 @@
  * stat's whole-process sums (signal_struct plus every live thread), status's leader-only
  * context switches, io's sums, the fd directory's size (the popcount of open_fds), and
  * limits' soft "Max open files". A sleeping leader's kernel stack (wchan) is walked again
- * only after it ran (task storage, Linux >= 5.11; without it, every read).
+ * only after it ran (task storage for tracing programs, Linux >= 5.12; without it, every
+ * read).
  * Field layout differences between kernels are CO-RE relocations (task_types.h); fields
  * that some kernels lack are read behind bpf_core_field_exists().
  *
@@ -40,7 +41,7 @@ const volatile __u32 want_stack = 0; /* read kernel stacks of sleeping leaders (
 /* the scheduler's and the lock functions' text (kallsyms), which get_wchan() skips */
 const volatile __u64 sched_lo = 0, sched_hi = 0, lock_lo = 0, lock_hi = 0;
 const volatile __u32 reject = 0;     /* tests: 1 the verifier rejects the program, 2 with use_seen */
-const volatile __u32 use_seen = 1;   /* 0: the kernel has no task storage (< 5.11) */
+const volatile __u32 use_seen = 1;   /* 0: no task storage for this program (Linux < 5.12) */
 
 struct scratch {
     struct ps_bpf_proc proc;
@@ -56,10 +57,14 @@ struct {
 } scratch SEC(".maps");
 
 /* A leader's context switches (+1) when its stack was last walked, kept with the task
- * (task local storage: freed with it). A task asleep now that has not switched since has
- * the same stack: its walk is skipped and the loader keeps the wchan it found then. */
+ * (task local storage: freed with it), and the read (iterator session) that walked it. A
+ * task asleep now that has not switched since has the same stack: its walk is skipped and
+ * the loader keeps the wchan it found then. Within one read the program can run twice on
+ * a task (a record that did not fit the read's buffer is dropped and made again): it
+ * walks again then, as the loader never got the first record. */
 struct stack_seen {
     __u64 switches;
+    __u64 session;
 };
 
 struct {
@@ -241,10 +246,17 @@ static __always_inline int emit_thread(struct seq_file *seq, struct task_struct 
     return 0;
 }
 
+/* A task still on a CPU: one that left the run queue to sleep is on its CPU until the
+ * switch is done, and its stack is not the one it sleeps with yet. */
+static __always_inline int on_cpu(struct task_struct *task)
+{
+    return bpf_core_field_exists(task->on_cpu) && task->on_cpu;
+}
+
 /* get_wchan(): only of a task that is asleep and off the run queue. Its first return
  * address outside the scheduler is usually the first of the stack (the unwinder starts
  * past __schedule): two frames are asked for, all of them only when both are sched. */
-static __always_inline void read_stack(struct ps_bpf_proc *r, struct task_struct *task)
+static __always_inline void read_stack(struct ps_bpf_proc *r, struct task_struct *task, __u64 session)
 {
     __u64 switches = r->nvcsw + r->nivcsw + 1;
     struct stack_seen *was = NULL;
@@ -252,7 +264,7 @@ static __always_inline void read_stack(struct ps_bpf_proc *r, struct task_struct
 
     if (use_seen) {
         was = bpf_task_storage_get(&seen, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-        if (was != NULL && was->switches == switches) {
+        if (was != NULL && was->switches == switches && was->session != session) {
             r->has |= PS_BPF_STACK_SAME;
             return;
         }
@@ -260,8 +272,11 @@ static __always_inline void read_stack(struct ps_bpf_proc *r, struct task_struct
     n = bpf_get_task_stack(task, r->stack, 2 * sizeof(r->stack[0]), 0);
     if (n == 2 * sizeof(r->stack[0]) && in_sched(r->stack[0]) && in_sched(r->stack[1]))
         n = bpf_get_task_stack(task, r->stack, sizeof(r->stack), 0);
-    if (was != NULL)
-        was->switches = n >= 0 ? switches : 0;
+    if (was != NULL) { /* kept only from a walk of a task that stayed asleep throughout */
+        int still = n > 0 && !on_cpu(task) && task->nvcsw + task->nivcsw + 1 == switches;
+        was->switches = still ? switches : 0;
+        was->session = session;
+    }
     if (n >= 0) {
         r->nstack = (__u32)n / sizeof(r->stack[0]);
         r->has |= PS_BPF_HAS_STACK;
@@ -351,7 +366,7 @@ int procsnap_task(struct bpf_iter__task *ctx)
     read_fds(r, task->files, s->fds);
 
     if (want_stack && r->state != 0 && r->state != TASK_WAKING && !task->on_rq)
-        read_stack(r, task);
+        read_stack(r, task, ctx->meta->session_id);
     bpf_seq_write(seq, r, sizeof(*r));
     return 0;
 }

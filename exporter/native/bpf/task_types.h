@@ -123,6 +123,7 @@ struct task_struct {
     int exit_state;
     unsigned int flags;
     int on_rq;
+    int on_cpu; /* CONFIG_SMP */
     int pid;
     int tgid;
     struct task_struct *group_leader;
