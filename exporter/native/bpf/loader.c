@@ -58,6 +58,8 @@ struct psb {
     size_t ncur, nold, cap_cur, cap_old;
     const struct ps_bpf_proc **raw; /* cur[i]'s leader record (in buf) */
     size_t cap_raw;
+    size_t *thread_at; /* where the other threads' records are in buf (one pass over it) */
+    size_t nthreads, cap_threads;
     void **released;
     size_t nreleased, cap_released;
     uint32_t errors[PS_ERRNO_MAX + 1];
@@ -320,6 +322,7 @@ void psb_close(psb *b)
     free(b->cur);
     free(b->old);
     free(b->raw);
+    free(b->thread_at);
     free(b->released);
     free(b->syms);
     free(b->names);
@@ -816,6 +819,7 @@ int psb_collect(psb *b, int *err)
     /* the last read's processes become the old ones (their objects, prev state) */
     psb_swap_sets(b);
     b->ncur = 0;
+    b->nthreads = 0;
     nold = b->nold;
     if (psb_read_iter(b, err) < 0)
         goto fail_keep;
@@ -842,6 +846,11 @@ int psb_collect(psb *b, int *err)
             b->ncur++;
             off += sizeof(struct ps_bpf_proc);
         } else if (kind == PS_BPF_THREAD && off + sizeof(struct ps_bpf_thread) <= b->buf_len) {
+            if (psb_grow((void **)&b->thread_at, b->nthreads + 1, &b->cap_threads, sizeof(*b->thread_at)) < 0) {
+                *err = ENOMEM;
+                goto fail_keep;
+            }
+            b->thread_at[b->nthreads++] = off;
             off += sizeof(struct ps_bpf_thread);
         } else {
             b->malformed++; /* cannot happen: the program writes whole records */
@@ -855,28 +864,19 @@ int psb_collect(psb *b, int *err)
         goto fail_keep;
     }
     /* the other threads, summed into their process */
-    for (off = 0; off + sizeof(uint32_t) <= b->buf_len;) {
-        uint32_t kind;
-        memcpy(&kind, b->buf + off, sizeof(kind));
-        if (kind == PS_BPF_PROC && off + sizeof(struct ps_bpf_proc) <= b->buf_len) {
-            off += sizeof(struct ps_bpf_proc);
-        } else if (kind == PS_BPF_THREAD && off + sizeof(struct ps_bpf_thread) <= b->buf_len) {
-            struct ps_bpf_thread t;
-            psb_proc *p;
-            memcpy(&t, b->buf + off, sizeof(t));
-            off += sizeof(t);
-            if ((p = psb_find(b, (int)t.pid)) != NULL) {
-                psb_sums *s = &sums[p - b->cur];
-                s->u += t.utime;
-                s->s += t.stime;
-                s->rt += t.sum_exec;
-                s->minflt += t.min_flt;
-                s->majflt += t.maj_flt;
-                s->rb += t.read_bytes;
-                s->wb += t.write_bytes;
-            }
-        } else {
-            break;
+    for (i = 0; i < b->nthreads; i++) {
+        struct ps_bpf_thread t;
+        psb_proc *p;
+        memcpy(&t, b->buf + b->thread_at[i], sizeof(t));
+        if ((p = psb_find(b, (int)t.pid)) != NULL) {
+            psb_sums *s = &sums[p - b->cur];
+            s->u += t.utime;
+            s->s += t.stime;
+            s->rt += t.sum_exec;
+            s->minflt += t.min_flt;
+            s->majflt += t.maj_flt;
+            s->rb += t.read_bytes;
+            s->wb += t.write_bytes;
         }
     }
 
