@@ -73,9 +73,10 @@ def at_pid(pid: int, identities: list) -> Optional[int]:
     return i if i < len(identities) and identities[i][0] == pid else None
 
 
-def index_of(identity: tuple, identities: list) -> int:
-    """The index of an identity that is in sorted identities."""
-    return bisect_left(identities, identity)
+def index_of(identity: tuple, identities: list) -> Optional[int]:
+    """The index of identity in sorted identities, or None."""
+    i = bisect_left(identities, identity)
+    return i if i < len(identities) and identities[i] == identity else None
 
 
 def changed_records_py(records, previous, key, nones) -> tuple:
@@ -260,10 +261,8 @@ class Tracker:
         readable = []
         if self._holes:  # identities whose last record had a hole: filled now? (records are sorted
             # by pid, one per pid: the reader's contract, and the carried ones were sorted in above)
-            pids = list(map(_first, identities))
-            at = (bisect_left(pids, identity[0]) for identity in self._holes)
-            check = sorted(set(check).union(i for i, identity in zip(at, self._holes)
-                                            if i < len(identities) and identities[i] == identity))
+            at = (index_of(identity, identities) for identity in self._holes)
+            check = sorted(set(check).union(i for i in at if i is not None))
         for i in check:
             rec, identity = records[i], identities[i]
             before = old_last.get(identity)
@@ -302,7 +301,7 @@ class Tracker:
                 last[identities[i]] = records[i]
         else:
             last = dict(zip(identities, records))
-        exited = [((rec[PID], rec[START]), rec) for rec in map(self._records.__getitem__, gone)]
+        exited = [((rec[PID], rec[START]), rec) for rec in map(old_records.__getitem__, gone)]
 
         # facts: everything for started and exec'd identities, the fd limit when due
         self._gen += 1

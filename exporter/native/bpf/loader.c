@@ -187,7 +187,7 @@ int psb_open(psb **out, const char *procfs, uint64_t page_size, int wchan, int s
 {
     long ticks = sysconf(_SC_CLK_TCK);
     psb *b;
-    int err;
+    int err, walks;
 
     *out = NULL;
     msg[0] = '\0';
@@ -216,13 +216,13 @@ int psb_open(psb **out, const char *procfs, uint64_t page_size, int wchan, int s
         snprintf(msg, msglen, "cannot open %s: %s", procfs, strerror(err));
         goto fail;
     }
+    walks = wchan && b->syms_state > 0;
     snprintf(b->describe, sizeof(b->describe), "rss=approximate per-cpu counters (as stat)\nwchan=%s%.200s%s\n",
-             !wchan                ? "off"
-             : b->syms_state <= 0  ? "/proc/PID/wchan (kallsyms shows no addresses)"
-             : b->stack_memo       ? "kernel stacks + kallsyms (a stack is walked again once its task ran)"
-                                   : "kernel stacks + kallsyms (every read: no task storage: ",
-             wchan && b->syms_state > 0 && !b->stack_memo ? b->seen_failed : "",
-             wchan && b->syms_state > 0 && !b->stack_memo ? ")" : "");
+             !wchan           ? "off"
+             : !walks         ? "/proc/PID/wchan (kallsyms shows no addresses)"
+             : b->stack_memo  ? "kernel stacks + kallsyms (a stack is walked again once its task ran)"
+                              : "kernel stacks + kallsyms (every read: no task storage: ",
+             walks && !b->stack_memo ? b->seen_failed : "", walks && !b->stack_memo ? ")" : "");
     *out = b;
     return 0;
 fail:
@@ -679,9 +679,7 @@ static void psb_wchan(psb *b, psb_proc *p, const struct ps_bpf_proc *r, psb_proc
     p->wchan_len = 1;
     p->wchan_ip = 0;
     p->wchan_switches = 0;
-    if (b->syms_state == 0)
-        psb_load_syms(b);
-    if (b->syms_state < 0) { /* no addresses to name: ask /proc */
+    if (b->syms_state < 0) { /* no addresses to name (kallsyms is read at the load): ask /proc */
         psb_wchan_from_proc(b, p);
         return;
     }
